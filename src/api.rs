@@ -1,0 +1,1 @@
+//! Admin API, /healthz and /metrics routing.

@@ -1,0 +1,1 @@
+//! Event rules (contract §2–§5).

@@ -1,0 +1,372 @@
+//! Settings, parsed once at start from flags and environment variables (contract §8).
+//!
+//! Every setting is a flag and an environment variable of the same name (`--shards` and
+//! `CHAT_SHARDS`). A bad value stops the start with a [`ConfigError`] that names the variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Raw flags and variables as clap reads them; [`Config::load`] turns them into a [`Config`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "ocomms-rt",
+    version,
+    about = "Realtime core of OComms (Socket.IO over WebSocket)"
+)]
+pub struct Args {
+    /// Subcommand; none runs the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to listen on (HTTP, WebSocket and, with a certificate, TLS).
+    #[arg(long = "listen", env = "CHAT_LISTEN", default_value = "0.0.0.0:3000")]
+    listen: String,
+    /// PostgreSQL URL; absent: the embedded in-memory store.
+    #[arg(long = "database-url", env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Redis URL; absent: a single node.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// HS256 secret for JWTs; absent: JWTs are refused (session tokens still work).
+    #[arg(long = "jwt-secret", env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Bearer token of the admin API; absent: the admin API answers 503.
+    #[arg(long = "admin-token", env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain; with `CHAT_TLS_KEY`, serve TLS.
+    #[arg(long = "tls-cert", env = "CHAT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long = "tls-key", env = "CHAT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Shard threads (default: one per core).
+    #[arg(long = "shards", env = "CHAT_SHARDS")]
+    shards: Option<String>,
+    /// Engine.IO pingInterval in milliseconds.
+    #[arg(
+        long = "ping-interval-ms",
+        env = "CHAT_PING_INTERVAL_MS",
+        default_value = "25000"
+    )]
+    ping_interval_ms: String,
+    /// Engine.IO pingTimeout in milliseconds.
+    #[arg(
+        long = "ping-timeout-ms",
+        env = "CHAT_PING_TIMEOUT_MS",
+        default_value = "20000"
+    )]
+    ping_timeout_ms: String,
+    /// Engine.IO maxPayload in bytes (largest packet a client may send).
+    #[arg(
+        long = "max-payload",
+        env = "CHAT_MAX_PAYLOAD",
+        default_value = "1000000"
+    )]
+    max_payload: String,
+    /// Longest message content, in Unicode scalar values.
+    #[arg(
+        long = "max-message-chars",
+        env = "CHAT_MAX_MESSAGE_CHARS",
+        default_value = "4000"
+    )]
+    max_message_chars: String,
+    /// Bytes queued for one client before it is dropped as a slow consumer.
+    #[arg(
+        long = "max-outbound-bytes",
+        env = "CHAT_MAX_OUTBOUND_BYTES",
+        default_value = "1048576"
+    )]
+    max_outbound_bytes: String,
+    /// Longest HTTP request head in bytes.
+    #[arg(
+        long = "max-header-bytes",
+        env = "CHAT_MAX_HEADER_BYTES",
+        default_value = "8192"
+    )]
+    max_header_bytes: String,
+    /// Milliseconds a client has to send a whole HTTP request head.
+    #[arg(
+        long = "request-timeout-ms",
+        env = "CHAT_REQUEST_TIMEOUT_MS",
+        default_value = "10000"
+    )]
+    request_timeout_ms: String,
+    /// Connection state recovery window in milliseconds (0 turns recovery off).
+    #[arg(
+        long = "recovery-window-ms",
+        env = "CHAT_RECOVERY_WINDOW_MS",
+        default_value = "120000"
+    )]
+    recovery_window_ms: String,
+    /// Milliseconds granted at shutdown to flush queued writes.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "CHAT_SHUTDOWN_GRACE_MS",
+        default_value = "5000"
+    )]
+    shutdown_grace_ms: String,
+}
+
+/// Subcommands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Parsed settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// PostgreSQL URL.
+    pub database_url: Option<String>,
+    /// Redis URL.
+    pub redis_url: Option<String>,
+    /// JWT secret.
+    pub jwt_secret: Option<String>,
+    /// Admin API token.
+    pub admin_token: Option<String>,
+    /// Certificate and key, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Number of shard threads.
+    pub shards: usize,
+    /// Engine.IO settings.
+    pub engine: EngineLimits,
+    /// Longest message content in scalar values.
+    pub max_message_chars: usize,
+    /// Outbound queue bound per connection.
+    pub max_outbound_bytes: usize,
+    /// HTTP head bound.
+    pub max_header_bytes: usize,
+    /// Time to send an HTTP head.
+    pub request_timeout: Duration,
+    /// Connection state recovery window; zero is off.
+    pub recovery_window: Duration,
+    /// Shutdown flush deadline.
+    pub shutdown_grace: Duration,
+}
+
+/// Engine.IO timing and size settings, sent to clients in the open packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Time to answer a ping.
+    pub ping_timeout: Duration,
+    /// Largest packet a client may send, in bytes.
+    pub max_payload: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 1_000_000,
+        }
+    }
+}
+
+/// A setting that could not be used; names the variable and says what would fix it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The environment variable (the flag has the same name in kebab case).
+    pub variable: &'static str,
+    /// The bad value (never a secret).
+    pub value: String,
+    /// What is wrong and what would fix it.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.variable, self.value, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn number<T: std::str::FromStr>(
+    variable: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    let bad = |problem: String| ConfigError {
+        variable,
+        value: value.to_string(),
+        problem,
+    };
+    let n: T = value
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("not a whole number; use one from {min} to {max}")))?;
+    if n < min || n > max {
+        return Err(bad(format!("out of range; use one from {min} to {max}")));
+    }
+    Ok(n)
+}
+
+fn millis(variable: &'static str, value: &str, min: u64) -> Result<Duration, ConfigError> {
+    number(variable, value, min, 24 * 3600 * 1000).map(Duration::from_millis)
+}
+
+impl Config {
+    /// Parses the process's flags and environment.
+    pub fn load() -> Result<(Option<Command>, Config), ConfigError> {
+        let args = Args::parse();
+        let command = args.command.clone();
+        Config::from_args(args).map(|c| (command, c))
+    }
+
+    /// Validates raw arguments.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let listen = args.listen.parse().map_err(|_| ConfigError {
+            variable: "CHAT_LISTEN",
+            value: args.listen.clone(),
+            problem: "not a socket address; use HOST:PORT such as 0.0.0.0:3000".into(),
+        })?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let shards = match &args.shards {
+            Some(s) => number("CHAT_SHARDS", s, 1usize, 1024)?,
+            None => cores,
+        };
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(ConfigError {
+                    variable: "CHAT_TLS_KEY",
+                    value: String::new(),
+                    problem: format!(
+                        "missing while CHAT_TLS_CERT is set ({}); set both or neither",
+                        c.display()
+                    ),
+                })
+            }
+            (None, Some(k)) => {
+                return Err(ConfigError {
+                    variable: "CHAT_TLS_CERT",
+                    value: String::new(),
+                    problem: format!(
+                        "missing while CHAT_TLS_KEY is set ({}); set both or neither",
+                        k.display()
+                    ),
+                })
+            }
+        };
+        let non_empty = |variable: &'static str, v: Option<String>| match v {
+            Some(s) if s.trim().is_empty() => Err(ConfigError {
+                variable,
+                value: String::new(),
+                problem: "set but empty; give a value or unset it".into(),
+            }),
+            other => Ok(other),
+        };
+        let jwt_secret = non_empty("CHAT_JWT_SECRET", args.jwt_secret)?;
+        if let Some(secret) = &jwt_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError {
+                    variable: "CHAT_JWT_SECRET",
+                    value: "(hidden)".into(),
+                    problem: format!(
+                        "{} bytes is too short for HS256; use at least 16 (32 random bytes is best)",
+                        secret.len()
+                    ),
+                });
+            }
+        }
+        let engine = EngineLimits {
+            ping_interval: millis("CHAT_PING_INTERVAL_MS", &args.ping_interval_ms, 50)?,
+            ping_timeout: millis("CHAT_PING_TIMEOUT_MS", &args.ping_timeout_ms, 50)?,
+            max_payload: number("CHAT_MAX_PAYLOAD", &args.max_payload, 64usize, 64 << 20)?,
+        };
+        Ok(Config {
+            listen,
+            database_url: non_empty("DATABASE_URL", args.database_url)?,
+            redis_url: non_empty("REDIS_URL", args.redis_url)?,
+            jwt_secret,
+            admin_token: non_empty("CHAT_ADMIN_TOKEN", args.admin_token)?,
+            tls,
+            shards,
+            engine,
+            max_message_chars: number(
+                "CHAT_MAX_MESSAGE_CHARS",
+                &args.max_message_chars,
+                1usize,
+                1 << 20,
+            )?,
+            max_outbound_bytes: number(
+                "CHAT_MAX_OUTBOUND_BYTES",
+                &args.max_outbound_bytes,
+                4096usize,
+                1 << 30,
+            )?,
+            max_header_bytes: number(
+                "CHAT_MAX_HEADER_BYTES",
+                &args.max_header_bytes,
+                512usize,
+                1 << 20,
+            )?,
+            request_timeout: millis("CHAT_REQUEST_TIMEOUT_MS", &args.request_timeout_ms, 10)?,
+            recovery_window: millis("CHAT_RECOVERY_WINDOW_MS", &args.recovery_window_ms, 0)?,
+            shutdown_grace: millis("CHAT_SHUTDOWN_GRACE_MS", &args.shutdown_grace_ms, 0)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["ocomms-rt"];
+        argv.extend_from_slice(extra);
+        Config::from_args(Args::try_parse_from(argv).expect("clap accepts the flags"))
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(
+            parse(&["--shards", "0"]).unwrap_err().variable,
+            "CHAT_SHARDS"
+        );
+        assert_eq!(
+            parse(&["--shards", "two"]).unwrap_err().variable,
+            "CHAT_SHARDS"
+        );
+        assert_eq!(
+            parse(&["--listen", "localhost"]).unwrap_err().variable,
+            "CHAT_LISTEN"
+        );
+        assert_eq!(
+            parse(&["--tls-cert", "a.pem"]).unwrap_err().variable,
+            "CHAT_TLS_KEY"
+        );
+        let short = parse(&["--jwt-secret", "short"]).unwrap_err();
+        assert_eq!(short.variable, "CHAT_JWT_SECRET");
+        assert!(
+            !short.to_string().contains("short\""),
+            "the secret is never printed"
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.engine, EngineLimits::default());
+        assert_eq!(c.max_message_chars, 4000);
+        assert!(c.shards >= 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Room index of one shard.

@@ -1,0 +1,421 @@
+//! The wiring: every command that crosses a thread, and the handles that carry them.
+//!
+//! Threads share nothing but these inboxes (crossbeam channels). A shard's inbox is paired
+//! with its `mio::Waker`, so a command wakes the shard's event loop. Reading this file gives
+//! the whole diagram: shards ask the store ([`StoreCommand`]), the store answers the asking
+//! shard ([`ShardCommand::Reply`]) and publishes what it committed through the broker, and the
+//! broker hands every shard a [`Broadcast`] to fan out ([`ShardCommand::Deliver`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::ids::{ChannelId, ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
+use crate::model::{Grant, Message};
+
+/// A frame encoded once and fanned out to every local member of a room.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Who receives it.
+    pub room: Room,
+    /// A connection left out (the sender of a typing event).
+    pub except: Option<ConnectionId>,
+    /// The whole WebSocket frame (header and Socket.IO packet), shared by every recipient.
+    pub frame: Bytes,
+}
+
+/// What a shard's event loop is asked to do by other threads.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Queue `frame` on every local member of `room`.
+    Deliver(Arc<Broadcast>),
+    /// The store answered a request made by one of this shard's connections.
+    Reply(ConnectionId, StoreReply),
+    /// A membership changed: the user's sockets in that workspace join or leave the room.
+    Membership(MembershipChange),
+    /// Stop accepting, close every socket, and finish queued writes before `deadline`.
+    Shutdown {
+        /// When unfinished writes are abandoned.
+        deadline: Instant,
+    },
+}
+
+/// A membership added or removed (admin API, or the web app writing the tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Whose membership.
+    pub user: UserId,
+    /// The workspace the room belongs to; only sockets scoped to it are affected.
+    pub workspace: WorkspaceId,
+    /// The channel or DM room.
+    pub room: Room,
+    /// `true`: join, `false`: leave at once.
+    pub joined: bool,
+}
+
+/// How the socket proved who it is, as far as the shard could check on its own.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// A JWT whose signature and expiry the shard verified; the user still has to exist.
+    Jwt {
+        /// `sub`
+        user: UserId,
+        /// `name`, if the token carried one.
+        name: Option<String>,
+    },
+    /// An opaque session token, looked up in `sessions`.
+    Session(String),
+}
+
+/// A message to store (socket `message:send` or `POST /api/v1/messages`).
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// The author.
+    pub author: UserId,
+    /// The workspace the sending socket is scoped to (`None` for the admin API).
+    pub workspace: Option<WorkspaceId>,
+    /// Channel or DM.
+    pub target: Target,
+    /// Validated content.
+    pub content: String,
+    /// Idempotency key.
+    pub client_msg_id: Option<String>,
+}
+
+/// `message:history` and `GET …/messages`.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryQuery {
+    /// Channel or DM.
+    pub target: Target,
+    /// Only sequences below this.
+    pub before: Option<i64>,
+    /// Only sequences above this.
+    pub after: Option<i64>,
+    /// 1..=100.
+    pub limit: u32,
+}
+
+/// Who asks the store for something on a socket: the connection, the user it authenticated
+/// as, and its workspace scope.
+#[derive(Clone, Copy, Debug)]
+pub struct Asker {
+    /// The connection that gets the reply.
+    pub from: ConnectionId,
+    /// The socket's user.
+    pub user: UserId,
+    /// The socket's workspace.
+    pub workspace: WorkspaceId,
+}
+
+/// What the shards ask the store thread.
+#[derive(Debug)]
+pub enum StoreCommand {
+    /// CONNECT: resolve the credential, check workspace membership, list the rooms to join.
+    Authenticate {
+        /// Connection waiting for the answer.
+        from: ConnectionId,
+        /// Token as the shard checked it.
+        credential: Credential,
+        /// `workspaceId` of the auth payload.
+        workspace: WorkspaceId,
+    },
+    /// `message:send`: store, ack, then publish `message:new`.
+    Send {
+        /// The asking socket.
+        asker: Asker,
+        /// Socket.IO ack id, if the client asked for one.
+        ack: Option<u64>,
+        /// The message.
+        message: NewMessage,
+    },
+    /// `message:delete` (author only, soft delete).
+    Delete {
+        /// The asking socket.
+        asker: Asker,
+        /// Socket.IO ack id.
+        ack: Option<u64>,
+        /// Which message.
+        message: MessageId,
+    },
+    /// `message:history`.
+    History {
+        /// The asking socket.
+        asker: Asker,
+        /// Socket.IO ack id.
+        ack: Option<u64>,
+        /// Which messages.
+        query: HistoryQuery,
+    },
+    /// `room:join`: may this user join the target's room?
+    CheckMember {
+        /// The asking socket.
+        asker: Asker,
+        /// Socket.IO ack id.
+        ack: Option<u64>,
+        /// Channel or DM.
+        target: Target,
+    },
+    /// An admin API request, already authorised by the admin token.
+    Admin {
+        /// The HTTP connection waiting for the response.
+        from: ConnectionId,
+        /// What it asks.
+        request: AdminRequest,
+    },
+    /// Finish what is queued, then exit.
+    Shutdown,
+}
+
+/// The admin API of contract §6, parsed and validated.
+#[derive(Clone, Debug)]
+pub enum AdminRequest {
+    /// `POST /api/v1/users`
+    CreateUser {
+        /// `name`
+        name: String,
+        /// `email`
+        email: Option<String>,
+    },
+    /// `POST /api/v1/workspaces`
+    CreateWorkspace {
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+    },
+    /// `POST /api/v1/workspaces/{id}/members`
+    AddWorkspaceMember {
+        /// Path id.
+        workspace: WorkspaceId,
+        /// `userId`
+        user: UserId,
+        /// `role`
+        role: Option<String>,
+    },
+    /// `POST /api/v1/channels`
+    CreateChannel {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+        /// `isPrivate`
+        is_private: bool,
+    },
+    /// `POST /api/v1/channels/{id}/members`
+    AddChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// `userId`
+        user: UserId,
+    },
+    /// `DELETE /api/v1/channels/{id}/members/{userId}`
+    RemoveChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// Path user id.
+        user: UserId,
+    },
+    /// `POST /api/v1/conversations`
+    CreateConversation {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `participantIds`
+        participants: Vec<UserId>,
+    },
+    /// `POST /api/v1/sessions`
+    CreateSession {
+        /// `userId`
+        user: UserId,
+        /// `ttlSeconds` (default one day)
+        ttl_seconds: u64,
+    },
+    /// `POST /api/v1/messages`: server-side publish.
+    Publish(NewMessage),
+    /// `GET /api/v1/{channels|conversations}/{id}/messages`
+    History(HistoryQuery),
+}
+
+/// Why the store refused a request; the text names the bad value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Malformed or out of range (HTTP 400).
+    Invalid(String),
+    /// Not allowed for this user (HTTP 403).
+    Forbidden(String),
+    /// No such row (HTTP 404).
+    NotFound(String),
+    /// Clashes with an existing row (HTTP 409).
+    Conflict(String),
+    /// The database cannot answer now (HTTP 503).
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The HTTP status that fits.
+    pub fn status(&self) -> u16 {
+        match self {
+            StoreError::Invalid(_) => 400,
+            StoreError::Forbidden(_) => 403,
+            StoreError::NotFound(_) => 404,
+            StoreError::Conflict(_) => 409,
+            StoreError::Unavailable(_) => 503,
+        }
+    }
+
+    /// The reason, for a person.
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::Invalid(m)
+            | StoreError::Forbidden(m)
+            | StoreError::NotFound(m)
+            | StoreError::Conflict(m)
+            | StoreError::Unavailable(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// The store's answer to one [`StoreCommand`], routed back to the asking connection.
+#[derive(Debug)]
+pub enum StoreReply {
+    /// Answer to `Authenticate`.
+    Authenticated(Result<Grant, StoreError>),
+    /// Answer to `Send`: the committed message (already published to the room).
+    Sent {
+        /// Ack id to answer.
+        ack: Option<u64>,
+        /// The stored message or why not.
+        result: Result<Message, StoreError>,
+    },
+    /// Answer to `Delete`.
+    Deleted {
+        /// Ack id to answer.
+        ack: Option<u64>,
+        /// Ok or why not.
+        result: Result<(), StoreError>,
+    },
+    /// Answer to `History`.
+    History {
+        /// Ack id to answer.
+        ack: Option<u64>,
+        /// Ascending by sequence.
+        result: Result<Vec<Message>, StoreError>,
+    },
+    /// Answer to `CheckMember`.
+    Member {
+        /// Ack id to answer.
+        ack: Option<u64>,
+        /// The room asked about.
+        target: Target,
+        /// Ok: the user is a member.
+        result: Result<(), StoreError>,
+    },
+    /// Answer to an admin request: status and JSON body.
+    Admin {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: String,
+    },
+}
+
+/// A shard's inbox and the waker of its event loop.
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    /// Which shard.
+    pub id: ShardId,
+    inbox: Sender<ShardCommand>,
+    waker: Arc<mio::Waker>,
+}
+
+impl ShardHandle {
+    /// Wraps an inbox and the waker registered with that shard's `Poll`.
+    pub fn new(id: ShardId, inbox: Sender<ShardCommand>, waker: Arc<mio::Waker>) -> Self {
+        ShardHandle { id, inbox, waker }
+    }
+
+    /// Sends a command and wakes the shard. A shard that has exited drops it.
+    pub fn send(&self, command: ShardCommand) {
+        if self.inbox.send(command).is_ok() {
+            // A failed wake means the shard's poll is gone, i.e. it is shutting down.
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The store thread's inbox.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    inbox: Sender<StoreCommand>,
+}
+
+impl StoreHandle {
+    /// Wraps the store thread's inbox.
+    pub fn new(inbox: Sender<StoreCommand>) -> Self {
+        StoreHandle { inbox }
+    }
+
+    /// Queues a command. Returns `false` when the store thread has exited.
+    pub fn send(&self, command: StoreCommand) -> bool {
+        self.inbox.send(command).is_ok()
+    }
+}
+
+/// The seam between this node and the others. On one node it loops publications straight
+/// back to the local shards; with Redis a broker thread will also carry them to other nodes,
+/// without the shards or the store knowing which they have.
+#[derive(Clone, Debug)]
+pub struct BrokerHandle {
+    shards: Vec<ShardHandle>,
+}
+
+impl BrokerHandle {
+    /// A broker for a single node.
+    pub fn local(shards: Vec<ShardHandle>) -> Self {
+        BrokerHandle { shards }
+    }
+
+    /// Fans a broadcast out to every shard of this node (each keeps only its members).
+    pub fn publish(&self, broadcast: Broadcast) {
+        let broadcast = Arc::new(broadcast);
+        for shard in &self.shards {
+            shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
+        }
+    }
+
+    /// Tells every shard of a membership change.
+    pub fn membership(&self, change: MembershipChange) {
+        for shard in &self.shards {
+            shard.send(ShardCommand::Membership(change));
+        }
+    }
+}
+
+/// Every handle a thread may need. Cloned into each thread at start.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// One per shard, indexed by `ShardId`.
+    pub shards: Vec<ShardHandle>,
+    /// The store thread.
+    pub store: StoreHandle,
+    /// Fan-out.
+    pub broker: BrokerHandle,
+}
+
+impl Mesh {
+    /// Routes a store reply to the shard that owns the connection.
+    pub fn reply(&self, to: ConnectionId, reply: StoreReply) {
+        if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
+            shard.send(ShardCommand::Reply(to, reply));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The process: builds the mesh, starts and stops threads.
