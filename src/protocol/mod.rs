@@ -1,1 +1,4 @@
-//! Wire formats (sans-IO).
+//! Wire formats and the per-socket state machine, free of IO: Engine.IO v4, Socket.IO v5,
+//! WebSocket frame encoding and the HTTP request head.
+
+pub mod frame;
