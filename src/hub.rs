@@ -1,1 +1,76 @@
-//! Room index of one shard.
+//! One shard's room index: which of its local connections are in which room. No IO and no
+//! locks: the shard that owns the connections owns the hub.
+//!
+//! Members are slab slots in an insertion-ordered set, so a broadcast walks a dense array,
+//! and leaving is O(1) (swap-remove) even in a workspace room of 100,000 sockets.
+
+use indexmap::IndexSet;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+
+use crate::ids::Room;
+
+/// Room → local members.
+#[derive(Debug, Default)]
+pub struct Hub {
+    rooms: FxHashMap<Room, IndexSet<u32, FxBuildHasher>>,
+}
+
+impl Hub {
+    /// Adds `slot` to `room`; returns `false` if it was already there.
+    pub fn join(&mut self, room: Room, slot: u32) -> bool {
+        self.rooms.entry(room).or_default().insert(slot)
+    }
+
+    /// Removes `slot` from `room`; returns `false` if it was not there. An emptied room is
+    /// dropped so the index does not grow with rooms nobody is in.
+    pub fn leave(&mut self, room: Room, slot: u32) -> bool {
+        let Some(members) = self.rooms.get_mut(&room) else { return false };
+        let removed = members.swap_remove(&slot);
+        if members.is_empty() {
+            self.rooms.remove(&room);
+        }
+        removed
+    }
+
+    /// Local members of `room`, in no particular order.
+    pub fn members(&self, room: &Room) -> &[u32] {
+        self.rooms.get(room).map(|m| m.as_slice().as_ref()).unwrap_or(&[])
+    }
+
+    /// Whether `slot` is in `room`.
+    pub fn contains(&self, room: &Room, slot: u32) -> bool {
+        self.rooms.get(room).is_some_and(|m| m.contains(&slot))
+    }
+
+    /// Number of rooms with at least one local member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ChannelId;
+
+    #[test]
+    fn join_leave_and_members() {
+        let mut hub = Hub::default();
+        let a = Room::Channel(ChannelId(uuid::Uuid::from_u128(1)));
+        let b = Room::Channel(ChannelId(uuid::Uuid::from_u128(2)));
+        assert!(hub.join(a, 1));
+        assert!(!hub.join(a, 1), "joining twice is a no-op");
+        hub.join(a, 2);
+        hub.join(b, 2);
+        let mut m = hub.members(&a).to_vec();
+        m.sort();
+        assert_eq!(m, vec![1, 2]);
+        assert!(hub.leave(a, 1));
+        assert!(!hub.leave(a, 1));
+        assert_eq!(hub.members(&a), &[2]);
+        hub.leave(a, 2);
+        hub.leave(b, 2);
+        assert_eq!(hub.room_count(), 0, "empty rooms are dropped");
+        assert!(hub.members(&a).is_empty());
+    }
+}

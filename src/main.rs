@@ -1,1 +1,65 @@
-fn main() {}
+//! `ocomms-rt`: parses the configuration, starts the node, and stops it on SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use ocomms_rt::config::{Command, Config};
+use ocomms_rt::node::Node;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let (command, config) = match Config::load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("ocomms-rt: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Migrate) = command {
+        eprintln!(
+            "ocomms-rt migrate: this build keeps data in the embedded store, which needs no migrations; \
+             PostgreSQL support (DATABASE_URL) is not built yet"
+        );
+        return ExitCode::from(2);
+    }
+    if config.database_url.is_some() {
+        eprintln!(
+            "ocomms-rt: configuration error: DATABASE_URL is set, but this build has only the embedded store; \
+             unset DATABASE_URL to run on it"
+        );
+        return ExitCode::from(2);
+    }
+    if config.redis_url.is_some() {
+        eprintln!(
+            "ocomms-rt: configuration error: REDIS_URL is set, but this build runs as a single node only; \
+             unset REDIS_URL"
+        );
+        return ExitCode::from(2);
+    }
+    // Register before starting threads, so a signal during start-up is not lost.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ocomms-rt: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = match Node::start(config) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("ocomms-rt: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
+    }
+    node.shutdown();
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,136 @@
-//! The process: builds the mesh, starts and stops threads.
+//! The process: binds the listeners, builds the mesh, starts the store and the shards, and
+//! stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::chat::auth::JwtVerifier;
+use crate::config::Config;
+use crate::ids::ShardId;
+use crate::mesh::{BrokerHandle, Mesh, ShardCommand, ShardHandle, StoreCommand, StoreHandle};
+use crate::metrics::Metrics;
+use crate::shard::{Shard, Shared, WAKER};
+
+/// Pending connections the kernel keeps per listener.
+const BACKLOG: i32 = 4096;
+
+/// A running node.
+pub struct Node {
+    local_addr: SocketAddr,
+    mesh: Mesh,
+    shards: Vec<JoinHandle<()>>,
+    store: JoinHandle<()>,
+    grace: std::time::Duration,
+}
+
+/// Binds one `SO_REUSEPORT` listener; the kernel spreads new connections over the shards'
+/// listeners, so no thread hands sockets to another.
+fn listener(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+impl Node {
+    /// Starts every thread. The error says what could not be set up.
+    pub fn start(config: Config) -> Result<Node, String> {
+        let shards = config.shards;
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::transport::tls::server_config(cert, key)?),
+            None => None,
+        };
+        let first = listener(config.listen)
+            .map_err(|e| format!("cannot listen on {} (CHAT_LISTEN): {e}", config.listen))?;
+        let local_addr = first.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            // Port 0 was resolved by the first bind; the others join that port.
+            listeners.push(listener(local_addr).map_err(|e| format!("cannot listen on {local_addr}: {e}"))?);
+        }
+
+        let metrics = Arc::new(Metrics::new(shards));
+        let mut polls = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        let mut inboxes = Vec::with_capacity(shards);
+        for i in 0..shards {
+            let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            handles.push(ShardHandle::new(ShardId(i as u16), tx, Arc::new(waker)));
+            inboxes.push(rx);
+            polls.push(poll);
+        }
+        let (store_tx, store_rx) = crossbeam_channel::unbounded();
+        let mesh = Mesh {
+            shards: handles.clone(),
+            store: StoreHandle::new(store_tx),
+            broker: BrokerHandle::local(handles),
+        };
+        let store = crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
+            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+
+        let tls_on = tls.is_some();
+        let shared = Arc::new(Shared {
+            jwt: JwtVerifier::new(config.jwt_secret.as_deref()),
+            tls,
+            metrics,
+            store_kind: "memory",
+            started: Instant::now(),
+            config: config.clone(),
+        });
+        let mut threads = Vec::with_capacity(shards);
+        for (i, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
+            let shard = Shard::new(ShardId(i as u16), poll, listener, inbox, mesh.clone(), Arc::clone(&shared))
+                .map_err(|e| format!("cannot set up shard {i}: {e}"))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    if let Err(e) = shard.run() {
+                        tracing::error!(shard = i, error = %e, "shard stopped on an error");
+                    }
+                })
+                .map_err(|e| format!("cannot start shard {i}: {e}"))?;
+            threads.push(thread);
+        }
+        tracing::info!(
+            listen = %local_addr,
+            store = "memory",
+            shards,
+            single_node = config.redis_url.is_none(),
+            tls = tls_on,
+            jwt = config.jwt_secret.is_some(),
+            admin_api = config.admin_token.is_some(),
+            "ocomms-rt started"
+        );
+        Ok(Node { local_addr, mesh, shards: threads, store, grace: config.shutdown_grace })
+    }
+
+    /// Where the node listens (the real port when `CHAT_LISTEN` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every socket with a close frame, flushes within the grace
+    /// period, then stops the store once nothing can ask it anything.
+    pub fn shutdown(self) {
+        let deadline = Instant::now() + self.grace;
+        for shard in &self.mesh.shards {
+            shard.send(ShardCommand::Shutdown { deadline });
+        }
+        for thread in self.shards {
+            let _ = thread.join();
+        }
+        self.mesh.store.send(StoreCommand::Shutdown);
+        let _ = self.store.join();
+        tracing::info!("ocomms-rt stopped");
+    }
+}

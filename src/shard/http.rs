@@ -1,0 +1,187 @@
+//! The HTTP phase of a connection: request heads (with limits), the WebSocket upgrade on
+//! `/socket.io/`, `/healthz`, `/metrics` and the admin API.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::connection::{Auth, Phase, Socket};
+use super::{Close, Shard};
+use crate::api::{self, Route};
+use crate::mesh::StoreCommand;
+use crate::protocol::http::{self, RequestHead};
+use crate::protocol::session::Session;
+
+/// Name of the cookie better-auth keeps its session token in (contract §2).
+const SESSION_COOKIE: &str = "better-auth.session_token";
+
+/// A random session id: hex shard number, then 20 random hex digits. The shard prefix lets a
+/// request of the session be routed to the shard that owns it.
+pub(super) fn new_sid(shard: u16) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{shard:x}{}", &random[..20])
+}
+
+impl Shard {
+    /// Handles the request at the start of `buf`; returns the bytes it used (0: need more).
+    pub(super) fn http_input(&mut self, slot: u32, buf: &mut [u8], now: Instant) -> usize {
+        let config = &self.core.shared.config;
+        let parsed = http::parse_head(buf, config.max_header_bytes, config.engine.max_payload);
+        let (head, head_len) = match parsed {
+            // The head is not complete yet.
+            Ok(None) => return 0,
+            Ok(Some(found)) => found,
+            Err(e) => {
+                self.metrics().protocol_errors.fetch_add(1, Relaxed);
+                self.respond(slot, http::json_error(e.status, &e.reason, false), false, now);
+                return buf.len();
+            }
+        };
+        let total = head_len + head.content_length;
+        if buf.len() < total {
+            // The body is not complete yet.
+            return 0;
+        }
+        if head.path == "/socket.io/" || head.path == "/socket.io" {
+            self.engine_request(slot, head, now);
+            return total;
+        }
+        let keep_alive = head.keep_alive;
+        let route = api::route(
+            &head,
+            &buf[head_len..total],
+            config.admin_token.as_deref(),
+            config.max_message_chars,
+        );
+        match route {
+            Route::Health => {
+                let body = self.health();
+                self.respond(slot, http::response(200, "application/json", body.as_bytes(), keep_alive), keep_alive, now);
+            }
+            Route::Metrics => {
+                let body = self.core.shared.metrics.render();
+                let bytes = http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep_alive);
+                self.respond(slot, bytes, keep_alive, now);
+            }
+            Route::Respond { status, body } => {
+                let bytes = http::response(status, "application/json", body.as_bytes(), keep_alive);
+                self.respond(slot, bytes, keep_alive, now);
+            }
+            Route::Store(request) => {
+                let Some(from) = self.connection_id(slot) else { return total };
+                if self.core.mesh.store.send(StoreCommand::Admin { from, request }) {
+                    if let Phase::Http { waiting, keep_alive: keep, .. } = &mut self.conns[slot as usize].phase {
+                        *waiting = true;
+                        *keep = keep_alive;
+                    }
+                } else {
+                    let bytes = http::json_error(503, "the store is shutting down", false);
+                    self.respond(slot, bytes, false, now);
+                }
+            }
+        }
+        total
+    }
+
+    /// The store answered an admin request: write the response, then take the next
+    /// pipelined request if one is buffered.
+    pub(super) fn on_admin_reply(&mut self, slot: u32, status: u16, body: String, now: Instant) {
+        let keep_alive = match &mut self.conns[slot as usize].phase {
+            Phase::Http { waiting, keep_alive, .. } => {
+                *waiting = false;
+                *keep_alive
+            }
+            Phase::Socket(_) => return,
+        };
+        let bytes = http::response(status, "application/json", body.as_bytes(), keep_alive);
+        self.respond(slot, bytes, keep_alive, now);
+        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        if conn.closing.is_none() && !conn.inbuf.is_empty() {
+            let mut pending = std::mem::take(&mut conn.inbuf);
+            let used = self.process(slot, &mut pending, now);
+            if let Some(conn) = self.conns.get_mut(slot as usize) {
+                if conn.closing.is_none() && used < pending.len() {
+                    pending.drain(..used);
+                    conn.inbuf = pending;
+                }
+            }
+        }
+    }
+
+    /// Queues a response; keeps the connection for the next request or closes it after.
+    fn respond(&mut self, slot: u32, bytes: Vec<u8>, keep_alive: bool, now: Instant) {
+        let timeout = self.core.shared.config.request_timeout;
+        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        self.core.queue(conn, bytes.into());
+        if keep_alive {
+            if let Phase::Http { deadline, .. } = &mut conn.phase {
+                *deadline = now + timeout;
+            }
+            self.mark(slot);
+        } else {
+            self.close(slot, Close::AfterFlush, "response sent");
+        }
+    }
+
+    /// `/socket.io/`: Engine.IO's handshake. Errors use Engine.IO's JSON codes.
+    fn engine_request(&mut self, slot: u32, head: RequestHead, now: Instant) {
+        let engine_error = |code: u8, message: &str| {
+            let body = json!({"code": code, "message": message}).to_string();
+            http::response(400, "application/json", body.as_bytes(), false)
+        };
+        if head.query_param("EIO").as_deref() != Some("4") {
+            self.respond(slot, engine_error(5, "Unsupported protocol version"), false, now);
+            return;
+        }
+        match head.query_param("transport").as_deref() {
+            Some("websocket") => {}
+            _ => {
+                // Long-polling is not served yet: clients must use transports: ["websocket"].
+                self.respond(slot, engine_error(0, "Transport unknown"), false, now);
+                return;
+            }
+        }
+        let Some(key) = head.websocket_key.as_deref() else {
+            self.respond(slot, engine_error(3, "Bad request: a WebSocket upgrade was expected"), false, now);
+            return;
+        };
+        if head.query_param("sid").is_some() {
+            // An upgrade of a polling session: there are none without the polling transport.
+            self.respond(slot, engine_error(1, "Session ID unknown"), false, now);
+            return;
+        }
+        let bearer = head.bearer_token().map(Box::from);
+        let cookie = head.cookie(SESSION_COOKIE).map(Box::from);
+        let accept = http::websocket_accept(key);
+        let sid = new_sid(self.core.id.0);
+        let session = Session::new(now, sid, self.core.shared.config.engine);
+        let conn = &mut self.conns[slot as usize];
+        self.core.queue(conn, accept.into());
+        conn.phase = Phase::Socket(Box::new(Socket {
+            session,
+            auth: Auth::Pending { bearer, cookie },
+            fragment: None,
+        }));
+        self.drive(slot, now);
+    }
+
+    fn health(&self) -> String {
+        let shared = &self.core.shared;
+        let connections: i64 = shared.metrics.shards.iter().map(|s| s.connections.load(Relaxed)).sum();
+        let sockets: i64 = shared.metrics.shards.iter().map(|s| s.sockets.load(Relaxed)).sum();
+        json!({
+            "status": "ok",
+            "uptimeSeconds": shared.started.elapsed().as_secs(),
+            "node": {
+                "shards": shared.config.shards,
+                "connections": connections,
+                "sockets": sockets,
+                "singleNode": shared.config.redis_url.is_none(),
+            },
+            "store": {"kind": shared.store_kind, "status": "ok"},
+            "redis": {"status": if shared.config.redis_url.is_some() { "configured" } else { "not configured" }},
+        })
+        .to_string()
+    }
+}
