@@ -1,0 +1,307 @@
+//! The store thread driven through its inbox, with real shard inboxes and a real `mio::Waker`,
+//! asserting the `ShardCommand`s the shard would receive. No sockets.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+
+use super::*;
+use crate::ids::{Room, ShardId};
+use crate::mesh::{AdminRequest, BrokerHandle, ShardCommand, ShardHandle};
+
+mod admin;
+mod connect;
+mod messages;
+
+/// A fixed clock for backend tests.
+pub(super) fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+/// Two workspaces. `ws`: ann and bob (members of `general` and of the DM), carl (workspace
+/// member, in no room), `quiet` (ann only). `ws2`: ann, with channel `elsewhere`. dave is in
+/// no workspace.
+pub(super) struct World {
+    pub ann: UserId,
+    pub bob: UserId,
+    pub carl: UserId,
+    pub dave: UserId,
+    pub ws: WorkspaceId,
+    pub ws2: WorkspaceId,
+    pub general: ChannelId,
+    pub quiet: ChannelId,
+    pub elsewhere: ChannelId,
+    pub dm: ConversationId,
+}
+
+pub(super) fn world() -> (MemoryBackend, World) {
+    let mut b = MemoryBackend::new();
+    let now = t0();
+    let ann = b.create_user("Ann", Some("ann@example.com"), now).unwrap();
+    let bob = b.create_user("Bob", None, now).unwrap();
+    let carl = b.create_user("Carl", None, now).unwrap();
+    let dave = b.create_user("Dave", None, now).unwrap();
+    let ws = b.create_workspace("acme", "Acme", now).unwrap();
+    let ws2 = b.create_workspace("other", "Other", now).unwrap();
+    for u in [ann, bob, carl] {
+        b.add_workspace_member(ws, u, None).unwrap();
+    }
+    b.add_workspace_member(ws2, ann, Some("admin")).unwrap();
+    let general = b
+        .create_channel(ws, "general", "General", false, now)
+        .unwrap();
+    let quiet = b.create_channel(ws, "quiet", "Quiet", true, now).unwrap();
+    let elsewhere = b
+        .create_channel(ws2, "general", "General", false, now)
+        .unwrap();
+    b.add_channel_member(general, ann).unwrap();
+    b.add_channel_member(general, bob).unwrap();
+    b.add_channel_member(quiet, ann).unwrap();
+    b.add_channel_member(elsewhere, ann).unwrap();
+    let (dm, _) = b.create_conversation(ws, &[ann, bob], now).unwrap();
+    let world = World {
+        ann,
+        bob,
+        carl,
+        dave,
+        ws,
+        ws2,
+        general,
+        quiet,
+        elsewhere,
+        dm,
+    };
+    (b, world)
+}
+
+pub(super) fn new_message(
+    author: UserId,
+    ws: WorkspaceId,
+    target: Target,
+    text: &str,
+) -> NewMessage {
+    NewMessage {
+        author,
+        workspace: Some(ws),
+        target,
+        content: text.into(),
+        client_msg_id: None,
+    }
+}
+
+const CONN: ConnectionId = ConnectionId {
+    shard: ShardId(0),
+    slot: 7,
+    generation: 1,
+};
+
+/// The store thread with one shard inbox to watch.
+struct Harness {
+    inbox: Option<Sender<StoreCommand>>,
+    shard: Receiver<ShardCommand>,
+    thread: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    _poll: mio::Poll,
+    w: World,
+}
+
+impl Harness {
+    /// Spawns the store over the `world()` data; `queued` commands are in its inbox before
+    /// the thread starts, so the first drain takes them all at once.
+    fn start(queued: impl FnOnce(&World) -> Vec<StoreCommand>) -> Harness {
+        let (backend, w) = world();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (shard_tx, shard) = crossbeam_channel::unbounded();
+        let shards = vec![ShardHandle::new(ShardId(0), shard_tx, waker)];
+        let (inbox, store_rx) = crossbeam_channel::unbounded();
+        let mesh = Mesh {
+            shards: shards.clone(),
+            store: StoreHandle::new(inbox.clone()),
+            broker: BrokerHandle::local(shards),
+        };
+        for command in queued(&w) {
+            inbox.send(command).unwrap();
+        }
+        let metrics = Arc::new(Metrics::new(1));
+        let thread = spawn_with(backend, store_rx, mesh, Arc::clone(&metrics)).unwrap();
+        Harness {
+            inbox: Some(inbox),
+            shard,
+            thread: Some(thread),
+            metrics,
+            _poll: poll,
+            w,
+        }
+    }
+
+    fn send(&self, command: StoreCommand) {
+        self.inbox.as_ref().unwrap().send(command).unwrap();
+    }
+
+    fn next(&self) -> ShardCommand {
+        self.shard
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the store answers")
+    }
+
+    /// The next command must be a reply to `CONN`.
+    fn reply(&self) -> StoreReply {
+        match self.next() {
+            ShardCommand::Reply(to, reply) => {
+                assert_eq!(to, CONN);
+                reply
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// The next command must be a broadcast: its room, event name and data.
+    fn broadcast(&self) -> (Room, String, Value) {
+        match self.next() {
+            ShardCommand::Deliver(b) => {
+                let (name, data) = event_of(&b.frame);
+                (b.room, name, data)
+            }
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+
+    fn membership(&self) -> MembershipChange {
+        match self.next() {
+            ShardCommand::Membership(change) => change,
+            other => panic!("expected a membership change, got {other:?}"),
+        }
+    }
+
+    fn asker(&self, user: UserId) -> Asker {
+        Asker {
+            from: CONN,
+            user,
+            workspace: self.w.ws,
+        }
+    }
+
+    fn authenticate(
+        &self,
+        credential: Credential,
+        workspace: WorkspaceId,
+    ) -> Result<Grant, StoreError> {
+        self.send(StoreCommand::Authenticate {
+            from: CONN,
+            credential,
+            workspace,
+        });
+        match self.reply() {
+            StoreReply::Authenticated(result) => result,
+            other => panic!("expected Authenticated, got {other:?}"),
+        }
+    }
+
+    /// Sends and expects only the reply (no broadcast before it).
+    fn send_message(&self, message: NewMessage) -> Result<Message, StoreError> {
+        self.send(StoreCommand::Send {
+            asker: self.asker(message.author),
+            ack: Some(3),
+            message,
+        });
+        match self.reply() {
+            StoreReply::Sent { ack, result } => {
+                assert_eq!(ack, Some(3));
+                result
+            }
+            other => panic!("expected Sent, got {other:?}"),
+        }
+    }
+
+    /// Sends a message that must be stored: expects `message:new`, then the reply.
+    fn post(&self, author: UserId, target: Target, text: &str) -> Message {
+        self.send(StoreCommand::Send {
+            asker: self.asker(author),
+            ack: None,
+            message: new_message(author, self.w.ws, target, text),
+        });
+        let (room, name, data) = self.broadcast();
+        assert_eq!((room, name.as_str()), (target.room(), "message:new"));
+        let StoreReply::Sent { result: Ok(m), .. } = self.reply() else {
+            panic!("send refused")
+        };
+        assert_eq!(data["sequence"], m.sequence);
+        m
+    }
+
+    fn delete(&self, user: UserId, message: MessageId) -> Result<(), StoreError> {
+        self.send(StoreCommand::Delete {
+            asker: self.asker(user),
+            ack: Some(1),
+            message,
+        });
+        match self.reply() {
+            StoreReply::Deleted { result, .. } => result,
+            other => panic!("expected Deleted, got {other:?}"),
+        }
+    }
+
+    fn history(&self, user: UserId, query: HistoryQuery) -> Result<Vec<i64>, StoreError> {
+        self.send(StoreCommand::History {
+            asker: self.asker(user),
+            ack: Some(2),
+            query,
+        });
+        match self.reply() {
+            StoreReply::History { result, .. } => {
+                result.map(|page| page.iter().map(|m| m.sequence).collect())
+            }
+            other => panic!("expected History, got {other:?}"),
+        }
+    }
+
+    fn admin(&self, request: AdminRequest) -> (u16, Value) {
+        self.send(StoreCommand::Admin {
+            from: CONN,
+            request,
+        });
+        self.admin_reply()
+    }
+
+    fn admin_reply(&self) -> (u16, Value) {
+        match self.reply() {
+            StoreReply::Admin { status, body } => (status, serde_json::from_str(&body).unwrap()),
+            other => panic!("expected Admin, got {other:?}"),
+        }
+    }
+
+    /// Shuts the store down and waits for the thread; nothing may be left for the shard.
+    fn stop(mut self) {
+        self.send(StoreCommand::Shutdown);
+        self.thread.take().unwrap().join().unwrap();
+        assert!(
+            self.shard.try_recv().is_err(),
+            "nothing unexpected was sent"
+        );
+    }
+}
+
+/// `(name, data)` of a `42["name",data]` event inside an unmasked WebSocket text frame.
+fn event_of(frame: &[u8]) -> (String, Value) {
+    let header = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let text = std::str::from_utf8(&frame[header..]).unwrap();
+    let packet: Value = serde_json::from_str(text.strip_prefix("42").unwrap()).unwrap();
+    (packet[0].as_str().unwrap().to_owned(), packet[1].clone())
+}
+
+fn query(target: Target, before: Option<i64>, after: Option<i64>, limit: u32) -> HistoryQuery {
+    HistoryQuery {
+        target,
+        before,
+        after,
+        limit,
+    }
+}
