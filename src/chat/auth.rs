@@ -34,12 +34,22 @@ pub const NO_TOKEN: &str =
 const NBF_LEEWAY_SECS: f64 = 60.0;
 
 /// What a CONNECT offers to prove: the token (if any) and the workspace asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthRequest {
     /// The token from the first place that had one.
     pub token: Option<String>,
     /// `workspaceId` of the auth payload, or why it is missing or unusable.
     pub workspace: Result<WorkspaceId, String>,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("workspace", &self.workspace)
+            .finish()
+    }
 }
 
 impl AuthRequest {

@@ -12,7 +12,10 @@ use std::fmt;
 const MAX_HEADERS: usize = 64;
 
 /// A parsed request head. The body (if any) follows it in the buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` output hides the values of `Authorization` and `Cookie`, so logging a head
+/// never logs a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RequestHead {
     /// `GET`, `POST`, … as sent (methods are case-sensitive, RFC 9110 §9.1).
     pub method: String,
@@ -77,6 +80,28 @@ impl fmt::Display for HttpError {
 }
 
 impl std::error::Error for HttpError {}
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| match n.as_str() {
+                "authorization" | "cookie" | "proxy-authorization" => (n.as_str(), "<hidden>"),
+                _ => (n.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("RequestHead")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("headers", &headers)
+            .field("content_length", &self.content_length)
+            .field("keep_alive", &self.keep_alive)
+            .field("websocket_key", &self.websocket_key)
+            .finish()
+    }
+}
 
 impl RequestHead {
     /// The first value of header `name` (any case).
@@ -332,6 +357,11 @@ fn malformed(error: httparse::Error, buf: &[u8]) -> HttpError {
         _ => "the request head",
     };
     let mut shown = String::from_utf8_lossy(line).trim_end().to_owned();
+    // A query may carry a credential (`?token=…`): never echo it.
+    if let Some(q) = shown.find('?') {
+        shown.truncate(q);
+        shown.push_str("?…");
+    }
     if shown.len() > 80 {
         let cut = (0..=80)
             .rev()

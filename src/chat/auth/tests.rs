@@ -245,6 +245,9 @@ fn extraction_prefers_payload_then_bearer_then_cookie() {
     let got = extract(Some(&auth), Some(""), Some("from-cookie"));
     assert_eq!(got.token.as_deref(), Some("from-cookie"));
 
+    let got = extract(Some(&auth), Some("s3cr3t"), None);
+    assert!(!format!("{got:?}").contains("s3cr3t"));
+
     let got = extract(Some(&auth), None, None);
     assert_eq!(got.token, None);
     assert_eq!(got.require_token().unwrap_err(), NO_TOKEN);

@@ -300,3 +300,20 @@ fn websocket_accept_uses_the_rfc_6455_example() {
          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     );
 }
+
+#[test]
+fn debug_output_hides_credentials() {
+    let head = head(
+        "GET /?a=1 HTTP/1.1\r\nAuthorization: Bearer s3cr3t\r\nCookie: sid=s3cr3t\r\nX-Ok: shown\r\n\r\n",
+    );
+    let text = format!("{head:?}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(text.contains("shown"), "{text}");
+}
+
+#[test]
+fn malformed_line_errors_do_not_echo_the_query() {
+    let err = parse("GET /socket.io/?token=s3cr3t HTTX/1.1\r\n\r\n").unwrap_err();
+    assert!(!err.reason.contains("s3cr3t"), "{}", err.reason);
+    assert!(err.reason.contains("/socket.io/?…"), "{}", err.reason);
+}
