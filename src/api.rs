@@ -1,1 +1,403 @@
-//! Admin API, /healthz and /metrics routing.
+//! HTTP routes other than the Socket.IO endpoint (contract §6): `/healthz`, `/metrics` and
+//! the admin API under `/api/v1`.
+//!
+//! [`route`] only decides: it checks the admin token, parses and validates the JSON body
+//! into an [`AdminRequest`], and answers every mistake at once with a JSON `{"error"}` that
+//! names the bad field. The shard builds the health and metrics bodies and hands admin
+//! requests to the store thread.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use crate::chat::validate::{history_limit, validate_client_msg_id, validate_content};
+use crate::ids::{ChannelId, ConversationId, Target, UserId, WorkspaceId};
+use crate::mesh::{AdminRequest, HistoryQuery, NewMessage};
+use crate::protocol::http::RequestHead;
+
+/// Default lifetime of a session made by `POST /api/v1/sessions`: one day.
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
+
+/// Longest session lifetime the admin API grants: ten years.
+pub const MAX_SESSION_TTL_SECS: u64 = 10 * 365 * 86_400;
+
+/// What to do with a request.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// `GET /healthz`: the shard answers with the node's status.
+    Health,
+    /// `GET /metrics`: the shard answers with the Prometheus text.
+    Metrics,
+    /// An authorised, validated admin request for the store thread.
+    Store(AdminRequest),
+    /// Answer now with this status and JSON body (an error: `{"error": "…"}`).
+    Respond {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: String,
+    },
+}
+
+/// Decides what to do with a request that is not for `/socket.io/`.
+///
+/// `admin_token` is `CHAT_ADMIN_TOKEN` (`None`: the admin API answers 503);
+/// `max_message_chars` bounds `POST /api/v1/messages` content as it bounds `message:send`.
+/// Errors: 401 for a missing or wrong admin token, 404 for an unknown path, 405 for a known
+/// path with another method, 400 naming the field for a bad body or query.
+pub fn route(
+    head: &RequestHead,
+    body: &[u8],
+    admin_token: Option<&str>,
+    max_message_chars: usize,
+) -> Route {
+    let Some(segments) = segments(&head.path) else {
+        return not_found(head);
+    };
+    match segments.as_slice() {
+        ["healthz"] => only_get(head).unwrap_or(Route::Health),
+        ["metrics"] => only_get(head).unwrap_or(Route::Metrics),
+        ["api", "v1", rest @ ..] => {
+            if let Err(refusal) = authorise(head, admin_token) {
+                return refusal;
+            }
+            let Some(allowed) = admin_method(rest) else {
+                return not_found(head);
+            };
+            if head.method != allowed {
+                return method_not_allowed(head, allowed);
+            }
+            match admin(head, rest, body, max_message_chars) {
+                Ok(request) => Route::Store(request),
+                Err(message) => error(400, &message),
+            }
+        }
+        _ => not_found(head),
+    }
+}
+
+/// A `Route::Respond` with body `{"error": message}`.
+pub fn error(status: u16, message: &str) -> Route {
+    Route::Respond {
+        status,
+        body: serde_json::json!({ "error": message }).to_string(),
+    }
+}
+
+/// Compares the bearer token with `CHAT_ADMIN_TOKEN`.
+fn authorise(head: &RequestHead, admin_token: Option<&str>) -> Result<(), Route> {
+    let Some(expected) = admin_token.filter(|t| !t.is_empty()) else {
+        return Err(error(
+            503,
+            "the admin API is disabled: set CHAT_ADMIN_TOKEN to enable it",
+        ));
+    };
+    match head.bearer_token() {
+        None => Err(error(
+            401,
+            "missing admin token: send Authorization: Bearer <CHAT_ADMIN_TOKEN>",
+        )),
+        Some(given) if !same_secret(given.as_bytes(), expected.as_bytes()) => Err(error(
+            401,
+            "the bearer token does not match CHAT_ADMIN_TOKEN",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Equality whose running time depends only on the lengths, so a wrong guess does not
+/// reveal how many leading bytes were right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, &e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// The method an admin path takes, or `None` for an unknown path.
+fn admin_method(rest: &[&str]) -> Option<&'static str> {
+    Some(match rest {
+        ["users"]
+        | ["workspaces"]
+        | ["channels"]
+        | ["conversations"]
+        | ["sessions"]
+        | ["messages"] => "POST",
+        ["workspaces", _, "members"] | ["channels", _, "members"] => "POST",
+        ["channels", _, "members", _] => "DELETE",
+        ["channels" | "conversations", _, "messages"] => "GET",
+        _ => return None,
+    })
+}
+
+/// Parses an admin request whose path and method are known to match.
+fn admin(
+    head: &RequestHead,
+    rest: &[&str],
+    body: &[u8],
+    max_message_chars: usize,
+) -> Result<AdminRequest, String> {
+    Ok(match rest {
+        ["users"] => {
+            let f = Fields::parse(body)?;
+            let email = f.opt_text("email")?;
+            if let Some(email) = &email {
+                if !email.contains('@') {
+                    return Err(format!("field \"email\" {email:?} is not an email address"));
+                }
+            }
+            AdminRequest::CreateUser {
+                name: f.text("name")?,
+                email,
+            }
+        }
+        ["workspaces"] => {
+            let f = Fields::parse(body)?;
+            AdminRequest::CreateWorkspace {
+                slug: f.text("slug")?,
+                name: f.text("name")?,
+            }
+        }
+        ["workspaces", id, "members"] => {
+            let f = Fields::parse(body)?;
+            AdminRequest::AddWorkspaceMember {
+                workspace: path_id(id, "workspace")?,
+                user: f.id("userId")?,
+                role: f.opt_text("role")?,
+            }
+        }
+        ["channels"] => {
+            let f = Fields::parse(body)?;
+            AdminRequest::CreateChannel {
+                workspace: f.id("workspaceId")?,
+                slug: f.text("slug")?,
+                name: f.text("name")?,
+                is_private: f.opt_bool("isPrivate")?.unwrap_or(false),
+            }
+        }
+        ["channels", id, "members"] => {
+            let f = Fields::parse(body)?;
+            AdminRequest::AddChannelMember {
+                channel: path_id::<ChannelId>(id, "channel")?,
+                user: f.id("userId")?,
+            }
+        }
+        ["channels", id, "members", user] => AdminRequest::RemoveChannelMember {
+            channel: path_id(id, "channel")?,
+            user: path_id(user, "user")?,
+        },
+        ["conversations"] => {
+            let f = Fields::parse(body)?;
+            AdminRequest::CreateConversation {
+                workspace: f.id::<WorkspaceId>("workspaceId")?,
+                participants: f.id_list("participantIds")?,
+            }
+        }
+        ["sessions"] => {
+            let f = Fields::parse(body)?;
+            let ttl_seconds = match f.opt_u64("ttlSeconds")? {
+                None => DEFAULT_SESSION_TTL_SECS,
+                Some(ttl) if (1..=MAX_SESSION_TTL_SECS).contains(&ttl) => ttl,
+                Some(ttl) => {
+                    return Err(format!(
+                    "field \"ttlSeconds\" {ttl} is out of range: use 1 to {MAX_SESSION_TTL_SECS}"
+                ))
+                }
+            };
+            AdminRequest::CreateSession {
+                user: f.id::<UserId>("userId")?,
+                ttl_seconds,
+            }
+        }
+        ["messages"] => {
+            let f = Fields::parse(body)?;
+            let author = f.id::<UserId>("authorId")?;
+            let target_id = f.raw_text("targetId")?;
+            let target_type = f.raw_text("targetType")?;
+            let target = Target::parse(target_type, target_id)?;
+            let content = validate_content(f.raw_text("content")?, max_message_chars)?;
+            let client_msg_id = match f.opt_raw_text("clientMsgId")? {
+                Some(id) => Some(validate_client_msg_id(id)?),
+                None => None,
+            };
+            AdminRequest::Publish(NewMessage {
+                author,
+                workspace: None,
+                target,
+                content,
+                client_msg_id,
+            })
+        }
+        [kind, id, "messages"] => {
+            let target = if *kind == "channels" {
+                Target::Channel(path_id::<ChannelId>(id, "channel")?)
+            } else {
+                Target::Dm(path_id::<ConversationId>(id, "conversation")?)
+            };
+            AdminRequest::History(HistoryQuery {
+                target,
+                after: query_i64(head, "afterSequence")?,
+                before: query_i64(head, "beforeSequence")?,
+                limit: query_limit(head)?,
+            })
+        }
+        // admin_method accepted only the shapes above.
+        _ => return Err("unknown admin path".to_owned()),
+    })
+}
+
+/// The path split at `/`, without the leading slash and one trailing slash; `None` for an
+/// empty segment in the middle (`/api//v1`).
+fn segments(path: &str) -> Option<Vec<&str>> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    (!segments.iter().any(|s| s.is_empty())).then_some(segments)
+}
+
+fn path_id<T: FromStr>(segment: &str, what: &str) -> Result<T, String> {
+    segment
+        .parse()
+        .map_err(|_| format!("{what} id {segment:?} in the path is not a uuid"))
+}
+
+/// An optional integer query parameter; an empty value counts as absent.
+fn query_i64(head: &RequestHead, name: &str) -> Result<Option<i64>, String> {
+    match head.query_param(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name} {v:?} is not a whole number")),
+    }
+}
+
+fn query_limit(head: &RequestHead) -> Result<u32, String> {
+    let limit = match head.query_param("limit").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) => Some(n),
+            // Digits too many for an i64 are still "over 100": capped, not refused.
+            Err(_) if v.bytes().all(|b| b.is_ascii_digit()) => Some(i64::MAX),
+            Err(_) => return Err(format!("limit {v:?} is not a number: use 1 to 100")),
+        },
+    };
+    history_limit(limit)
+}
+
+fn only_get(head: &RequestHead) -> Option<Route> {
+    (head.method != "GET").then(|| method_not_allowed(head, "GET"))
+}
+
+fn not_found(head: &RequestHead) -> Route {
+    error(404, &format!("no route for {} {}", head.method, head.path))
+}
+
+fn method_not_allowed(head: &RequestHead, allowed: &str) -> Route {
+    error(
+        405,
+        &format!(
+            "{} is not allowed on {}: use {allowed}",
+            head.method, head.path
+        ),
+    )
+}
+
+/// The fields of a JSON object body, read with messages that name the field.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn parse(body: &[u8]) -> Result<Fields, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err("the request body is empty: send a JSON object".to_owned());
+        }
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(map)) => Ok(Fields(map)),
+            Ok(_) => Err("the request body must be a JSON object".to_owned()),
+            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
+        }
+    }
+
+    /// A present, non-null value.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    fn opt_raw_text(&self, name: &str) -> Result<Option<&str>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("field {name:?} must be a string")),
+        }
+    }
+
+    fn raw_text(&self, name: &str) -> Result<&str, String> {
+        self.opt_raw_text(name)?
+            .ok_or_else(|| format!("field {name:?} is required"))
+    }
+
+    /// An optional string, trimmed; blank is an error, not absence.
+    fn opt_text(&self, name: &str) -> Result<Option<String>, String> {
+        match self.opt_raw_text(name)?.map(str::trim) {
+            Some("") => Err(format!("field {name:?} must not be empty")),
+            other => Ok(other.map(str::to_owned)),
+        }
+    }
+
+    fn text(&self, name: &str) -> Result<String, String> {
+        self.opt_text(name)?
+            .ok_or_else(|| format!("field {name:?} is required"))
+    }
+
+    fn id<T: FromStr>(&self, name: &str) -> Result<T, String> {
+        let raw = self.raw_text(name)?;
+        raw.parse()
+            .map_err(|_| format!("field {name:?} must be a uuid, got {raw:?}"))
+    }
+
+    fn opt_bool(&self, name: &str) -> Result<Option<bool>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(format!("field {name:?} must be true or false")),
+        }
+    }
+
+    fn opt_u64(&self, name: &str) -> Result<Option<u64>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("field {name:?} must be a positive whole number")),
+        }
+    }
+
+    /// A non-empty array of uuids, duplicates dropped, order kept.
+    fn id_list<T: FromStr + Eq + Hash + Copy>(&self, name: &str) -> Result<Vec<T>, String> {
+        let Some(Value::Array(items)) = self.get(name) else {
+            return Err(format!("field {name:?} is required: an array of uuids"));
+        };
+        if items.is_empty() {
+            return Err(format!("field {name:?} must list at least one uuid"));
+        }
+        let mut ids = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let id = item
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("field {name:?}[{i}] must be a uuid, got {item}"))?;
+            if seen.insert(id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,3 +2,4 @@
 //! WebSocket frame encoding and the HTTP request head.
 
 pub mod frame;
+pub mod http;
