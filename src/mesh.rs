@@ -56,7 +56,8 @@ pub struct MembershipChange {
 }
 
 /// How the socket proved who it is, as far as the shard could check on its own.
-#[derive(Clone, Debug)]
+/// `Debug` never prints a session token.
+#[derive(Clone)]
 pub enum Credential {
     /// A JWT whose signature and expiry the shard verified; the user still has to exist.
     Jwt {
@@ -67,6 +68,17 @@ pub enum Credential {
     },
     /// An opaque session token, looked up in `sessions`.
     Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Jwt { user, name } => {
+                f.debug_struct("Jwt").field("user", user).field("name", name).finish()
+            }
+            Credential::Session(_) => f.write_str("Session(<hidden>)"),
+        }
+    }
 }
 
 /// A message to store (socket `message:send` or `POST /api/v1/messages`).

@@ -11,9 +11,6 @@ use crate::ids::{ConnectionId, MessageId, Room, Target, WorkspaceId};
 use crate::mesh::{Asker, Broadcast, HistoryQuery, NewMessage, StoreCommand, StoreError, StoreReply};
 use crate::model::{timestamp, User};
 
-/// Longest `clientMsgId` accepted.
-pub const MAX_CLIENT_MSG_ID: usize = 128;
-
 /// What a handler asks the shard to do.
 #[derive(Debug)]
 pub enum Effect {
@@ -178,10 +175,7 @@ fn message_send(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<
     let content = validate::validate_content(string(&map, "content")?, ctx.max_message_chars)?;
     let client_msg_id = match map.get("clientMsgId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_CLIENT_MSG_ID => Some(s.clone()),
-        Some(Value::String(_)) => {
-            return Err(format!("clientMsgId must be 1 to {MAX_CLIENT_MSG_ID} characters"))
-        }
+        Some(Value::String(s)) => Some(validate::validate_client_msg_id(s)?),
         Some(other) => return Err(format!("clientMsgId must be a string, got {}", kind(other))),
     };
     out.push(Effect::Store(StoreCommand::Send {
@@ -210,10 +204,10 @@ fn message_history(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut V
     let map = object("message:history", data)?;
     let target = target(&map, "targetId", "targetType")?;
     let limit = match map.get("limit") {
-        None | Some(Value::Null) => 50,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(0) | None => return Err(format!("limit must be a whole number from 1 to 100, got {n}")),
-            Some(v) => v.min(100) as u32,
+        None | Some(Value::Null) => validate::history_limit(None)?,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) => validate::history_limit(Some(v))?,
+            None => return Err(format!("limit must be a whole number from 1 to 100, got {n}")),
         },
         Some(other) => return Err(format!("limit must be a number, got {}", kind(other))),
     };

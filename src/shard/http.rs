@@ -13,9 +13,6 @@ use crate::mesh::StoreCommand;
 use crate::protocol::http::{self, RequestHead};
 use crate::protocol::session::Session;
 
-/// Name of the cookie better-auth keeps its session token in (contract §2).
-const SESSION_COOKIE: &str = "better-auth.session_token";
-
 /// A random session id: hex shard number, then 20 random hex digits. The shard prefix lets a
 /// request of the session be routed to the shard that owns it.
 pub(super) fn new_sid(shard: u16) -> String {
@@ -152,7 +149,7 @@ impl Shard {
             return;
         }
         let bearer = head.bearer_token().map(Box::from);
-        let cookie = head.cookie(SESSION_COOKIE).map(Box::from);
+        let cookie = crate::chat::auth::session_cookie(&head).map(Box::from);
         let accept = http::websocket_accept(key);
         let sid = new_sid(self.core.id.0);
         let session = Session::new(now, sid, self.core.shared.config.engine);
