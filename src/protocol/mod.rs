@@ -4,5 +4,6 @@
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod packet;
 
 pub use error::ProtocolError;
