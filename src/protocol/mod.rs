@@ -5,5 +5,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod packet;
+pub mod session;
 
 pub use error::ProtocolError;
+pub use session::{Session, SessionEvent};
