@@ -1,0 +1,532 @@
+//! Socket.IO v5 packets, in the text encoding of the default parser:
+//! `<packet type>[<# of binary attachments>-][<namespace>,][<acknowledgment id>][JSON-stringified payload]`
+//! ("the namespace is only included if it is different from the main namespace (`/`)").
+//! The text here is what follows the Engine.IO message type `4`.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::engine::push_json_str;
+use super::error::ProtocolError;
+
+/// The main namespace, which a packet without a namespace part addresses.
+pub const MAIN_NAMESPACE: &str = "/";
+
+/// One Socket.IO v5 packet. `nsp` is [`MAIN_NAMESPACE`] unless the text named another;
+/// it borrows nothing, so decoding the main namespace allocates no namespace string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packet {
+    /// `0`: the client asks to join `nsp` (with an optional auth object); the server
+    /// answers with one carrying `{"sid":…}`.
+    Connect {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// The client's auth object, or the server's `{"sid":…}`.
+        data: Option<Value>,
+    },
+    /// `1`: either side leaves `nsp`.
+    Disconnect {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+    },
+    /// `2`: an event; `data` is `[name, args…]`, non-empty with a string name.
+    Event {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// `[name, args…]`.
+        data: Vec<Value>,
+        /// Ack id when the sender wants an ACK back.
+        id: Option<u64>,
+    },
+    /// `3`: the answer to an event that carried `id`.
+    Ack {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// The ack callback's arguments (possibly none).
+        data: Vec<Value>,
+        /// The event's ack id.
+        id: u64,
+    },
+    /// `4`: the server refuses a CONNECT; data is `{"message":…}`.
+    ConnectError {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// Usually `{"message":…}`.
+        data: Value,
+    },
+    /// `5`: an event with binary attachments in the following frames. [`decode`] refuses it
+    /// (this server takes no binary); the variant exists so the packet table is complete.
+    BinaryEvent {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// Number of attachments that follow.
+        attachments: usize,
+        /// `[name, args…]` with `{"_placeholder":true,"num":n}` for each attachment.
+        data: Vec<Value>,
+        /// Ack id.
+        id: Option<u64>,
+    },
+    /// `6`: an ack with binary attachments; refused by [`decode`] like [`Packet::BinaryEvent`].
+    BinaryAck {
+        /// Namespace.
+        nsp: Cow<'static, str>,
+        /// Number of attachments that follow.
+        attachments: usize,
+        /// Arguments with placeholders.
+        data: Vec<Value>,
+        /// The event's ack id.
+        id: u64,
+    },
+}
+
+/// Decodes the Socket.IO packet carried by one Engine.IO message (the text after the `4`).
+///
+/// A namespace runs from a leading `/` to the first `,` or to the end of the text (the
+/// reference parser and test suite accept `40/random` without a comma). An ack id is the run
+/// of digits after it; the rest is the JSON payload.
+///
+/// # Errors
+/// [`ProtocolError::BinaryUnsupported`] for types 5 and 6; [`ProtocolError::Malformed`] naming
+/// the part at fault for anything else the spec does not allow: an empty text, an unknown type,
+/// an ack id over `u64`, bad JSON, or a payload of the wrong shape for its type ("The payload is
+/// mandatory and MUST be a non-empty array" for EVENT, "MUST be an array (possibly empty)" for
+/// ACK, an object or nothing for CONNECT, nothing for DISCONNECT).
+pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
+    let bytes = text.as_bytes();
+    let Some(&kind) = bytes.first() else {
+        return Err(malformed(
+            "empty Socket.IO packet; expected a type digit 0-6 after the Engine.IO \"4\"",
+        ));
+    };
+    match kind {
+        b'0'..=b'4' => {}
+        b'5' | b'6' => return Err(ProtocolError::BinaryUnsupported),
+        _ => {
+            return Err(ProtocolError::Malformed(format!(
+                "unknown Socket.IO packet type {:?}; expected a digit 0-6",
+                text.chars().next().unwrap_or_default()
+            )))
+        }
+    }
+    // Every index below stops on an ASCII byte ('/', ',', a digit) or at the end, so each
+    // slice of `text` is on a character boundary.
+    let mut at = 1;
+    let nsp: Cow<'static, str> = if bytes.get(at) == Some(&b'/') {
+        let end = bytes[at..]
+            .iter()
+            .position(|&b| b == b',')
+            .map_or(bytes.len(), |i| at + i);
+        let nsp = &text[at..end];
+        at = (end + 1).min(bytes.len());
+        if nsp == MAIN_NAMESPACE {
+            Cow::Borrowed(MAIN_NAMESPACE)
+        } else {
+            Cow::Owned(nsp.to_owned())
+        }
+    } else {
+        Cow::Borrowed(MAIN_NAMESPACE)
+    };
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let id = if digits == 0 {
+        None
+    } else {
+        let id = text[at..at + digits].parse::<u64>().map_err(|_| {
+            ProtocolError::Malformed(format!(
+                "ack id {} is over {}; ack ids count up from 0",
+                &text[at..at + digits.min(40)],
+                u64::MAX
+            ))
+        })?;
+        at += digits;
+        Some(id)
+    };
+    let payload = &text[at..];
+    let data: Option<Value> =
+        if payload.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(payload).map_err(|e| {
+                ProtocolError::Malformed(format!("payload is not valid JSON ({e})"))
+            })?)
+        };
+    let kind_name = TYPE_NAMES[usize::from(kind - b'0')];
+    let no_id = |id: Option<u64>| match id {
+        Some(id) => Err(ProtocolError::Malformed(format!(
+            "{kind_name} packet carries ack id {id}; only EVENT and ACK have one"
+        ))),
+        None => Ok(()),
+    };
+    match kind {
+        b'0' => {
+            no_id(id)?;
+            match data {
+                None | Some(Value::Object(_)) => Ok(Packet::Connect { nsp, data }),
+                Some(other) => Err(ProtocolError::Malformed(format!(
+                    "CONNECT payload must be an object such as {{\"token\":\"…\"}}, got {}",
+                    json_kind(&other)
+                ))),
+            }
+        }
+        b'1' => {
+            no_id(id)?;
+            match data {
+                None => Ok(Packet::Disconnect { nsp }),
+                Some(other) => Err(ProtocolError::Malformed(format!(
+                    "DISCONNECT carries no payload, got {}",
+                    json_kind(&other)
+                ))),
+            }
+        }
+        b'2' => {
+            let data = array(kind_name, data)?;
+            match data.first() {
+                Some(Value::String(_)) => Ok(Packet::Event { nsp, data, id }),
+                Some(other) => Err(ProtocolError::Malformed(format!(
+                    "EVENT name must be a string, got {}",
+                    json_kind(other)
+                ))),
+                None => Err(malformed(
+                    "EVENT payload is an empty array; it must start with the event name",
+                )),
+            }
+        }
+        b'3' => {
+            let data = array(kind_name, data)?;
+            let Some(id) = id else {
+                return Err(malformed("ACK packet without an ack id"));
+            };
+            Ok(Packet::Ack { nsp, data, id })
+        }
+        _ => {
+            no_id(id)?;
+            match data {
+                Some(data @ (Value::Object(_) | Value::String(_))) => {
+                    Ok(Packet::ConnectError { nsp, data })
+                }
+                Some(other) => Err(ProtocolError::Malformed(format!(
+                    "CONNECT_ERROR payload must be an object or a string, got {}",
+                    json_kind(&other)
+                ))),
+                None => Err(malformed("CONNECT_ERROR packet without a payload")),
+            }
+        }
+    }
+}
+
+/// Encodes `packet` as Socket.IO text, without the Engine.IO `4` in front.
+pub fn encode(packet: &Packet) -> String {
+    let mut out = String::with_capacity(32);
+    let (kind, nsp, attachments, id) = match packet {
+        Packet::Connect { nsp, .. } => ('0', nsp, None, None),
+        Packet::Disconnect { nsp } => ('1', nsp, None, None),
+        Packet::Event { nsp, id, .. } => ('2', nsp, None, *id),
+        Packet::Ack { nsp, id, .. } => ('3', nsp, None, Some(*id)),
+        Packet::ConnectError { nsp, .. } => ('4', nsp, None, None),
+        Packet::BinaryEvent {
+            nsp,
+            attachments,
+            id,
+            ..
+        } => ('5', nsp, Some(*attachments), *id),
+        Packet::BinaryAck {
+            nsp,
+            attachments,
+            id,
+            ..
+        } => ('6', nsp, Some(*attachments), Some(*id)),
+    };
+    out.push(kind);
+    // Writing into a String cannot fail.
+    if let Some(n) = attachments {
+        let _ = write!(out, "{n}-");
+    }
+    if nsp != MAIN_NAMESPACE {
+        out.push_str(nsp);
+        out.push(',');
+    }
+    if let Some(id) = id {
+        let _ = write!(out, "{id}");
+    }
+    match packet {
+        Packet::Connect { data: Some(v), .. } | Packet::ConnectError { data: v, .. } => {
+            push_json(&mut out, v)
+        }
+        Packet::Event { data, .. }
+        | Packet::Ack { data, .. }
+        | Packet::BinaryEvent { data, .. }
+        | Packet::BinaryAck { data, .. } => push_json(&mut out, data),
+        Packet::Connect { data: None, .. } | Packet::Disconnect { .. } => {}
+    }
+    out
+}
+
+/// Packet type names from the spec's table, indexed by type digit.
+const TYPE_NAMES: [&str; 7] = [
+    "CONNECT",
+    "DISCONNECT",
+    "EVENT",
+    "ACK",
+    "CONNECT_ERROR",
+    "BINARY_EVENT",
+    "BINARY_ACK",
+];
+
+fn malformed(what: &str) -> ProtocolError {
+    ProtocolError::Malformed(what.to_owned())
+}
+
+/// Requires an array payload, as EVENT and ACK do.
+fn array(kind_name: &str, data: Option<Value>) -> Result<Vec<Value>, ProtocolError> {
+    match data {
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => Err(ProtocolError::Malformed(format!(
+            "{kind_name} payload must be an array, got {}",
+            json_kind(&other)
+        ))),
+        None => Err(ProtocolError::Malformed(format!(
+            "{kind_name} packet without a payload (after the namespace's comma, if any)"
+        ))),
+    }
+}
+
+/// A JSON value's kind, for error messages that must not echo client data at length.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn push_json(out: &mut String, value: &impl serde::Serialize) {
+    // A serde_json::Value (or Vec of them) always serialises: its map keys are strings.
+    match serde_json::to_string(value) {
+        Ok(json) => out.push_str(&json),
+        Err(_) => out.push_str("null"),
+    }
+}
+
+/// Appends `{"message":…}`, the CONNECT_ERROR payload socket.io-client turns into an Error.
+pub(crate) fn push_error_message(out: &mut String, message: &str) {
+    out.push_str("{\"message\":");
+    push_json_str(out, message);
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn ns(name: &str) -> Cow<'static, str> {
+        Cow::Owned(name.to_owned())
+    }
+
+    fn main() -> Cow<'static, str> {
+        Cow::Borrowed(MAIN_NAMESPACE)
+    }
+
+    /// Each "Packet / Encoded" pair from the spec's "Examples" section, both directions.
+    #[test]
+    fn spec_examples_round_trip() {
+        let cases = [
+            (
+                Packet::Connect {
+                    nsp: main(),
+                    data: None,
+                },
+                "0",
+            ),
+            (
+                Packet::Connect {
+                    nsp: ns("/admin"),
+                    data: Some(json!({"sid": "oSO0OpakMV_3jnilAAAA"})),
+                },
+                r#"0/admin,{"sid":"oSO0OpakMV_3jnilAAAA"}"#,
+            ),
+            (
+                Packet::ConnectError {
+                    nsp: main(),
+                    data: json!({"message": "Not authorized"}),
+                },
+                r#"4{"message":"Not authorized"}"#,
+            ),
+            (
+                Packet::Event {
+                    nsp: main(),
+                    data: vec![json!("foo")],
+                    id: None,
+                },
+                r#"2["foo"]"#,
+            ),
+            (
+                Packet::Event {
+                    nsp: ns("/admin"),
+                    data: vec![json!("bar")],
+                    id: None,
+                },
+                r#"2/admin,["bar"]"#,
+            ),
+            (
+                Packet::Event {
+                    nsp: main(),
+                    data: vec![json!("foo")],
+                    id: Some(12),
+                },
+                r#"212["foo"]"#,
+            ),
+            (
+                Packet::Ack {
+                    nsp: ns("/admin"),
+                    data: vec![json!("bar")],
+                    id: 13,
+                },
+                r#"3/admin,13["bar"]"#,
+            ),
+            (
+                Packet::Ack {
+                    nsp: main(),
+                    data: vec![],
+                    id: 12,
+                },
+                "312[]",
+            ),
+            (Packet::Disconnect { nsp: main() }, "1"),
+            (Packet::Disconnect { nsp: ns("/admin") }, "1/admin,"),
+        ];
+        for (packet, text) in cases {
+            assert_eq!(encode(&packet), text, "encode {packet:?}");
+            assert_eq!(decode(text).unwrap(), packet, "decode {text}");
+        }
+    }
+
+    #[test]
+    fn binary_examples_encode_but_do_not_decode() {
+        let placeholder = json!({"_placeholder": true, "num": 0});
+        let event = Packet::BinaryEvent {
+            nsp: main(),
+            attachments: 1,
+            data: vec![json!("baz"), placeholder.clone()],
+            id: None,
+        };
+        let text = r#"51-["baz",{"_placeholder":true,"num":0}]"#;
+        assert_eq!(encode(&event), text);
+        assert_eq!(decode(text), Err(ProtocolError::BinaryUnsupported));
+        let ack = Packet::BinaryAck {
+            nsp: main(),
+            attachments: 1,
+            data: vec![json!("bar"), placeholder],
+            id: 15,
+        };
+        let text = r#"61-15["bar",{"_placeholder":true,"num":0}]"#;
+        assert_eq!(encode(&ack), text);
+        assert_eq!(decode(text), Err(ProtocolError::BinaryUnsupported));
+        assert_eq!(
+            decode(r#"61-/admin,1[{"_placeholder":true,"num":0}]"#),
+            Err(ProtocolError::BinaryUnsupported)
+        );
+    }
+
+    #[test]
+    fn test_suite_packets_decode() {
+        // From the socket.io-protocol test suite: namespace without a trailing comma.
+        assert_eq!(
+            decode("0/random").unwrap(),
+            Packet::Connect {
+                nsp: ns("/random"),
+                data: None
+            }
+        );
+        assert_eq!(
+            decode(r#"0/custom,{"token":"abc"}"#).unwrap(),
+            Packet::Connect {
+                nsp: ns("/custom"),
+                data: Some(json!({"token": "abc"}))
+            }
+        );
+        assert_eq!(
+            decode(r#"2456["message-with-ack",1,"2",{"3":[false]}]"#).unwrap(),
+            Packet::Event {
+                nsp: main(),
+                data: vec![
+                    json!("message-with-ack"),
+                    json!(1),
+                    json!("2"),
+                    json!({"3": [false]})
+                ],
+                id: Some(456)
+            }
+        );
+        assert_eq!(
+            decode(r#"2/,["x"]"#).unwrap(),
+            Packet::Event {
+                nsp: main(),
+                data: vec![json!("x")],
+                id: None
+            }
+        );
+        assert_eq!(
+            decode(&format!("3{}[]", u64::MAX)).unwrap(),
+            Packet::Ack {
+                nsp: main(),
+                data: vec![],
+                id: u64::MAX
+            }
+        );
+    }
+
+    fn reason(text: &str) -> String {
+        match decode(text) {
+            Err(ProtocolError::Malformed(why)) => why,
+            other => panic!("{text:?} should be malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_inputs_say_what_is_wrong() {
+        assert!(reason("").contains("empty"));
+        assert!(reason("7").contains("'7'"));
+        assert!(reason("x[]").contains("'x'"));
+        assert!(reason(r#"2["foo""#).contains("not valid JSON"));
+        assert!(reason(r#"2["foo"] trailing"#).contains("not valid JSON"));
+        // No comma: the whole rest is the namespace and the EVENT has no payload.
+        assert!(reason(r#"2/admin["foo"]"#).contains("without a payload"));
+        assert!(reason("2/admin,").contains("without a payload"));
+        let overflow = reason(r#"299999999999999999999999["foo"]"#);
+        assert!(overflow.contains("99999999999999999999"), "{overflow}");
+        assert!(reason(r#"2{"name":"foo"}"#).contains("must be an array, got an object"));
+        assert!(reason(r#"2"foo""#).contains("must be an array, got a string"));
+        assert!(reason("2[]").contains("empty array"));
+        assert!(reason("2[1,2]").contains("name must be a string, got a number"));
+        assert!(reason("2").contains("without a payload"));
+        assert!(reason("3[]").contains("without an ack id"));
+        assert!(reason("31").contains("without a payload"));
+        assert!(reason("0[1]").contains("CONNECT payload must be an object"));
+        assert!(reason(r#"0"tok""#).contains("got a string"));
+        assert!(reason("01{}").contains("ack id 1"));
+        assert!(reason("1{}").contains("DISCONNECT carries no payload"));
+        assert!(reason("4").contains("CONNECT_ERROR packet without a payload"));
+        assert!(reason("4[]").contains("object or a string"));
+    }
+
+    #[test]
+    fn non_ascii_namespace_and_payload_stay_intact() {
+        assert_eq!(
+            decode(r#"2/é,7["ü",{"k":"€"}]"#).unwrap(),
+            Packet::Event {
+                nsp: ns("/é"),
+                data: vec![json!("ü"), json!({"k": "€"})],
+                id: Some(7)
+            }
+        );
+    }
+}
