@@ -73,9 +73,11 @@ pub enum Credential {
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Credential::Jwt { user, name } => {
-                f.debug_struct("Jwt").field("user", user).field("name", name).finish()
-            }
+            Credential::Jwt { user, name } => f
+                .debug_struct("Jwt")
+                .field("user", user)
+                .field("name", name)
+                .finish(),
             Credential::Session(_) => f.write_str("Session(<hidden>)"),
         }
     }

@@ -54,7 +54,9 @@ impl Node {
         let mut listeners = vec![first];
         for _ in 1..shards {
             // Port 0 was resolved by the first bind; the others join that port.
-            listeners.push(listener(local_addr).map_err(|e| format!("cannot listen on {local_addr}: {e}"))?);
+            listeners.push(
+                listener(local_addr).map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
+            );
         }
 
         let metrics = Arc::new(Metrics::new(shards));
@@ -63,7 +65,8 @@ impl Node {
         let mut inboxes = Vec::with_capacity(shards);
         for i in 0..shards {
             let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-            let waker = Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?;
+            let waker = Waker::new(poll.registry(), WAKER)
+                .map_err(|e| format!("cannot create waker: {e}"))?;
             let (tx, rx) = crossbeam_channel::unbounded();
             handles.push(ShardHandle::new(ShardId(i as u16), tx, Arc::new(waker)));
             inboxes.push(rx);
@@ -88,9 +91,18 @@ impl Node {
             config: config.clone(),
         });
         let mut threads = Vec::with_capacity(shards);
-        for (i, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
-            let shard = Shard::new(ShardId(i as u16), poll, listener, inbox, mesh.clone(), Arc::clone(&shared))
-                .map_err(|e| format!("cannot set up shard {i}: {e}"))?;
+        for (i, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        {
+            let shard = Shard::new(
+                ShardId(i as u16),
+                poll,
+                listener,
+                inbox,
+                mesh.clone(),
+                Arc::clone(&shared),
+            )
+            .map_err(|e| format!("cannot set up shard {i}: {e}"))?;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
@@ -111,7 +123,13 @@ impl Node {
             admin_api = config.admin_token.is_some(),
             "ocomms-rt started"
         );
-        Ok(Node { local_addr, mesh, shards: threads, store, grace: config.shutdown_grace })
+        Ok(Node {
+            local_addr,
+            mesh,
+            shards: threads,
+            store,
+            grace: config.shutdown_grace,
+        })
     }
 
     /// Where the node listens (the real port when `CHAT_LISTEN` asked for port 0).

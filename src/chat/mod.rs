@@ -8,7 +8,9 @@ pub mod validate;
 use serde_json::{json, Map, Value};
 
 use crate::ids::{ConnectionId, MessageId, Room, Target, WorkspaceId};
-use crate::mesh::{Asker, Broadcast, HistoryQuery, NewMessage, StoreCommand, StoreError, StoreReply};
+use crate::mesh::{
+    Asker, Broadcast, HistoryQuery, NewMessage, StoreCommand, StoreError, StoreReply,
+};
 use crate::model::{timestamp, User};
 
 /// What a handler asks the shard to do.
@@ -43,7 +45,11 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     fn asker(&self) -> Asker {
-        Asker { from: self.conn, user: self.user.id, workspace: self.workspace }
+        Asker {
+            from: self.conn,
+            user: self.user.id,
+            workspace: self.workspace,
+        }
     }
 }
 
@@ -64,7 +70,11 @@ pub fn handle_event(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) {
-    let data = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
+    let data = if args.is_empty() {
+        Value::Null
+    } else {
+        args.swap_remove(0)
+    };
     let result = match name {
         "message:send" => message_send(ctx, data, ack, out),
         "message:delete" => message_delete(ctx, data, ack, out),
@@ -83,7 +93,8 @@ pub fn handle_event(
 
 /// Turns the store's answer to a socket request into effects.
 pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
-    let failed = |ack: Option<u64>, e: StoreError, out: &mut Vec<Effect>| refuse(ack, e.message(), out);
+    let failed =
+        |ack: Option<u64>, e: StoreError, out: &mut Vec<Effect>| refuse(ack, e.message(), out);
     match reply {
         StoreReply::Sent { ack, result: Ok(m) } => {
             if let Some(id) = ack {
@@ -98,30 +109,56 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
                 ));
             }
         }
-        StoreReply::Deleted { ack, result: Ok(()) } => {
+        StoreReply::Deleted {
+            ack,
+            result: Ok(()),
+        } => {
             if let Some(id) = ack {
                 out.push(Effect::Ack(id, json!({"success": true})));
             }
         }
-        StoreReply::History { ack, result: Ok(messages) } => {
+        StoreReply::History {
+            ack,
+            result: Ok(messages),
+        } => {
             if let Some(id) = ack {
                 let messages: Vec<Value> = messages
                     .iter()
                     .map(|m| serde_json::to_value(m.to_json()).unwrap_or(Value::Null))
                     .collect();
-                out.push(Effect::Ack(id, json!({"success": true, "messages": messages})));
+                out.push(Effect::Ack(
+                    id,
+                    json!({"success": true, "messages": messages}),
+                ));
             }
         }
-        StoreReply::Member { ack, target, result: Ok(()) } => {
+        StoreReply::Member {
+            ack,
+            target,
+            result: Ok(()),
+        } => {
             out.push(Effect::Join(target.room()));
             if let Some(id) = ack {
                 out.push(Effect::Ack(id, json!({"success": true})));
             }
         }
-        StoreReply::Sent { ack, result: Err(e) }
-        | StoreReply::Deleted { ack, result: Err(e) }
-        | StoreReply::History { ack, result: Err(e) }
-        | StoreReply::Member { ack, result: Err(e), .. } => failed(ack, e, out),
+        StoreReply::Sent {
+            ack,
+            result: Err(e),
+        }
+        | StoreReply::Deleted {
+            ack,
+            result: Err(e),
+        }
+        | StoreReply::History {
+            ack,
+            result: Err(e),
+        }
+        | StoreReply::Member {
+            ack,
+            result: Err(e),
+            ..
+        } => failed(ack, e, out),
         // Answered by the shard itself (CONNECT and HTTP).
         StoreReply::Authenticated(_) | StoreReply::Admin { .. } => {}
     }
@@ -131,7 +168,10 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
 fn object(event: &str, data: Value) -> Result<Map<String, Value>, String> {
     match data {
         Value::Object(map) => Ok(map),
-        other => Err(format!("{event} expects an object as its data, got {}", kind(&other))),
+        other => Err(format!(
+            "{event} expects an object as its data, got {}",
+            kind(&other)
+        )),
     }
 }
 
@@ -159,7 +199,9 @@ fn optional_sequence(map: &Map<String, Value>, field: &str) -> Result<Option<i64
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) if v >= 0 => Ok(Some(v)),
-            _ => Err(format!("{field} must be a whole number of 0 or more, got {n}")),
+            _ => Err(format!(
+                "{field} must be a whole number of 0 or more, got {n}"
+            )),
         },
         Some(other) => Err(format!("{field} must be a number, got {}", kind(other))),
     }
@@ -169,7 +211,12 @@ fn target(map: &Map<String, Value>, id_field: &str, type_field: &str) -> Result<
     Target::parse(string(map, type_field)?, string(map, id_field)?)
 }
 
-fn message_send(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
+fn message_send(
+    ctx: &Context<'_>,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
     let map = object("message:send", data)?;
     let target = target(&map, "targetId", "targetType")?;
     let content = validate::validate_content(string(&map, "content")?, ctx.max_message_chars)?;
@@ -192,22 +239,42 @@ fn message_send(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<
     Ok(())
 }
 
-fn message_delete(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
+fn message_delete(
+    ctx: &Context<'_>,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
     let map = object("message:delete", data)?;
     let id = string(&map, "messageId")?;
-    let message: MessageId = id.parse().map_err(|_| format!("messageId {id:?} is not a uuid"))?;
-    out.push(Effect::Store(StoreCommand::Delete { asker: ctx.asker(), ack, message }));
+    let message: MessageId = id
+        .parse()
+        .map_err(|_| format!("messageId {id:?} is not a uuid"))?;
+    out.push(Effect::Store(StoreCommand::Delete {
+        asker: ctx.asker(),
+        ack,
+        message,
+    }));
     Ok(())
 }
 
-fn message_history(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
+fn message_history(
+    ctx: &Context<'_>,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
     let map = object("message:history", data)?;
     let target = target(&map, "targetId", "targetType")?;
     let limit = match map.get("limit") {
         None | Some(Value::Null) => validate::history_limit(None)?,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) => validate::history_limit(Some(v))?,
-            None => return Err(format!("limit must be a whole number from 1 to 100, got {n}")),
+            None => {
+                return Err(format!(
+                    "limit must be a whole number from 1 to 100, got {n}"
+                ))
+            }
         },
         Some(other) => return Err(format!("limit must be a number, got {}", kind(other))),
     };
@@ -217,14 +284,27 @@ fn message_history(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut V
         after: optional_sequence(&map, "afterSequence")?,
         limit,
     };
-    out.push(Effect::Store(StoreCommand::History { asker: ctx.asker(), ack, query }));
+    out.push(Effect::Store(StoreCommand::History {
+        asker: ctx.asker(),
+        ack,
+        query,
+    }));
     Ok(())
 }
 
-fn room_join(ctx: &Context<'_>, data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
+fn room_join(
+    ctx: &Context<'_>,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
     let map = object("room:join", data)?;
     let target = target(&map, "roomId", "roomType")?;
-    out.push(Effect::Store(StoreCommand::CheckMember { asker: ctx.asker(), ack, target }));
+    out.push(Effect::Store(StoreCommand::CheckMember {
+        asker: ctx.asker(),
+        ack,
+        target,
+    }));
     Ok(())
 }
 
@@ -245,7 +325,11 @@ mod tests {
 
     fn ctx(user: &User) -> Context<'_> {
         Context {
-            conn: ConnectionId { shard: ShardId(0), slot: 1, generation: 1 },
+            conn: ConnectionId {
+                shard: ShardId(0),
+                slot: 1,
+                generation: 1,
+            },
             user,
             workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
             max_message_chars: 10,
@@ -253,7 +337,10 @@ mod tests {
     }
 
     fn user() -> User {
-        User { id: UserId(uuid::Uuid::from_u128(1)), name: "Ann".into() }
+        User {
+            id: UserId(uuid::Uuid::from_u128(1)),
+            name: "Ann".into(),
+        }
     }
 
     #[test]
@@ -263,7 +350,11 @@ mod tests {
         let data = json!({"targetId": uuid::Uuid::from_u128(5).to_string(), "targetType": "channel", "content": " hi ", "clientMsgId": "c1"});
         handle_event(&ctx(&u), "message:send", vec![data], Some(3), &mut out);
         match &out[..] {
-            [Effect::Store(StoreCommand::Send { ack: Some(3), message, asker })] => {
+            [Effect::Store(StoreCommand::Send {
+                ack: Some(3),
+                message,
+                asker,
+            })] => {
                 assert_eq!(message.client_msg_id.as_deref(), Some("c1"));
                 assert_eq!(message.workspace, Some(asker.workspace));
                 assert_eq!(message.author, u.id);
@@ -276,7 +367,13 @@ mod tests {
     fn bad_data_is_refused_by_ack_or_error_event() {
         let u = user();
         let mut out = Vec::new();
-        handle_event(&ctx(&u), "message:send", vec![json!("x")], Some(1), &mut out);
+        handle_event(
+            &ctx(&u),
+            "message:send",
+            vec![json!("x")],
+            Some(1),
+            &mut out,
+        );
         match &out[..] {
             [Effect::Ack(1, v)] => {
                 assert_eq!(v["success"], false);
@@ -286,7 +383,9 @@ mod tests {
         }
         out.clear();
         handle_event(&ctx(&u), "nope", vec![], None, &mut out);
-        assert!(matches!(&out[..], [Effect::Emit("error", v)] if v["message"].as_str().unwrap().contains("\"nope\"")));
+        assert!(
+            matches!(&out[..], [Effect::Emit("error", v)] if v["message"].as_str().unwrap().contains("\"nope\""))
+        );
         out.clear();
         let long = json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "channel", "content": "x".repeat(11)});
         handle_event(&ctx(&u), "message:send", vec![long], Some(2), &mut out);
@@ -298,10 +397,24 @@ mod tests {
         let u = user();
         let mut out = Vec::new();
         let q = |limit: Value| json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "dm", "limit": limit});
-        handle_event(&ctx(&u), "message:history", vec![q(json!(500))], Some(1), &mut out);
-        assert!(matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 100));
+        handle_event(
+            &ctx(&u),
+            "message:history",
+            vec![q(json!(500))],
+            Some(1),
+            &mut out,
+        );
+        assert!(
+            matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 100)
+        );
         out.clear();
-        handle_event(&ctx(&u), "message:history", vec![q(json!(0))], Some(1), &mut out);
+        handle_event(
+            &ctx(&u),
+            "message:history",
+            vec![q(json!(0))],
+            Some(1),
+            &mut out,
+        );
         assert!(matches!(&out[..], [Effect::Ack(1, v)] if v["success"] == false));
     }
 }

@@ -23,10 +23,15 @@ pub fn text(payload: &[u8]) -> Bytes {
 
 /// Writes the header of a final, unmasked text frame of `len` bytes.
 pub fn text_header(len: usize, out: &mut BytesMut) {
-    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
     let mut writer = out.writer();
     // Writing into a BytesMut cannot fail.
-    header.format(len as u64, &mut writer).expect("in-memory write");
+    header
+        .format(len as u64, &mut writer)
+        .expect("in-memory write");
 }
 
 /// The Engine.IO + Socket.IO text of an event on the main namespace:
@@ -58,7 +63,11 @@ mod tests {
 
     #[test]
     fn small_event_frame_has_a_two_byte_header() {
-        let f = event("typing:update", &serde_json::json!({"isTyping": true}), None);
+        let f = event(
+            "typing:update",
+            &serde_json::json!({"isTyping": true}),
+            None,
+        );
         assert_eq!(f[0], 0x81, "FIN + text opcode");
         let payload = br#"42["typing:update",{"isTyping":true}]"#;
         assert_eq!(f[1] as usize, payload.len(), "7-bit length, no mask bit");

@@ -104,7 +104,11 @@ impl Connection {
         Connection {
             generation,
             stream,
-            phase: Phase::Http { deadline, waiting: false, keep_alive: true },
+            phase: Phase::Http {
+                deadline,
+                waiting: false,
+                keep_alive: true,
+            },
             out: Outbound::default(),
             inbuf: Vec::new(),
             registered: None,
@@ -126,7 +130,11 @@ impl Connection {
     /// The earliest deadline this connection has.
     pub fn next_deadline(&self) -> Option<Instant> {
         let phase = match &self.phase {
-            Phase::Http { deadline, waiting: false, .. } => Some(*deadline),
+            Phase::Http {
+                deadline,
+                waiting: false,
+                ..
+            } => Some(*deadline),
             Phase::Http { waiting: true, .. } => None,
             Phase::Socket(s) => s.session.poll_timeout(),
         };

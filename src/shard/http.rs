@@ -30,8 +30,13 @@ impl Shard {
             Ok(None) => return 0,
             Ok(Some(found)) => found,
             Err(e) => {
-                self.metrics().protocol_errors.fetch_add(1, Relaxed);
-                self.respond(slot, http::json_error(e.status, &e.reason, false), false, now);
+                self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
+                self.respond(
+                    slot,
+                    http::json_error(e.status, &e.reason, false),
+                    false,
+                    now,
+                );
                 return buf.len();
             }
         };
@@ -54,11 +59,21 @@ impl Shard {
         match route {
             Route::Health => {
                 let body = self.health();
-                self.respond(slot, http::response(200, "application/json", body.as_bytes(), keep_alive), keep_alive, now);
+                self.respond(
+                    slot,
+                    http::response(200, "application/json", body.as_bytes(), keep_alive),
+                    keep_alive,
+                    now,
+                );
             }
             Route::Metrics => {
                 let body = self.core.shared.metrics.render();
-                let bytes = http::response(200, "text/plain; version=0.0.4", body.as_bytes(), keep_alive);
+                let bytes = http::response(
+                    200,
+                    "text/plain; version=0.0.4",
+                    body.as_bytes(),
+                    keep_alive,
+                );
                 self.respond(slot, bytes, keep_alive, now);
             }
             Route::Respond { status, body } => {
@@ -66,9 +81,21 @@ impl Shard {
                 self.respond(slot, bytes, keep_alive, now);
             }
             Route::Store(request) => {
-                let Some(from) = self.connection_id(slot) else { return total };
-                if self.core.mesh.store.send(StoreCommand::Admin { from, request }) {
-                    if let Phase::Http { waiting, keep_alive: keep, .. } = &mut self.conns[slot as usize].phase {
+                let Some(from) = self.connection_id(slot) else {
+                    return total;
+                };
+                if self
+                    .core
+                    .mesh
+                    .store
+                    .send(StoreCommand::Admin { from, request })
+                {
+                    if let Phase::Http {
+                        waiting,
+                        keep_alive: keep,
+                        ..
+                    } = &mut self.conns[slot as usize].phase
+                    {
                         *waiting = true;
                         *keep = keep_alive;
                     }
@@ -85,7 +112,11 @@ impl Shard {
     /// pipelined request if one is buffered.
     pub(super) fn on_admin_reply(&mut self, slot: u32, status: u16, body: String, now: Instant) {
         let keep_alive = match &mut self.conns[slot as usize].phase {
-            Phase::Http { waiting, keep_alive, .. } => {
+            Phase::Http {
+                waiting,
+                keep_alive,
+                ..
+            } => {
                 *waiting = false;
                 *keep_alive
             }
@@ -93,7 +124,9 @@ impl Shard {
         };
         let bytes = http::response(status, "application/json", body.as_bytes(), keep_alive);
         self.respond(slot, bytes, keep_alive, now);
-        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
         if conn.closing.is_none() && !conn.inbuf.is_empty() {
             let mut pending = std::mem::take(&mut conn.inbuf);
             let used = self.process(slot, &mut pending, now);
@@ -109,7 +142,9 @@ impl Shard {
     /// Queues a response; keeps the connection for the next request or closes it after.
     fn respond(&mut self, slot: u32, bytes: Vec<u8>, keep_alive: bool, now: Instant) {
         let timeout = self.core.shared.config.request_timeout;
-        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
         self.core.queue(conn, bytes.into());
         if keep_alive {
             if let Phase::Http { deadline, .. } = &mut conn.phase {
@@ -128,7 +163,12 @@ impl Shard {
             http::response(400, "application/json", body.as_bytes(), false)
         };
         if head.query_param("EIO").as_deref() != Some("4") {
-            self.respond(slot, engine_error(5, "Unsupported protocol version"), false, now);
+            self.respond(
+                slot,
+                engine_error(5, "Unsupported protocol version"),
+                false,
+                now,
+            );
             return;
         }
         match head.query_param("transport").as_deref() {
@@ -140,7 +180,12 @@ impl Shard {
             }
         }
         let Some(key) = head.websocket_key.as_deref() else {
-            self.respond(slot, engine_error(3, "Bad request: a WebSocket upgrade was expected"), false, now);
+            self.respond(
+                slot,
+                engine_error(3, "Bad request: a WebSocket upgrade was expected"),
+                false,
+                now,
+            );
             return;
         };
         if head.query_param("sid").is_some() {
@@ -165,8 +210,18 @@ impl Shard {
 
     fn health(&self) -> String {
         let shared = &self.core.shared;
-        let connections: i64 = shared.metrics.shards.iter().map(|s| s.connections.load(Relaxed)).sum();
-        let sockets: i64 = shared.metrics.shards.iter().map(|s| s.sockets.load(Relaxed)).sum();
+        let connections: i64 = shared
+            .metrics
+            .shards
+            .iter()
+            .map(|s| s.connections.load(Relaxed))
+            .sum();
+        let sockets: i64 = shared
+            .metrics
+            .shards
+            .iter()
+            .map(|s| s.sockets.load(Relaxed))
+            .sum();
         json!({
             "status": "ok",
             "uptimeSeconds": shared.started.elapsed().as_secs(),

@@ -81,6 +81,12 @@ struct Core {
     shutdown: Option<Instant>,
 }
 
+impl Core {
+    fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics.shards[usize::from(self.id.0)]
+    }
+}
+
 /// Why a connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Close {
@@ -100,7 +106,8 @@ impl Shard {
         mesh: Mesh,
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Shard {
             poll,
             listener: Some(listener),
@@ -120,10 +127,6 @@ impl Shard {
         })
     }
 
-    fn metrics(&self) -> &ShardMetrics {
-        &self.core.shared.metrics.shards[usize::from(self.core.id.0)]
-    }
-
     /// Runs the event loop until shutdown has closed every connection (or its deadline passed).
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -131,7 +134,10 @@ impl Shard {
             let timeout = if !self.inbox.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                self.core.timers.next().map(|t| t.saturating_duration_since(Instant::now()))
+                self.core
+                    .timers
+                    .next()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -168,7 +174,9 @@ impl Shard {
 
     fn accept(&mut self, now: Instant) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             let (tcp, _peer) = match listener.accept() {
                 Ok(pair) => pair,
                 // Drained the backlog.
@@ -194,13 +202,17 @@ impl Shard {
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             let conn = entry.insert(Connection::new(generation, stream, deadline));
-            if let Err(e) = self.poll.registry().register(conn.stream.tcp(), Token(slot), Interest::READABLE) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(conn.stream.tcp(), Token(slot), Interest::READABLE)
+            {
                 tracing::warn!(error = %e, "register failed");
                 self.conns.remove(slot);
                 continue;
             }
             conn.registered = Some(Interest::READABLE);
-            let m = self.metrics();
+            let m = self.core.metrics();
             m.accepted.fetch_add(1, Relaxed);
             m.connections.fetch_add(1, Relaxed);
             self.mark(slot as u32);
@@ -210,7 +222,9 @@ impl Shard {
     fn on_readable(&mut self, slot: u32, now: Instant) {
         let mut buf = std::mem::take(&mut self.core.scratch);
         loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else { break };
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                break;
+            };
             let n = match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     self.close(slot, Close::Now, "peer closed");
@@ -264,7 +278,9 @@ impl Shard {
     fn process(&mut self, slot: u32, buf: &mut [u8], now: Instant) -> usize {
         let mut used = 0;
         loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else { return used };
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                return used;
+            };
             if conn.closing.is_some() || used == buf.len() {
                 return used;
             }
@@ -293,7 +309,9 @@ impl Shard {
                 ShardCommand::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
-        self.metrics().inbox_depth.store(self.inbox.len() as i64, Relaxed);
+        self.core.metrics()
+            .inbox_depth
+            .store(self.inbox.len() as i64, Relaxed);
     }
 
     fn begin_shutdown(&mut self, deadline: Instant) {
@@ -307,7 +325,10 @@ impl Shard {
             match conn.phase {
                 Phase::Socket(_) => {
                     // 1001 "going away": socket.io-client reconnects, to another node if need be.
-                    conn.out.push(crate::transport::websocket::close(1001, "server shutting down"));
+                    conn.out.push(crate::transport::websocket::close(
+                        1001,
+                        "server shutting down",
+                    ));
                     self.close(slot, Close::AfterFlush, "shutdown");
                 }
                 Phase::Http { waiting: true, .. } => {}
@@ -318,7 +339,9 @@ impl Shard {
 
     fn run_timers(&mut self, now: Instant) {
         while let Some(due) = self.core.timers.pop_due(now) {
-            let Some(conn) = self.conns.get_mut(due.slot as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(due.slot as usize) else {
+                continue;
+            };
             if conn.generation != due.generation || conn.armed != Some(due.at) {
                 // Stale: the connection re-armed for another instant, or the slot was reused.
                 continue;
@@ -329,9 +352,13 @@ impl Shard {
                 continue;
             }
             match &mut conn.phase {
-                Phase::Http { deadline, waiting: false, .. } if *deadline <= now => {
+                Phase::Http {
+                    deadline,
+                    waiting: false,
+                    ..
+                } if *deadline <= now => {
                     // Slowloris or an idle keep-alive connection: cut it off.
-                    self.metrics().protocol_errors.fetch_add(1, Relaxed);
+                    self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
                     let bytes = crate::protocol::http::json_error(
                         408,
                         "request head not received in time",
@@ -343,7 +370,7 @@ impl Shard {
                 Phase::Http { .. } => {}
                 Phase::Socket(socket) => {
                     if let Err(e) = socket.session.handle_timeout(now) {
-                        self.metrics().protocol_errors.fetch_add(1, Relaxed);
+                        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
                         tracing::debug!(slot = due.slot, reason = %e, "session timed out");
                         self.close(due.slot, Close::Now, "ping timeout");
                         continue;
@@ -370,14 +397,17 @@ impl Shard {
     fn flush_dirty(&mut self, _now: Instant) {
         let mut dirty = std::mem::take(&mut self.core.dirty);
         for slot in dirty.drain(..) {
-            let Some(conn) = self.conns.get_mut(slot as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
             conn.dirty = false;
             let before = conn.out.bytes();
             match conn.flush() {
                 Ok(written) => {
                     let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
                     m.bytes_out.fetch_add(written as u64, Relaxed);
-                    m.queued_bytes.fetch_sub((before - conn.out.bytes()) as i64, Relaxed);
+                    m.queued_bytes
+                        .fetch_sub((before - conn.out.bytes()) as i64, Relaxed);
                 }
                 Err(e) => {
                     tracing::debug!(slot, error = %e, "write failed");
@@ -392,12 +422,20 @@ impl Shard {
             if let Some(at) = conn.next_deadline() {
                 if conn.armed.is_none_or(|armed| at < armed) {
                     conn.armed = Some(at);
-                    self.core.timers.push(Due { at, slot, generation: conn.generation });
+                    self.core.timers.push(Due {
+                        at,
+                        slot,
+                        generation: conn.generation,
+                    });
                 }
             }
             let interest = conn.interest();
             if conn.registered != Some(interest) {
-                if let Err(e) = self.poll.registry().reregister(conn.stream.tcp(), Token(slot as usize), interest) {
+                if let Err(e) = self.poll.registry().reregister(
+                    conn.stream.tcp(),
+                    Token(slot as usize),
+                    interest,
+                ) {
                     tracing::debug!(slot, error = %e, "reregister failed");
                     self.close(slot, Close::Now, "reregister failed");
                     continue;
@@ -410,7 +448,9 @@ impl Shard {
 
     /// Closes a connection: at once, or once its queue is written.
     fn close(&mut self, slot: u32, how: Close, why: &'static str) {
-        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
         if how == Close::AfterFlush {
             if conn.closing.is_none() {
                 conn.closing = Some(Instant::now() + CLOSE_GRACE);

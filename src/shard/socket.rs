@@ -33,13 +33,16 @@ impl Core {
             for room in rooms {
                 self.hub.leave(room, slot);
             }
-            self.shared.metrics.shards[usize::from(self.id.0)].sockets.fetch_sub(1, Relaxed);
+            self.shared.metrics.shards[usize::from(self.id.0)]
+                .sockets
+                .fetch_sub(1, Relaxed);
         }
     }
 }
 
 fn is_except(b: &Broadcast, shard: ShardId, slot: u32, generation: u32) -> bool {
-    b.except.is_some_and(|e| e.shard == shard && e.slot == slot && e.generation == generation)
+    b.except
+        .is_some_and(|e| e.shard == shard && e.slot == slot && e.generation == generation)
 }
 
 impl Shard {
@@ -63,7 +66,7 @@ impl Shard {
 
     /// Closes a socket for a protocol error, telling the client why in the close frame.
     fn fail(&mut self, slot: u32, code: u16, reason: &str) {
-        self.metrics().protocol_errors.fetch_add(1, Relaxed);
+        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
         tracing::debug!(slot, code, reason, "closing socket for a protocol error");
         if let Some(conn) = self.conns.get_mut(slot as usize) {
             self.core.queue(conn, websocket::close(code, reason));
@@ -73,17 +76,29 @@ impl Shard {
 
     fn on_frame(&mut self, slot: u32, opcode: Opcode, fin: bool, payload: &[u8], now: Instant) {
         let max = self.core.shared.config.engine.max_payload;
-        let Some(conn) = self.conns.get_mut(slot as usize) else { return };
-        let Phase::Socket(socket) = &mut conn.phase else { return };
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        let Phase::Socket(socket) = &mut conn.phase else {
+            return;
+        };
         match opcode {
             Opcode::Text | Opcode::Binary if socket.fragment.is_some() => {
-                self.fail(slot, 1002, "a new message began before the fragmented one ended");
+                self.fail(
+                    slot,
+                    1002,
+                    "a new message began before the fragmented one ended",
+                );
             }
             Opcode::Text if fin => self.on_text(slot, payload, now),
             Opcode::Text => socket.fragment = Some(payload.to_vec()),
             Opcode::Continuation => {
                 let Some(fragment) = &mut socket.fragment else {
-                    self.fail(slot, 1002, "continuation frame without a message to continue");
+                    self.fail(
+                        slot,
+                        1002,
+                        "continuation frame without a message to continue",
+                    );
                     return;
                 };
                 if fragment.len() + payload.len() > max {
@@ -120,9 +135,18 @@ impl Shard {
             self.fail(slot, 1007, "text frame is not valid UTF-8");
             return;
         };
-        let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { return };
+        let Some(socket) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Connection::socket)
+        else {
+            return;
+        };
         if let Err(e) = socket.session.handle_text(now, text) {
-            let code = if matches!(e, crate::protocol::error::ProtocolError::PayloadTooLarge { .. }) {
+            let code = if matches!(
+                e,
+                crate::protocol::error::ProtocolError::PayloadTooLarge { .. }
+            ) {
                 1009
             } else {
                 1008
@@ -138,8 +162,12 @@ impl Shard {
     /// Moves the session's queued packets to the outbound queue and handles its events.
     pub(super) fn drive(&mut self, slot: u32, now: Instant) {
         loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else { return };
-            let Phase::Socket(socket) = &mut conn.phase else { return };
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            let Phase::Socket(socket) = &mut conn.phase else {
+                return;
+            };
             let mut over = false;
             while let Some(text) = socket.session.poll_transmit() {
                 let frame = crate::protocol::frame::text(text.as_bytes());
@@ -153,10 +181,14 @@ impl Shard {
                 self.slow_consumer(slot);
                 return;
             }
-            let Some(event) = socket.session.poll_event() else { break };
+            let Some(event) = socket.session.poll_event() else {
+                break;
+            };
             match event {
                 SessionEvent::Connect { auth, .. } => self.on_connect(slot, auth),
-                SessionEvent::Event { name, args, ack } => self.on_event(slot, &name, args, ack, now),
+                SessionEvent::Event { name, args, ack } => {
+                    self.on_event(slot, &name, args, ack, now)
+                }
                 SessionEvent::Closed { reason } => {
                     tracing::trace!(slot, reason, "client ended the session");
                     self.close(slot, Close::AfterFlush, "client disconnect");
@@ -168,7 +200,7 @@ impl Shard {
     }
 
     fn slow_consumer(&mut self, slot: u32) {
-        self.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
+        self.core.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
         tracing::debug!(slot, "dropping a client that does not read");
         self.close(slot, Close::Now, "slow consumer");
     }
@@ -176,8 +208,16 @@ impl Shard {
     /// CONNECT: check the token on the shard (JWT signature and expiry), then ask the store
     /// for the user, the workspace membership and the rooms.
     fn on_connect(&mut self, slot: u32, auth: Option<Value>) {
-        let Some(from) = self.connection_id(slot) else { return };
-        let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { return };
+        let Some(from) = self.connection_id(slot) else {
+            return;
+        };
+        let Some(socket) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Connection::socket)
+        else {
+            return;
+        };
         let Auth::Pending { bearer, cookie } = &mut socket.auth else {
             // Already connected or being checked: a repeated CONNECT changes nothing.
             return;
@@ -197,44 +237,80 @@ impl Shard {
             Ok((credential, workspace)) => {
                 let (bearer, cookie) = (bearer.take(), cookie.take());
                 socket.auth = Auth::Checking { bearer, cookie };
-                self.core.mesh.store.send(StoreCommand::Authenticate { from, credential, workspace });
+                self.core.mesh.store.send(StoreCommand::Authenticate {
+                    from,
+                    credential,
+                    workspace,
+                });
             }
             Err(reason) => {
-                self.metrics().auth_failures.fetch_add(1, Relaxed);
+                self.core.metrics().auth_failures.fetch_add(1, Relaxed);
                 socket.session.refuse(&reason);
             }
         }
     }
 
     fn on_authenticated(&mut self, slot: u32, result: Result<Grant, StoreError>, now: Instant) {
-        let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { return };
-        let Auth::Checking { bearer, cookie } = &mut socket.auth else { return };
+        let Some(socket) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Connection::socket)
+        else {
+            return;
+        };
+        let Auth::Checking { bearer, cookie } = &mut socket.auth else {
+            return;
+        };
         match result {
             Ok(grant) => {
                 for room in &grant.rooms {
                     self.core.hub.join(*room, slot);
                 }
-                socket.auth = Auth::Connected { user: grant.user, workspace: grant.workspace, rooms: grant.rooms };
+                socket.auth = Auth::Connected {
+                    user: grant.user,
+                    workspace: grant.workspace,
+                    rooms: grant.rooms,
+                };
                 let sid = super::http::new_sid(self.core.id.0);
                 socket.session.accept(&sid, None);
-                self.metrics().sockets.fetch_add(1, Relaxed);
+                self.core.metrics().sockets.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                socket.auth = Auth::Pending { bearer: bearer.take(), cookie: cookie.take() };
+                socket.auth = Auth::Pending {
+                    bearer: bearer.take(),
+                    cookie: cookie.take(),
+                };
                 socket.session.refuse(e.message());
-                self.metrics().auth_failures.fetch_add(1, Relaxed);
+                self.core.metrics().auth_failures.fetch_add(1, Relaxed);
             }
         }
         self.drive(slot, now);
     }
 
-    fn on_event(&mut self, slot: u32, name: &str, args: Vec<Value>, ack: Option<u64>, now: Instant) {
-        self.metrics().events_in.fetch_add(1, Relaxed);
-        let Some(conn_id) = self.connection_id(slot) else { return };
-        let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { return };
+    fn on_event(
+        &mut self,
+        slot: u32,
+        name: &str,
+        args: Vec<Value>,
+        ack: Option<u64>,
+        now: Instant,
+    ) {
+        self.core.metrics().events_in.fetch_add(1, Relaxed);
+        let Some(conn_id) = self.connection_id(slot) else {
+            return;
+        };
+        let Some(socket) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Connection::socket)
+        else {
+            return;
+        };
         let mut effects = Vec::new();
         match &socket.auth {
-            Auth::Connected { user, workspace, .. } => {
+            Auth::Connected {
+                user, workspace, ..
+            } => {
                 let ctx = Context {
                     conn: conn_id,
                     user,
@@ -243,7 +319,11 @@ impl Shard {
                 };
                 chat::handle_event(&ctx, name, args, ack, &mut effects);
             }
-            _ => chat::refuse(ack, "not connected: send CONNECT and wait for it to be accepted", &mut effects),
+            _ => chat::refuse(
+                ack,
+                "not connected: send CONNECT and wait for it to be accepted",
+                &mut effects,
+            ),
         }
         self.apply(slot, effects, now);
     }
@@ -251,7 +331,13 @@ impl Shard {
     /// Carries out a handler's effects for the socket in `slot`.
     fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
         for effect in effects {
-            let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { return };
+            let Some(socket) = self
+                .conns
+                .get_mut(slot as usize)
+                .and_then(Connection::socket)
+            else {
+                return;
+            };
             match effect {
                 Effect::Ack(id, data) => socket.session.ack(id, &data),
                 Effect::Emit(name, data) => socket.session.emit(name, &data),
@@ -280,7 +366,12 @@ impl Shard {
     }
 
     /// A store reply for one of this shard's connections.
-    pub(super) fn on_reply(&mut self, to: crate::ids::ConnectionId, reply: StoreReply, now: Instant) {
+    pub(super) fn on_reply(
+        &mut self,
+        to: crate::ids::ConnectionId,
+        reply: StoreReply,
+        now: Instant,
+    ) {
         let Some(slot) = self.lookup(to) else { return };
         match reply {
             StoreReply::Authenticated(result) => self.on_authenticated(slot, result, now),
@@ -296,13 +387,21 @@ impl Shard {
     /// Queues a broadcast's frame on every local member of its room. Members whose queue
     /// passes the bound are dropped afterwards; nobody else waits for them.
     pub(super) fn deliver(&mut self, broadcast: &Broadcast) {
-        let Core { hub, dirty, id, shared, .. } = &mut self.core;
+        let Core {
+            hub,
+            dirty,
+            id,
+            shared,
+            ..
+        } = &mut self.core;
         let max = shared.config.max_outbound_bytes;
         let mut delivered = 0u64;
         let mut queued = 0i64;
         let mut over = Vec::new();
-        for &slot in hub.members(&broadcast.room) {
-            let Some(conn) = self.conns.get_mut(slot as usize) else { continue };
+        for slot in hub.members(&broadcast.room) {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
             if conn.closing.is_some() || is_except(broadcast, *id, slot, conn.generation) {
                 continue;
             }
@@ -328,10 +427,21 @@ impl Shard {
 
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     pub(super) fn on_membership(&mut self, change: MembershipChange) {
-        let slots = self.core.hub.members(&Room::User(change.user)).to_vec();
+        let slots: Vec<u32> = self.core.hub.members(&Room::User(change.user)).collect();
         for slot in slots {
-            let Some(socket) = self.conns.get_mut(slot as usize).and_then(Connection::socket) else { continue };
-            let Auth::Connected { workspace, rooms, .. } = &mut socket.auth else { continue };
+            let Some(socket) = self
+                .conns
+                .get_mut(slot as usize)
+                .and_then(Connection::socket)
+            else {
+                continue;
+            };
+            let Auth::Connected {
+                workspace, rooms, ..
+            } = &mut socket.auth
+            else {
+                continue;
+            };
             if *workspace != change.workspace {
                 continue;
             }

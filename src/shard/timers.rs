@@ -41,16 +41,6 @@ impl Timers {
             _ => None,
         }
     }
-
-    /// Number of entries (stale ones included).
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    /// Whether no deadline is pending.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -62,12 +52,20 @@ mod tests {
     fn pops_in_deadline_order_only_when_due() {
         let t0 = Instant::now();
         let mut timers = Timers::default();
-        timers.push(Due { at: t0 + Duration::from_secs(2), slot: 2, generation: 0 });
-        timers.push(Due { at: t0 + Duration::from_secs(1), slot: 1, generation: 0 });
+        timers.push(Due {
+            at: t0 + Duration::from_secs(2),
+            slot: 2,
+            generation: 0,
+        });
+        timers.push(Due {
+            at: t0 + Duration::from_secs(1),
+            slot: 1,
+            generation: 0,
+        });
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(timers.pop_due(t0), None);
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(5)).unwrap().slot, 1);
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(5)).unwrap().slot, 2);
-        assert!(timers.is_empty());
+        assert_eq!(timers.next(), None);
     }
 }

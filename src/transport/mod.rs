@@ -31,7 +31,10 @@ pub struct TlsStream {
 
 impl Stream {
     /// Wraps an accepted socket, in TLS when a server config is given.
-    pub fn new(tcp: TcpStream, tls: Option<&std::sync::Arc<rustls::ServerConfig>>) -> io::Result<Stream> {
+    pub fn new(
+        tcp: TcpStream,
+        tls: Option<&std::sync::Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Stream> {
         match tls {
             None => Ok(Stream::Plain(tcp)),
             Some(config) => {

@@ -28,7 +28,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .map_err(|e| format!("{} and {} do not make a usable pair: {e}", cert.display(), key.display()))?;
+        .map_err(|e| {
+            format!(
+                "{} and {} do not make a usable pair: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -48,7 +48,10 @@ pub struct WsError {
 }
 
 fn protocol_error(reason: impl Into<String>) -> WsError {
-    WsError { code: 1002, reason: reason.into() }
+    WsError {
+        code: 1002,
+        reason: reason.into(),
+    }
 }
 
 /// Decodes the frame at the start of `buf`, unmasking its payload in place. `Ok(None)` means
@@ -75,7 +78,9 @@ pub fn decode(buf: &mut [u8], max_payload: usize) -> Result<Option<(FrameRef, us
         });
     }
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(protocol_error("reserved bits set without a negotiated extension"));
+        return Err(protocol_error(
+            "reserved bits set without a negotiated extension",
+        ));
     }
     let opcode = match header.opcode {
         OpCode::Data(Data::Text) => Opcode::Text,
@@ -92,7 +97,9 @@ pub fn decode(buf: &mut [u8], max_payload: usize) -> Result<Option<(FrameRef, us
     if is_control && (!header.is_final || len > 125) {
         // RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes or less
         // and MUST NOT be fragmented."
-        return Err(protocol_error("control frame fragmented or longer than 125 bytes"));
+        return Err(protocol_error(
+            "control frame fragmented or longer than 125 bytes",
+        ));
     }
     let Some(mask) = header.mask else {
         return Err(protocol_error("client frame is not masked"));
@@ -103,7 +110,14 @@ pub fn decode(buf: &mut [u8], max_payload: usize) -> Result<Option<(FrameRef, us
         return Ok(None);
     }
     unmask(&mut buf[start..end], mask);
-    Ok(Some((FrameRef { opcode, fin: header.is_final, payload: start..end }, end)))
+    Ok(Some((
+        FrameRef {
+            opcode,
+            fin: header.is_final,
+            payload: start..end,
+        },
+        end,
+    )))
 }
 
 /// XORs `data` with the 4-byte masking key (RFC 6455 §5.3).
@@ -120,11 +134,16 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
 }
 
 fn control(opcode: Control, payload: &[u8]) -> Bytes {
-    let header = FrameHeader { opcode: OpCode::Control(opcode), ..FrameHeader::default() };
+    let header = FrameHeader {
+        opcode: OpCode::Control(opcode),
+        ..FrameHeader::default()
+    };
     let mut out = BytesMut::with_capacity(2 + payload.len());
     let mut writer = (&mut out).writer();
     // Writing into a BytesMut cannot fail.
-    header.format(payload.len() as u64, &mut writer).expect("in-memory write");
+    header
+        .format(payload.len() as u64, &mut writer)
+        .expect("in-memory write");
     out.put_slice(payload);
     out.freeze()
 }
@@ -166,7 +185,9 @@ mod tests {
     #[test]
     fn decodes_a_masked_text_frame_in_place() {
         // RFC 6455 §5.7: a single-frame masked text message "Hello".
-        let mut buf = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let mut buf = vec![
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (frame, used) = decode(&mut buf, 100).unwrap().unwrap();
         assert_eq!(frame.opcode, Opcode::Text);
         assert!(frame.fin);
@@ -215,7 +236,11 @@ mod tests {
         let data: Vec<u8> = (0u8..=250).collect();
         let mut fast = data.clone();
         unmask(&mut fast, mask);
-        let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let slow: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
         assert_eq!(fast, slow);
     }
 }
