@@ -11,6 +11,7 @@ mod net;
 mod report;
 mod scan;
 mod scenario;
+mod shared;
 mod stats;
 mod sys;
 mod ws;
