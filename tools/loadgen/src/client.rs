@@ -4,7 +4,7 @@
 //! a publisher, and records what it receives. The main thread steers all workers through the
 //! [`Shared`] phase and reads their progress counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -43,7 +43,9 @@ struct Conn {
     frag: Option<Vec<u8>>,
     out: Vec<u8>,
     next_ack: u64,
-    pending: Vec<(u64, u64)>,
+    /// (ack id, send stamp) in send order; acks normally come back in that order, so the
+    /// match is almost always at the front.
+    pending: VecDeque<(u64, u64)>,
     member: Option<MemberRecord>,
 }
 
@@ -222,7 +224,7 @@ fn open(ctx: &mut Ctx, poll: &Poll, conns: &mut Slab<Conn>, plan: usize, now: In
         frag: None,
         out: Vec::new(),
         next_ack: 1,
-        pending: Vec::new(),
+        pending: VecDeque::new(),
         member: ctx.cfg.track_members.then(MemberRecord::default),
     };
     if let Err(e) = poll.registry().register(
@@ -430,7 +432,9 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             sequence,
         } => {
             if let Some(i) = c.pending.iter().position(|&(a, _)| a == id) {
-                let (_, sent) = c.pending.swap_remove(i);
+                let Some((_, sent)) = c.pending.remove(i) else {
+                    return Ok(());
+                };
                 let us = (ctx.shared.nanos(now).saturating_sub(sent) / 1000).max(1);
                 ctx.res.ack_hist.saturating_record(us);
                 if success {
@@ -492,7 +496,7 @@ fn send_message(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
     ));
     let key = ctx.rng.mask_key();
     ws::encode_client(ws::OP_TEXT, text.as_bytes(), key, &mut c.out);
-    c.pending.push((id, t));
+    c.pending.push_back((id, t));
     ctx.res.sent += 1;
 }
 

@@ -31,6 +31,7 @@ impl SeqSet {
     }
 
     /// Whether `seq` is present.
+    #[cfg(test)]
     pub fn contains(&self, seq: u64) -> bool {
         let w = (seq / 64) as usize;
         w < self.words.len() && self.words[w] & (1u64 << (seq % 64)) != 0
@@ -62,6 +63,7 @@ impl SeqSet {
     }
 
     /// Iterates over the members in increasing order.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(i, &w)| {
             (0..64)
