@@ -1,1 +1,102 @@
-fn main() {}
+//! `loadgen`: drives any server that meets the ocomms-rt contract (Socket.IO v5 / Engine.IO v4
+//! over WebSocket) and measures it: connection memory (`idle`) and broadcast latency,
+//! throughput and delivery correctness (`fanout`). It provisions users through the admin API,
+//! mints JWTs locally, and prints a human summary followed by one line of JSON for scripts.
+
+#![warn(missing_docs)]
+
+mod admin;
+mod client;
+mod net;
+mod report;
+mod scan;
+mod scenario;
+mod shared;
+mod stats;
+mod sys;
+mod ws;
+
+use clap::{Parser, Subcommand};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator and meter for ocomms-rt compatible servers"
+)]
+pub struct Cli {
+    /// Server base URL (plain http only; WebSocket goes to /socket.io/ on the same port).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// Admin API bearer token.
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Secret the server verifies HS256 JWTs with.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Server process id, to read its memory and CPU from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Client threads, each with its own poll and share of the connections.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Most connections in the middle of their handshake at once, per thread.
+    #[arg(long, default_value_t = 500)]
+    pub max_inflight: usize,
+    /// Seconds to wait for all connections to complete CONNECT.
+    #[arg(long, default_value_t = 120.0)]
+    pub connect_timeout: f64,
+    /// What to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Connect N authenticated sockets, hold them, and measure the server's memory per connection.
+    Idle {
+        /// Sockets to connect.
+        #[arg(long)]
+        connections: usize,
+        /// Connections started per second in total (0: as fast as --max-inflight allows).
+        #[arg(long, default_value_t = 0.0)]
+        ramp: f64,
+        /// Seconds to hold all sockets open before measuring.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+        /// Distinct users the sockets authenticate as (default: one per socket).
+        #[arg(long)]
+        users: Option<usize>,
+    },
+    /// S members of one channel; P of them publish at a paced total rate; measure ack and
+    /// delivery latency and check exactly-once, in-order delivery.
+    Fanout {
+        /// Channel members connected (one user and socket each).
+        #[arg(long)]
+        members: usize,
+        /// How many of the members publish.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages per second, over all publishers.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Most seconds to keep receiving after publishing stops.
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
+        /// Bytes of padding in each message's content (after the timestamp).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = scenario::run(&cli) {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,209 @@
+//! Merging worker results and measuring the processes around a measured window: the server
+//! (CPU, RSS, peak RSS from /proc when its pid is known) and the loadgen itself (getrusage), so
+//! a report shows whether the loadgen, not the server, was the bottleneck.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::client::WorkerResult;
+use crate::stats::{latency_histogram, percentiles_json, MemberRecord, SeqSet};
+use crate::sys::{self, ProcSample};
+
+/// Process measurements at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Snap {
+    /// When.
+    pub at: Instant,
+    /// The server, when --server-pid was given and readable.
+    pub server: Option<ProcSample>,
+    /// The loadgen's CPU so far.
+    pub self_cpu: Duration,
+}
+
+/// Takes a snapshot; an unreadable server pid is reported once on stderr and left out.
+pub fn snap(pid: Option<u32>) -> Snap {
+    let server = pid.and_then(|p| match sys::sample(p) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    });
+    Snap {
+        at: Instant::now(),
+        server,
+        self_cpu: sys::self_cpu(),
+    }
+}
+
+/// Server and loadgen figures between two snapshots, as JSON, plus a warning when the loadgen
+/// used most of its threads' CPU (so the numbers measure the loadgen, not the server).
+pub fn window_json(
+    before: &Snap,
+    after: &Snap,
+    threads: usize,
+    work: u64,
+) -> (Value, Option<String>) {
+    let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    let lg_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
+    let util = lg_cpu / (wall * threads.max(1) as f64);
+    let warn = (util > 0.8).then(|| {
+        format!(
+            "the loadgen used {:.0}% of its {threads} thread(s) over the window: it may be the bottleneck; add --threads",
+            util * 100.0
+        )
+    });
+    let server = match (before.server, after.server) {
+        (Some(b), Some(a)) => {
+            let cpu = a.cpu.saturating_sub(b.cpu).as_secs_f64();
+            json!({
+                "cpu_s": cpu,
+                "cpu_util": cpu / wall,
+                "work_per_cpu_s": if cpu > 0.0 { work as f64 / cpu } else { 0.0 },
+                "rss_before": b.rss, "rss_after": a.rss,
+                "hwm_before": b.hwm, "hwm_after": a.hwm,
+            })
+        }
+        _ => Value::Null,
+    };
+    (
+        json!({"wall_s": wall, "server": server, "loadgen": {"cpu_s": lg_cpu, "threads": threads, "cpu_util": util}}),
+        warn,
+    )
+}
+
+/// All workers' results added up.
+#[derive(Debug)]
+pub struct Merged {
+    /// Sum of established.
+    pub established: u64,
+    /// Sum of failed.
+    pub failed: u64,
+    /// Sum of dropped.
+    pub dropped: u64,
+    /// Failure reasons, most frequent first.
+    pub reasons: Vec<(String, u64)>,
+    /// Connect latency.
+    pub connect: Histogram<u64>,
+    /// Ack latency.
+    pub ack: Histogram<u64>,
+    /// Delivery latency.
+    pub delivery: Histogram<u64>,
+    /// Messages sent.
+    pub sent: u64,
+    /// Successful acks.
+    pub acked_ok: u64,
+    /// Failed acks.
+    pub acked_err: u64,
+    /// Every acked sequence.
+    pub acked: SeqSet,
+    /// Receipts.
+    pub deliveries: u64,
+    /// Pings answered.
+    pub pings: u64,
+    /// Member records.
+    pub members: Vec<MemberRecord>,
+    /// Earliest first send, ns since loadgen start.
+    pub first_send_nanos: Option<u64>,
+    /// Latest receipt, ns since loadgen start.
+    pub last_delivery_nanos: u64,
+    /// Highest per-thread CPU / wall.
+    pub max_thread_busy: f64,
+}
+
+/// Adds up worker results.
+pub fn merge(results: Vec<WorkerResult>) -> Merged {
+    let mut m = Merged {
+        established: 0,
+        failed: 0,
+        dropped: 0,
+        reasons: Vec::new(),
+        connect: latency_histogram(),
+        ack: latency_histogram(),
+        delivery: latency_histogram(),
+        sent: 0,
+        acked_ok: 0,
+        acked_err: 0,
+        acked: SeqSet::default(),
+        deliveries: 0,
+        pings: 0,
+        members: Vec::new(),
+        first_send_nanos: None,
+        last_delivery_nanos: 0,
+        max_thread_busy: 0.0,
+    };
+    let mut reasons: HashMap<String, u64> = HashMap::new();
+    for r in results {
+        m.established += r.established;
+        m.failed += r.failed;
+        m.dropped += r.dropped;
+        for (k, v) in r.reasons {
+            *reasons.entry(k).or_default() += v;
+        }
+        // Histograms share bounds, so adding cannot fail; saturate to be safe anyway.
+        let _ = m.connect.add(&r.connect_hist);
+        let _ = m.ack.add(&r.ack_hist);
+        let _ = m.delivery.add(&r.delivery_hist);
+        m.sent += r.sent;
+        m.acked_ok += r.acked_ok;
+        m.acked_err += r.acked_err;
+        m.acked.union_with(&r.acked);
+        m.deliveries += r.deliveries;
+        m.pings += r.pings;
+        m.members.extend(r.members);
+        m.first_send_nanos = match (m.first_send_nanos, r.first_send_nanos) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        m.last_delivery_nanos = m.last_delivery_nanos.max(r.last_delivery_nanos);
+        let busy = r.thread_cpu.as_secs_f64() / r.wall.as_secs_f64().max(1e-9);
+        m.max_thread_busy = m.max_thread_busy.max(busy);
+    }
+    m.reasons = reasons.into_iter().collect();
+    m.reasons
+        .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    m
+}
+
+/// Failure reasons as a JSON object (the 10 most frequent).
+pub fn reasons_json(m: &Merged) -> Value {
+    Value::Object(
+        m.reasons
+            .iter()
+            .take(10)
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect(),
+    )
+}
+
+/// Connection counts and connect latency as JSON.
+pub fn connections_json(m: &Merged) -> Value {
+    json!({
+        "established": m.established,
+        "failed": m.failed,
+        "dropped": m.dropped,
+        "connect_latency": percentiles_json(&m.connect),
+        "failure_reasons": reasons_json(m),
+    })
+}
+
+/// Prints failure reasons for people.
+pub fn print_reasons(m: &Merged) {
+    for (k, v) in m.reasons.iter().take(10) {
+        println!("  failure x{v}: {k}");
+    }
+}
+
+/// Human-readable bytes.
+pub fn fmt_bytes(b: f64) -> String {
+    if b.abs() < 10_000.0 {
+        format!("{b:.0} B")
+    } else if b.abs() < 10_000_000.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    }
+}

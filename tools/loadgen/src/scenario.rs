@@ -1,0 +1,499 @@
+//! The scenarios: provisioning, spreading connections over worker threads, steering the phases,
+//! and turning merged results into the summary and the final JSON line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::admin::{self, Admin, Provisioned};
+use crate::client::{
+    self, ConnPlan, Shared, WorkerConfig, WorkerResult, PH_DRAIN, PH_PUBLISH, PH_STOP,
+};
+use crate::report::{self, fmt_bytes, merge, snap};
+use crate::stats::{judge, percentiles_json, percentiles_line};
+use crate::{net, sys, Cli, Scenario};
+
+/// Splits `http://host:port[/...]` into a socket address and the `Host` header value.
+pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--url {url:?}: only http:// URLs are supported (e.g. http://127.0.0.1:3000)")
+    })?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let with_port = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url:?}: cannot resolve {with_port} ({e})"))?
+        .next()
+        .ok_or_else(|| format!("--url {url:?}: {with_port} resolves to no address"))?;
+    Ok((addr, host.to_string()))
+}
+
+/// The Socket.IO CONNECT packet with auth (contract §2).
+pub fn connect_packet(token: &str, workspace_id: &str) -> String {
+    format!("40{{\"token\":\"{token}\",\"workspaceId\":\"{workspace_id}\"}}")
+}
+
+/// Runs the scenario the command line names.
+pub fn run(cli: &Cli) -> Result<(), String> {
+    if cli.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let (addr, host) = parse_url(&cli.url)?;
+    let fd_limit = sys::raise_fd_limit();
+    let needed = match &cli.scenario {
+        Scenario::Idle { connections, .. } => *connections,
+        Scenario::Fanout { members, .. } => *members,
+    };
+    if (needed as u64) + 64 > fd_limit {
+        eprintln!(
+            "warning: {needed} connections need about {} file descriptors but the limit is {fd_limit}; \
+             connections past it will fail (raise `ulimit -n` for the loadgen and the server)",
+            needed + 64
+        );
+    }
+    let run_tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let mut admin = Admin::new(addr, host.clone(), cli.admin_token.clone());
+    match &cli.scenario {
+        Scenario::Idle {
+            connections,
+            ramp,
+            hold,
+            users,
+        } => {
+            let users = users
+                .unwrap_or(*connections)
+                .clamp(1, (*connections).max(1));
+            idle(
+                cli,
+                addr,
+                host,
+                &mut admin,
+                &run_tag,
+                *connections,
+                *ramp,
+                *hold,
+                users,
+            )
+        }
+        Scenario::Fanout {
+            members,
+            publishers,
+            rate,
+            duration,
+            drain,
+            size,
+        } => {
+            if *publishers == 0 || publishers > members {
+                return Err(format!(
+                    "--publishers {publishers} must be between 1 and --members {members}"
+                ));
+            }
+            if *rate <= 0.0 {
+                return Err(format!("--rate {rate} must be positive"));
+            }
+            let p = FanoutParams {
+                members: *members,
+                publishers: *publishers,
+                rate: *rate,
+                duration: *duration,
+                drain: *drain,
+                size: *size,
+            };
+            fanout(cli, addr, host, &mut admin, &run_tag, p)
+        }
+    }
+}
+
+/// Provisions and prints how long it took.
+fn provision(
+    cli: &Cli,
+    admin: &mut Admin,
+    run_tag: &str,
+    users: usize,
+) -> Result<(Provisioned, Vec<String>), String> {
+    let t = Instant::now();
+    eprintln!("provisioning {users} users...");
+    let p = admin::provision(admin, run_tag, users)?;
+    let ttl = Duration::from_secs(24 * 3600);
+    let tokens = p
+        .users
+        .iter()
+        .map(|(id, name)| admin::mint_jwt(&cli.jwt_secret, id, name, ttl))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!(
+        "provisioned in {:.1}s ({} admin requests)",
+        t.elapsed().as_secs_f64(),
+        admin.requests
+    );
+    Ok((p, tokens))
+}
+
+/// A running worker thread.
+type Worker = JoinHandle<std::io::Result<WorkerResult>>;
+
+/// Starts `cli.threads` workers; plan `i` goes to thread `i % threads`.
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    cli: &Cli,
+    addr: SocketAddr,
+    host: String,
+    prov: &Provisioned,
+    plans: Vec<ConnPlan>,
+    total_rate: f64,
+    publishers: usize,
+    ramp: f64,
+    track_members: bool,
+    pad: usize,
+) -> Result<(Arc<Shared>, Vec<Worker>), String> {
+    let shared = Arc::new(Shared::new());
+    let t = cli.threads;
+    let sources = net::sources_needed(plans.len());
+    let mut per: Vec<Vec<ConnPlan>> = vec![Vec::new(); t];
+    for p in plans {
+        per[p.index % t].push(p);
+    }
+    let mut handles = Vec::new();
+    for (id, plans) in per.into_iter().enumerate() {
+        let pubs = plans.iter().filter(|p| p.publisher).count();
+        let cfg = WorkerConfig {
+            id,
+            server: addr,
+            host: host.clone(),
+            channel_id: prov.channel_id.clone(),
+            sources,
+            ramp_per_sec: ramp / t as f64,
+            max_inflight: cli.max_inflight.max(1),
+            publish_rate: if publishers > 0 {
+                total_rate * pubs as f64 / publishers as f64
+            } else {
+                0.0
+            },
+            content_pad: pad,
+            track_members,
+        };
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("loadgen-{id}"))
+            .spawn(move || client::run(cfg, plans, sh))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(h);
+    }
+    Ok((shared, handles))
+}
+
+/// Waits until every connection is established or failed, or the connect timeout; returns the
+/// time it took.
+fn wait_connected(cli: &Cli, shared: &Shared, n: usize) -> Duration {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(cli.connect_timeout);
+    let mut last_print = start;
+    loop {
+        let est = shared.established.load(Relaxed);
+        let failed = shared.failed.load(Relaxed);
+        if est + failed >= n || Instant::now() >= deadline {
+            eprintln!(
+                "connect phase: {est} established, {failed} failed in {:.2}s",
+                start.elapsed().as_secs_f64()
+            );
+            return start.elapsed();
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            eprintln!("  connecting: {est} established, {failed} failed");
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn join(
+    handles: Vec<JoinHandle<std::io::Result<WorkerResult>>>,
+) -> Result<Vec<WorkerResult>, String> {
+    handles
+        .into_iter()
+        .map(|h| match h.join() {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("worker failed: {e}")),
+            Err(_) => Err("worker thread panicked".into()),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn idle(
+    cli: &Cli,
+    addr: SocketAddr,
+    host: String,
+    admin: &mut Admin,
+    run_tag: &str,
+    n: usize,
+    ramp: f64,
+    hold: f64,
+    users: usize,
+) -> Result<(), String> {
+    let (prov, tokens) = provision(cli, admin, run_tag, users)?;
+    let packets: Vec<Arc<str>> = tokens
+        .iter()
+        .map(|t| connect_packet(t, &prov.workspace_id).into())
+        .collect();
+    let plans = (0..n)
+        .map(|i| ConnPlan {
+            index: i,
+            connect_packet: packets[i % users].clone(),
+            publisher: false,
+        })
+        .collect();
+    let before = snap(cli.server_pid);
+    let (shared, handles) = spawn(cli, addr, host, &prov, plans, 0.0, 0, ramp, false, 0)?;
+    let connect_time = wait_connected(cli, &shared, n);
+    eprintln!("holding for {hold}s...");
+    std::thread::sleep(Duration::from_secs_f64(hold));
+    let open = shared.established.load(Relaxed) - shared.dropped.load(Relaxed);
+    let after = snap(cli.server_pid);
+    shared.phase.store(PH_STOP, Relaxed);
+    let m = merge(join(handles)?);
+
+    let (window, warn) = report::window_json(&before, &after, cli.threads, open as u64);
+    let per_conn = match (before.server, after.server) {
+        (Some(b), Some(a)) if open > 0 => Some((a.rss as f64 - b.rss as f64) / open as f64),
+        _ => None,
+    };
+    println!(
+        "== idle: {n} connections, {users} users, {} thread(s)",
+        cli.threads
+    );
+    println!(
+        "established {} / failed {} / dropped {} ; open at measurement {open} ; time to connect {:.2}s",
+        m.established,
+        m.failed,
+        m.dropped,
+        connect_time.as_secs_f64()
+    );
+    println!("connect latency: {}", percentiles_line(&m.connect));
+    println!("pings answered: {}", m.pings);
+    if let (Some(b), Some(a)) = (before.server, after.server) {
+        println!(
+            "server RSS {} -> {} (peak {}), per connection {}",
+            fmt_bytes(b.rss as f64),
+            fmt_bytes(a.rss as f64),
+            fmt_bytes(a.hwm as f64),
+            per_conn.map(fmt_bytes).unwrap_or_else(|| "n/a".into())
+        );
+    }
+    report::print_reasons(&m);
+    if let Some(w) = &warn {
+        println!("WARNING: {w}");
+    }
+    let j = json!({
+        "scenario": "idle",
+        "connections": n,
+        "users": users,
+        "open_at_measure": open,
+        "time_to_connect_s": connect_time.as_secs_f64(),
+        "bytes_per_connection": per_conn,
+        "pings": m.pings,
+        "conn": report::connections_json(&m),
+        "window": window,
+        "max_thread_busy": m.max_thread_busy,
+    });
+    println!("{j}");
+    Ok(())
+}
+
+/// Fanout options.
+struct FanoutParams {
+    members: usize,
+    publishers: usize,
+    rate: f64,
+    duration: f64,
+    drain: f64,
+    size: usize,
+}
+
+fn fanout(
+    cli: &Cli,
+    addr: SocketAddr,
+    host: String,
+    admin: &mut Admin,
+    run_tag: &str,
+    p: FanoutParams,
+) -> Result<(), String> {
+    let (prov, tokens) = provision(cli, admin, run_tag, p.members)?;
+    let plans = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ConnPlan {
+            index: i,
+            connect_packet: connect_packet(t, &prov.workspace_id).into(),
+            publisher: i < p.publishers,
+        })
+        .collect();
+    let (shared, handles) = spawn(
+        cli,
+        addr,
+        host,
+        &prov,
+        plans,
+        p.rate,
+        p.publishers,
+        0.0,
+        true,
+        p.size,
+    )?;
+    let connect_time = wait_connected(cli, &shared, p.members);
+    let connected = shared.established.load(Relaxed);
+    if connected == 0 {
+        shared.phase.store(PH_STOP, Relaxed);
+        let m = merge(join(handles)?);
+        report::print_reasons(&m);
+        return Err("no member connected; nothing to measure".into());
+    }
+
+    let before = snap(cli.server_pid);
+    shared.phase.store(PH_PUBLISH, Relaxed);
+    eprintln!(
+        "publishing {} msg/s from {} publishers for {}s...",
+        p.rate, p.publishers, p.duration
+    );
+    std::thread::sleep(Duration::from_secs_f64(p.duration));
+    shared.phase.store(PH_DRAIN, Relaxed);
+    // Drain until every ack is in and deliveries have been quiet for 500 ms, or the limit.
+    let drain_end = Instant::now() + Duration::from_secs_f64(p.drain);
+    let (mut last_del, mut quiet_since) = (shared.deliveries.load(Relaxed), Instant::now());
+    while Instant::now() < drain_end {
+        std::thread::sleep(Duration::from_millis(50));
+        let d = shared.deliveries.load(Relaxed);
+        if d != last_del {
+            last_del = d;
+            quiet_since = Instant::now();
+        }
+        let acks_done = shared.acks.load(Relaxed) >= shared.sent.load(Relaxed);
+        if acks_done && quiet_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+    let after = snap(cli.server_pid);
+    shared.phase.store(PH_STOP, Relaxed);
+    let m = merge(join(handles)?);
+
+    let c = judge(&m.members, &m.acked);
+    let span = match m.first_send_nanos {
+        Some(f) if m.last_delivery_nanos > f => (m.last_delivery_nanos - f) as f64 / 1e9,
+        _ => p.duration,
+    };
+    let (window, warn) = report::window_json(&before, &after, cli.threads, m.deliveries);
+    let expected = m.acked.len() * m.members.len() as u64;
+    println!(
+        "== fanout: {} members ({} connected), {} publishers, {} msg/s for {}s, {} thread(s)",
+        p.members, connected, p.publishers, p.rate, p.duration, cli.threads
+    );
+    println!(
+        "connect: {:.2}s, {}",
+        connect_time.as_secs_f64(),
+        percentiles_line(&m.connect)
+    );
+    println!(
+        "sent {} ; acked ok {} / refused {} ; acks/s {:.0}",
+        m.sent,
+        m.acked_ok,
+        m.acked_err,
+        m.acked_ok as f64 / p.duration
+    );
+    println!("ack latency:      {}", percentiles_line(&m.ack));
+    println!("delivery latency: {}", percentiles_line(&m.delivery));
+    println!(
+        "deliveries {} (expected {} = acked x members) ; deliveries/s {:.0}",
+        m.deliveries,
+        expected,
+        m.deliveries as f64 / span
+    );
+    println!(
+        "correctness: missing {} ; publisher's own not echoed {} ; duplicates {} ; out of order {}",
+        c.missing, c.missing_own, c.duplicates, c.out_of_order
+    );
+    if let Some(s) = window["server"]["work_per_cpu_s"].as_f64() {
+        println!(
+            "server CPU {:.2}s ({:.0} deliveries per CPU-second)",
+            window["server"]["cpu_s"].as_f64().unwrap_or(0.0),
+            s
+        );
+    }
+    println!(
+        "loadgen CPU {:.2}s ({:.0}% of its threads; busiest thread {:.0}%)",
+        window["loadgen"]["cpu_s"].as_f64().unwrap_or(0.0),
+        window["loadgen"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0,
+        m.max_thread_busy * 100.0
+    );
+    report::print_reasons(&m);
+    if let Some(w) = &warn {
+        println!("WARNING: {w}");
+    }
+    let j = json!({
+        "scenario": "fanout",
+        "members": p.members,
+        "connected": connected,
+        "publishers": p.publishers,
+        "rate": p.rate,
+        "duration_s": p.duration,
+        "sent": m.sent,
+        "acked": m.acked_ok,
+        "ack_refused": m.acked_err,
+        "acks_per_s": m.acked_ok as f64 / p.duration,
+        "deliveries": m.deliveries,
+        "expected_deliveries": expected,
+        "deliveries_per_s": m.deliveries as f64 / span,
+        "ack_latency": percentiles_json(&m.ack),
+        "delivery_latency": percentiles_json(&m.delivery),
+        "missing": c.missing,
+        "missing_own": c.missing_own,
+        "duplicates": c.duplicates,
+        "out_of_order": c.out_of_order,
+        "conn": report::connections_json(&m),
+        "window": window,
+        "max_thread_busy": m.max_thread_busy,
+    });
+    println!("{j}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_or_say_what_to_write() {
+        let (a, h) = parse_url("http://127.0.0.1:3000").unwrap();
+        assert_eq!(a, "127.0.0.1:3000".parse::<SocketAddr>().unwrap());
+        assert_eq!(h, "127.0.0.1:3000");
+        let (a, _) = parse_url("http://127.0.0.1/x").unwrap();
+        assert_eq!(a.port(), 80);
+        assert!(parse_url("https://x:1")
+            .unwrap_err()
+            .contains("only http://"));
+    }
+
+    #[test]
+    fn connect_packet_shape() {
+        assert_eq!(
+            connect_packet("a.b.c", "w"),
+            r#"40{"token":"a.b.c","workspaceId":"w"}"#
+        );
+    }
+}

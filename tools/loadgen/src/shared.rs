@@ -1,0 +1,145 @@
+//! What the main thread and the client workers share: the run phases, progress counters,
+//! each worker's configuration and connection plans, and the results a worker hands back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::stats::{MemberRecord, SeqSet};
+
+/// Workers connect and hold; publishers do not send yet.
+pub const PH_CONNECT: u8 = 0;
+/// Publishers send at their paced rate.
+pub const PH_PUBLISH: u8 = 1;
+/// Publishers stop; everyone keeps receiving.
+pub const PH_DRAIN: u8 = 2;
+/// Workers close everything and return their results.
+pub const PH_STOP: u8 = 3;
+
+/// State the main thread and all workers share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The loadgen's epoch: publishers stamp content with nanoseconds since it.
+    pub start: Instant,
+    /// One of the `PH_*` phases.
+    pub phase: AtomicU8,
+    /// Connections that completed the Socket.IO CONNECT.
+    pub established: AtomicUsize,
+    /// Connections that failed before completing it.
+    pub failed: AtomicUsize,
+    /// Established connections that were lost afterwards.
+    pub dropped: AtomicUsize,
+    /// Messages sent (progress).
+    pub sent: AtomicU64,
+    /// Acks received, successful or not (progress).
+    pub acks: AtomicU64,
+    /// `message:new` events received (progress).
+    pub deliveries: AtomicU64,
+}
+
+impl Shared {
+    /// Fresh shared state in the connect phase.
+    pub fn new() -> Self {
+        Shared {
+            start: Instant::now(),
+            phase: AtomicU8::new(PH_CONNECT),
+            established: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_nanos() as u64
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a worker needs to know about the server and the run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker number, used in clientMsgIds.
+    pub id: usize,
+    /// Server address.
+    pub server: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    /// Channel publishers send to.
+    pub channel_id: String,
+    /// Loopback source addresses to rotate over (0: let the kernel choose).
+    pub sources: usize,
+    /// Connections this worker starts per second (0: as fast as `max_inflight` allows).
+    pub ramp_per_sec: f64,
+    /// Most connections between TCP connect and Socket.IO CONNECT at once.
+    pub max_inflight: usize,
+    /// Messages per second this worker publishes in the publish phase.
+    pub publish_rate: f64,
+    /// Bytes of padding appended to each message's content.
+    pub content_pad: usize,
+    /// Keep a [`MemberRecord`] per connection.
+    pub track_members: bool,
+}
+
+/// One connection to open.
+#[derive(Debug, Clone)]
+pub struct ConnPlan {
+    /// Global connection number (source address rotation).
+    pub index: usize,
+    /// The CONNECT packet's text, `40{"token":...,"workspaceId":...}`.
+    pub connect_packet: Arc<str>,
+    /// Whether this connection publishes.
+    pub publisher: bool,
+}
+
+/// Everything a worker measured.
+#[derive(Debug)]
+pub struct WorkerResult {
+    /// Connections that completed CONNECT.
+    pub established: u64,
+    /// Connections that failed before.
+    pub failed: u64,
+    /// Established connections lost later.
+    pub dropped: u64,
+    /// Failure reason -> count.
+    pub reasons: HashMap<String, u64>,
+    /// TCP connect start -> `40{"sid"}`.
+    pub connect_hist: Histogram<u64>,
+    /// send -> ack.
+    pub ack_hist: Histogram<u64>,
+    /// send -> receipt, per receiving member.
+    pub delivery_hist: Histogram<u64>,
+    /// Messages sent.
+    pub sent: u64,
+    /// Successful acks.
+    pub acked_ok: u64,
+    /// Failed acks.
+    pub acked_err: u64,
+    /// Sequences of successful acks.
+    pub acked: SeqSet,
+    /// `message:new` receipts.
+    pub deliveries: u64,
+    /// Pings answered.
+    pub pings: u64,
+    /// One record per member connection (with `track_members`).
+    pub members: Vec<MemberRecord>,
+    /// First send, nanoseconds since [`Shared::start`].
+    pub first_send_nanos: Option<u64>,
+    /// Last receipt, nanoseconds since [`Shared::start`].
+    pub last_delivery_nanos: u64,
+    /// This thread's CPU time over its whole run.
+    pub thread_cpu: Duration,
+    /// This thread's wall time.
+    pub wall: Duration,
+}
