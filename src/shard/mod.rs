@@ -309,7 +309,8 @@ impl Shard {
                 ShardCommand::Shutdown { deadline } => self.begin_shutdown(deadline),
             }
         }
-        self.core.metrics()
+        self.core
+            .metrics()
             .inbox_depth
             .store(self.inbox.len() as i64, Relaxed);
     }

@@ -200,7 +200,10 @@ impl Shard {
     }
 
     fn slow_consumer(&mut self, slot: u32) {
-        self.core.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
+        self.core
+            .metrics()
+            .slow_consumers_dropped
+            .fetch_add(1, Relaxed);
         tracing::debug!(slot, "dropping a client that does not read");
         self.close(slot, Close::Now, "slow consumer");
     }
