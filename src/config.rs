@@ -191,14 +191,14 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn number<T: std::str::FromStr>(
+fn number<T>(
     variable: &'static str,
     value: &str,
     min: T,
     max: T,
 ) -> Result<T, ConfigError>
 where
-    T: PartialOrd + fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
     let bad = |problem: String| ConfigError {
         variable,

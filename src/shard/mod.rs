@@ -221,10 +221,7 @@ impl Shard {
 
     fn on_readable(&mut self, slot: u32, now: Instant) {
         let mut buf = std::mem::take(&mut self.core.scratch);
-        loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(slot as usize) {
             let n = match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     self.close(slot, Close::Now, "peer closed");
