@@ -30,6 +30,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod presence;
 pub mod protocol;
 pub mod shard;
 pub mod store;

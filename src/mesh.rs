@@ -6,6 +6,7 @@
 //! shard ([`ShardCommand::Reply`]) and publishes what it committed through the broker, and the
 //! broker hands every shard a [`Broadcast`] to fan out ([`ShardCommand::Deliver`]).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,10 +21,36 @@ use crate::model::{Grant, Message};
 pub struct Broadcast {
     /// Who receives it.
     pub room: Room,
-    /// A connection left out (the sender of a typing event).
-    pub except: Option<ConnectionId>,
+    /// Sockets left out.
+    pub except: Except,
     /// The whole WebSocket frame (header and Socket.IO packet), shared by every recipient.
     pub frame: Bytes,
+    /// Connection state recovery offset (durable events only), replayed to sockets that
+    /// reconnect having missed it.
+    pub offset: Option<u64>,
+}
+
+/// Who a broadcast skips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Except {
+    /// Every member receives it.
+    Nobody,
+    /// One socket (the sender).
+    Connection(ConnectionId),
+    /// Every socket of one user (a typing user's own tabs).
+    User(UserId),
+}
+
+impl Broadcast {
+    /// A broadcast of `event` to every member of `room`, without a recovery offset.
+    pub fn event(room: Room, event: &str, data: &impl serde::Serialize, except: Except) -> Self {
+        Broadcast {
+            room,
+            except,
+            frame: crate::protocol::frame::event(event, data, None),
+            offset: None,
+        }
+    }
 }
 
 /// What a shard's event loop is asked to do by other threads.
@@ -35,11 +62,81 @@ pub enum ShardCommand {
     Reply(ConnectionId, StoreReply),
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     Membership(MembershipChange),
+    /// Another shard asks for a detached session (connection state recovery) by its `pid`.
+    Recover {
+        /// The session's private id.
+        pid: String,
+        /// The reconnected socket that wants it.
+        to: ConnectionId,
+    },
+    /// The answer to `Recover`: the detached session, if it is still within its window.
+    Recovered {
+        /// The reconnected socket.
+        to: ConnectionId,
+        /// What the old socket was in.
+        session: Option<Detached>,
+    },
     /// Stop accepting, close every socket, and finish queued writes before `deadline`.
     Shutdown {
         /// When unfinished writes are abandoned.
         deadline: Instant,
     },
+}
+
+/// A socket that went away without saying goodbye, kept for the recovery window so that a
+/// reconnect with its `pid` gets its rooms and missed events back. The rooms come from the
+/// reconnect's fresh authentication, so a membership removed meanwhile stays removed.
+#[derive(Clone, Copy, Debug)]
+pub struct Detached {
+    /// Who it was.
+    pub user: UserId,
+    /// Its workspace.
+    pub workspace: WorkspaceId,
+    /// The newest offset its shard had seen when it connected (replay starts after it when
+    /// the client received no offset at all).
+    pub since_offset: u64,
+}
+
+/// What the shards tell the presence keeper (contract §5: presence per user and workspace,
+/// across every connection).
+#[derive(Debug)]
+pub enum PresenceCommand {
+    /// A socket authenticated (it starts active).
+    Connected {
+        /// Whose.
+        user: UserId,
+        /// Where.
+        workspace: WorkspaceId,
+    },
+    /// A socket switched between away (`true`) and active.
+    Away {
+        /// Whose.
+        user: UserId,
+        /// Where.
+        workspace: WorkspaceId,
+        /// The socket's new state.
+        away: bool,
+    },
+    /// A socket closed; `away` is the state it was in.
+    Disconnected {
+        /// Whose.
+        user: UserId,
+        /// Where.
+        workspace: WorkspaceId,
+        /// Its last state.
+        away: bool,
+    },
+    /// `presence:query`.
+    Query {
+        /// The asking socket.
+        asker: Asker,
+        /// Ack id.
+        ack: Option<u64>,
+        /// Whose status.
+        users: Vec<UserId>,
+    },
+    /// Exit.
+    Shutdown,
 }
 
 /// A membership added or removed (admin API, or the web app writing the tables).
@@ -333,6 +430,13 @@ pub enum StoreReply {
         /// Ok: the user is a member.
         result: Result<(), StoreError>,
     },
+    /// Answer to `presence:query` (from the presence keeper).
+    Presence {
+        /// Ack id to answer.
+        ack: Option<u64>,
+        /// `(user, "active" | "away" | "offline")`.
+        statuses: Vec<(UserId, &'static str)>,
+    },
     /// Answer to an admin request: status and JSON body.
     Admin {
         /// HTTP status.
@@ -385,17 +489,51 @@ impl StoreHandle {
 }
 
 /// The seam between this node and the others. On one node it loops publications straight
-/// back to the local shards; with Redis a broker thread will also carry them to other nodes,
-/// without the shards or the store knowing which they have.
+/// back to the local shards and keeps presence in a thread of its own; with Redis the same
+/// handle will also carry them to other nodes, without the shards or the store knowing which
+/// they have.
 #[derive(Clone, Debug)]
 pub struct BrokerHandle {
     shards: Vec<ShardHandle>,
+    presence: Option<Sender<PresenceCommand>>,
+    /// Next recovery offset; `None` when connection state recovery is off.
+    offsets: Option<Arc<AtomicU64>>,
 }
 
 impl BrokerHandle {
-    /// A broker for a single node.
+    /// A broker for a single node, without presence and recovery offsets.
     pub fn local(shards: Vec<ShardHandle>) -> Self {
-        BrokerHandle { shards }
+        BrokerHandle {
+            shards,
+            presence: None,
+            offsets: None,
+        }
+    }
+
+    /// Routes presence commands to the presence keeper's inbox.
+    pub fn with_presence(mut self, inbox: Sender<PresenceCommand>) -> Self {
+        self.presence = Some(inbox);
+        self
+    }
+
+    /// Tags durable events with recovery offsets (connection state recovery is on).
+    pub fn with_offsets(mut self) -> Self {
+        self.offsets = Some(Arc::new(AtomicU64::new(1)));
+        self
+    }
+
+    /// A durable event (`message:new`, `message:deleted`) to a room. With recovery on it gets
+    /// the next offset, which Socket.IO carries as the event's last argument. Offsets must be
+    /// taken in publication order, so only one thread (the store) calls this.
+    pub fn durable(&self, room: Room, event: &str, data: &impl serde::Serialize) -> Broadcast {
+        let offset = self.offsets.as_ref().map(|n| n.fetch_add(1, Relaxed));
+        let text = offset.map(|o| o.to_string());
+        Broadcast {
+            room,
+            except: Except::Nobody,
+            frame: crate::protocol::frame::event(event, data, text.as_deref()),
+            offset,
+        }
     }
 
     /// Fans a broadcast out to every shard of this node (each keeps only its members).
@@ -410,6 +548,13 @@ impl BrokerHandle {
     pub fn membership(&self, change: MembershipChange) {
         for shard in &self.shards {
             shard.send(ShardCommand::Membership(change));
+        }
+    }
+
+    /// Tells the presence keeper (dropped when there is none, as in store tests).
+    pub fn presence(&self, command: PresenceCommand) {
+        if let Some(inbox) = &self.presence {
+            let _ = inbox.send(command);
         }
     }
 }

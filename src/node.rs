@@ -12,7 +12,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::chat::auth::JwtVerifier;
 use crate::config::Config;
 use crate::ids::ShardId;
-use crate::mesh::{BrokerHandle, Mesh, ShardCommand, ShardHandle, StoreCommand, StoreHandle};
+use crate::mesh::{
+    BrokerHandle, Mesh, PresenceCommand, ShardCommand, ShardHandle, StoreCommand, StoreHandle,
+};
 use crate::metrics::Metrics;
 use crate::shard::{Shard, Shared, WAKER};
 
@@ -25,6 +27,7 @@ pub struct Node {
     mesh: Mesh,
     shards: Vec<JoinHandle<()>>,
     store: JoinHandle<()>,
+    presence: (crossbeam_channel::Sender<PresenceCommand>, JoinHandle<()>),
     grace: std::time::Duration,
 }
 
@@ -73,13 +76,20 @@ impl Node {
             polls.push(poll);
         }
         let (store_tx, store_rx) = crossbeam_channel::unbounded();
+        let (presence_tx, presence_rx) = crossbeam_channel::unbounded();
+        let mut broker = BrokerHandle::local(handles.clone()).with_presence(presence_tx.clone());
+        if !config.recovery_window.is_zero() {
+            broker = broker.with_offsets();
+        }
         let mesh = Mesh {
-            shards: handles.clone(),
+            shards: handles,
             store: StoreHandle::new(store_tx),
-            broker: BrokerHandle::local(handles),
+            broker,
         };
         let store = crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        let presence = crate::presence::spawn(presence_rx, mesh.clone())
+            .map_err(|e| format!("cannot start the presence thread: {e}"))?;
 
         let tls_on = tls.is_some();
         let shared = Arc::new(Shared {
@@ -128,6 +138,7 @@ impl Node {
             mesh,
             shards: threads,
             store,
+            presence: (presence_tx, presence),
             grace: config.shutdown_grace,
         })
     }
@@ -149,6 +160,9 @@ impl Node {
         }
         self.mesh.store.send(StoreCommand::Shutdown);
         let _ = self.store.join();
+        let (presence, thread) = self.presence;
+        let _ = presence.send(PresenceCommand::Shutdown);
+        let _ = thread.join();
         tracing::info!("ocomms-rt stopped");
     }
 }

@@ -3,13 +3,17 @@
 //! socket, a clock or another thread.
 
 pub mod auth;
+pub mod typing;
 pub mod validate;
+
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::ids::{ConnectionId, MessageId, Room, Target, WorkspaceId};
+use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
 use crate::mesh::{
-    Asker, Broadcast, HistoryQuery, NewMessage, StoreCommand, StoreError, StoreReply,
+    Asker, Broadcast, HistoryQuery, NewMessage, PresenceCommand, StoreCommand, StoreError,
+    StoreReply,
 };
 use crate::model::{timestamp, User};
 
@@ -28,10 +32,34 @@ pub enum Effect {
     Join(Room),
     /// Leave a room on this shard.
     Leave(Room),
+    /// Tell the presence keeper.
+    Presence(PresenceCommand),
+}
+
+/// Most users one `presence:query` may ask about.
+pub const MAX_PRESENCE_QUERY: usize = 1000;
+
+/// A connected socket's own chat state.
+#[derive(Debug)]
+pub struct ChatState {
+    /// Where it is typing.
+    pub typing: typing::Typing,
+    /// `presence:setAway` was its last word (until `presence:setActive`).
+    pub away: bool,
+}
+
+impl ChatState {
+    /// A socket that just connected: active, not typing.
+    pub fn new(now: Instant) -> Self {
+        ChatState {
+            typing: typing::Typing::new(now),
+            away: false,
+        }
+    }
 }
 
 /// What a handler may read about the socket.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The socket's connection.
     pub conn: ConnectionId,
@@ -41,6 +69,10 @@ pub struct Context<'a> {
     pub workspace: WorkspaceId,
     /// Longest message content.
     pub max_message_chars: usize,
+    /// The current time.
+    pub now: Instant,
+    /// Whether the socket is in a room (membership is kept current on live sockets).
+    pub in_room: &'a dyn Fn(Room) -> bool,
 }
 
 impl Context<'_> {
@@ -65,6 +97,7 @@ pub fn refuse(ack: Option<u64>, error: &str, out: &mut Vec<Effect>) {
 /// Handles one client event. `args` are the event's arguments after its name.
 pub fn handle_event(
     ctx: &Context<'_>,
+    state: &mut ChatState,
     name: &str,
     mut args: Vec<Value>,
     ack: Option<u64>,
@@ -81,9 +114,15 @@ pub fn handle_event(
         "message:history" => message_history(ctx, data, ack, out),
         "room:join" => room_join(ctx, data, ack, out),
         "room:leave" => room_leave(data, ack, out),
+        "typing:start" => typing_event(ctx, state, data, true, ack, out),
+        "typing:stop" => typing_event(ctx, state, data, false, ack, out),
+        "presence:setAway" => set_away(ctx, state, true, ack, out),
+        "presence:setActive" => set_away(ctx, state, false, ack, out),
+        "presence:query" => presence_query(ctx, data, ack, out),
         other => Err(format!(
             "unknown event {other:?}; this server handles message:send, message:delete, \
-             message:history, room:join, room:leave"
+             message:history, room:join, room:leave, typing:start, typing:stop, \
+             presence:setAway, presence:setActive, presence:query"
         )),
     };
     if let Err(error) = result {
@@ -159,6 +198,18 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
             result: Err(e),
             ..
         } => failed(ack, e, out),
+        StoreReply::Presence { ack, statuses } => {
+            if let Some(id) = ack {
+                let presence: Map<String, Value> = statuses
+                    .into_iter()
+                    .map(|(user, status)| (user.to_string(), Value::from(status)))
+                    .collect();
+                out.push(Effect::Ack(
+                    id,
+                    json!({"success": true, "presence": presence}),
+                ));
+            }
+        }
         // Answered by the shard itself (CONNECT and HTTP).
         StoreReply::Authenticated(_) | StoreReply::Admin { .. } => {}
     }
@@ -318,23 +369,112 @@ fn room_leave(data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<()
     Ok(())
 }
 
+fn ok(ack: Option<u64>, out: &mut Vec<Effect>) {
+    if let Some(id) = ack {
+        out.push(Effect::Ack(id, json!({"success": true})));
+    }
+}
+
+fn typing_event(
+    ctx: &Context<'_>,
+    state: &mut ChatState,
+    data: Value,
+    start: bool,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
+    let name = if start { "typing:start" } else { "typing:stop" };
+    let map = object(name, data)?;
+    let target = target(&map, "targetId", "targetType")?;
+    if !(ctx.in_room)(target.room()) {
+        // Contract §3: typing in a room the user is not a member of is ignored.
+        ok(ack, out);
+        return Ok(());
+    }
+    match state.typing.handle(ctx.now, target, start) {
+        typing::Outcome::Update(is_typing) => {
+            out.push(Effect::Publish(typing::update(ctx.user, target, is_typing)));
+        }
+        typing::Outcome::Quiet => {}
+        typing::Outcome::Throttled(first) => {
+            if first || ack.is_some() {
+                refuse(
+                    ack,
+                    &format!(
+                        "typing events are limited to {} per second; extra ones are dropped",
+                        typing::TYPING_RATE
+                    ),
+                    out,
+                );
+            }
+            return Ok(());
+        }
+    }
+    ok(ack, out);
+    Ok(())
+}
+
+fn set_away(
+    ctx: &Context<'_>,
+    state: &mut ChatState,
+    away: bool,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
+    if state.away != away {
+        state.away = away;
+        out.push(Effect::Presence(PresenceCommand::Away {
+            user: ctx.user.id,
+            workspace: ctx.workspace,
+            away,
+        }));
+    }
+    ok(ack, out);
+    Ok(())
+}
+
+fn presence_query(
+    ctx: &Context<'_>,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
+    let map = object("presence:query", data)?;
+    let ids = match map.get("userIds") {
+        Some(Value::Array(ids)) => ids,
+        Some(other) => return Err(format!("userIds must be an array, got {}", kind(other))),
+        None => return Err("userIds is missing".into()),
+    };
+    if ids.len() > MAX_PRESENCE_QUERY {
+        return Err(format!(
+            "userIds has {} entries; ask about at most {MAX_PRESENCE_QUERY} at a time",
+            ids.len()
+        ));
+    }
+    let users = ids
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => s
+                .parse::<UserId>()
+                .map_err(|_| format!("userIds entry {s:?} is not a uuid")),
+            other => Err(format!(
+                "userIds entries must be strings, got {}",
+                kind(other)
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.push(Effect::Presence(PresenceCommand::Query {
+        asker: ctx.asker(),
+        ack,
+        users,
+    }));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ShardId, UserId};
-
-    fn ctx(user: &User) -> Context<'_> {
-        Context {
-            conn: ConnectionId {
-                shard: ShardId(0),
-                slot: 1,
-                generation: 1,
-            },
-            user,
-            workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
-            max_message_chars: 10,
-        }
-    }
+    use crate::ids::{ChannelId, ShardId};
 
     fn user() -> User {
         User {
@@ -343,13 +483,40 @@ mod tests {
         }
     }
 
+    fn member_of(n: u128) -> Target {
+        Target::Channel(ChannelId(uuid::Uuid::from_u128(n)))
+    }
+
+    /// Runs one event for Ann, who is in the room of channel 5 only.
+    fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<Effect> {
+        let u = user();
+        let in_room = |room: Room| room == member_of(5).room();
+        let ctx = Context {
+            conn: ConnectionId {
+                shard: ShardId(0),
+                slot: 1,
+                generation: 1,
+            },
+            user: &u,
+            workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
+            max_message_chars: 10,
+            now: Instant::now(),
+            in_room: &in_room,
+        };
+        let mut out = Vec::new();
+        handle_event(&ctx, state, name, vec![data], ack, &mut out);
+        out
+    }
+
+    fn target_json(n: u128) -> Value {
+        json!({"targetId": uuid::Uuid::from_u128(n).to_string(), "targetType": "channel"})
+    }
+
     #[test]
     fn send_goes_to_the_store_with_the_socket_scope() {
-        let u = user();
-        let mut out = Vec::new();
+        let mut state = ChatState::new(Instant::now());
         let data = json!({"targetId": uuid::Uuid::from_u128(5).to_string(), "targetType": "channel", "content": " hi ", "clientMsgId": "c1"});
-        handle_event(&ctx(&u), "message:send", vec![data], Some(3), &mut out);
-        match &out[..] {
+        match &run(&mut state, "message:send", data, Some(3))[..] {
             [Effect::Store(StoreCommand::Send {
                 ack: Some(3),
                 message,
@@ -357,7 +524,7 @@ mod tests {
             })] => {
                 assert_eq!(message.client_msg_id.as_deref(), Some("c1"));
                 assert_eq!(message.workspace, Some(asker.workspace));
-                assert_eq!(message.author, u.id);
+                assert_eq!(message.author, user().id);
             }
             other => panic!("unexpected effects {other:?}"),
         }
@@ -365,56 +532,84 @@ mod tests {
 
     #[test]
     fn bad_data_is_refused_by_ack_or_error_event() {
-        let u = user();
-        let mut out = Vec::new();
-        handle_event(
-            &ctx(&u),
-            "message:send",
-            vec![json!("x")],
-            Some(1),
-            &mut out,
-        );
-        match &out[..] {
+        let mut state = ChatState::new(Instant::now());
+        match &run(&mut state, "message:send", json!("x"), Some(1))[..] {
             [Effect::Ack(1, v)] => {
                 assert_eq!(v["success"], false);
                 assert!(v["error"].as_str().unwrap().contains("object"));
             }
             other => panic!("{other:?}"),
         }
-        out.clear();
-        handle_event(&ctx(&u), "nope", vec![], None, &mut out);
+        let out = run(&mut state, "nope", Value::Null, None);
         assert!(
             matches!(&out[..], [Effect::Emit("error", v)] if v["message"].as_str().unwrap().contains("\"nope\""))
         );
-        out.clear();
         let long = json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "channel", "content": "x".repeat(11)});
-        handle_event(&ctx(&u), "message:send", vec![long], Some(2), &mut out);
+        let out = run(&mut state, "message:send", long, Some(2));
         assert!(matches!(&out[..], [Effect::Ack(2, v)] if v["success"] == false));
     }
 
     #[test]
     fn history_caps_the_limit_and_refuses_zero() {
-        let u = user();
-        let mut out = Vec::new();
+        let mut state = ChatState::new(Instant::now());
         let q = |limit: Value| json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "dm", "limit": limit});
-        handle_event(
-            &ctx(&u),
-            "message:history",
-            vec![q(json!(500))],
-            Some(1),
-            &mut out,
-        );
+        let out = run(&mut state, "message:history", q(json!(500)), Some(1));
         assert!(
             matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 100)
         );
-        out.clear();
-        handle_event(
-            &ctx(&u),
-            "message:history",
-            vec![q(json!(0))],
-            Some(1),
-            &mut out,
-        );
+        let out = run(&mut state, "message:history", q(json!(0)), Some(1));
         assert!(matches!(&out[..], [Effect::Ack(1, v)] if v["success"] == false));
+    }
+
+    #[test]
+    fn typing_reaches_the_room_except_the_typist_and_only_when_a_member() {
+        let mut state = ChatState::new(Instant::now());
+        let out = run(&mut state, "typing:start", target_json(5), None);
+        match &out[..] {
+            [Effect::Publish(b)] => {
+                assert_eq!(b.except, crate::mesh::Except::User(user().id));
+                assert_eq!(b.room, member_of(5).room());
+                assert!(String::from_utf8_lossy(&b.frame).contains("\"isTyping\":true"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            run(&mut state, "typing:start", target_json(5), None).is_empty(),
+            "refresh only"
+        );
+        assert!(
+            run(&mut state, "typing:start", target_json(6), None).is_empty(),
+            "not a member"
+        );
+        let out = run(&mut state, "typing:stop", target_json(5), None);
+        assert!(matches!(&out[..], [Effect::Publish(_)]));
+    }
+
+    #[test]
+    fn presence_changes_only_on_a_real_switch() {
+        let mut state = ChatState::new(Instant::now());
+        let out = run(&mut state, "presence:setAway", Value::Null, None);
+        assert!(matches!(
+            &out[..],
+            [Effect::Presence(PresenceCommand::Away { away: true, .. })]
+        ));
+        assert!(run(&mut state, "presence:setAway", Value::Null, None).is_empty());
+        let out = run(&mut state, "presence:setActive", Value::Null, Some(4));
+        assert!(matches!(
+            &out[..],
+            [
+                Effect::Presence(PresenceCommand::Away { away: false, .. }),
+                Effect::Ack(4, _)
+            ]
+        ));
+        let bad = run(
+            &mut state,
+            "presence:query",
+            json!({"userIds": ["x"]}),
+            Some(5),
+        );
+        assert!(
+            matches!(&bad[..], [Effect::Ack(5, v)] if v["error"].as_str().unwrap().contains("\"x\""))
+        );
     }
 }

@@ -8,8 +8,9 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use mio::Interest;
 
+use crate::chat::ChatState;
 use crate::ids::{Room, WorkspaceId};
-use crate::model::User;
+use crate::model::{Grant, User};
 use crate::protocol::session::Session;
 use crate::transport::Stream;
 
@@ -74,28 +75,50 @@ pub struct Socket {
 #[derive(Debug)]
 pub enum Auth {
     /// No CONNECT accepted yet; credentials the upgrade request carried, kept until then.
-    Pending {
-        /// `Authorization: Bearer` value.
-        bearer: Option<Box<str>>,
-        /// `better-auth.session_token` cookie value.
-        cookie: Option<Box<str>>,
-    },
+    Pending(Credentials),
     /// A CONNECT is with the store.
-    Checking {
-        /// Kept in case the store refuses and the client tries again.
-        bearer: Option<Box<str>>,
-        /// Same.
-        cookie: Option<Box<str>>,
-    },
-    /// Authenticated: the user, its workspace, and the rooms this socket is in.
-    Connected {
-        /// Who.
-        user: User,
-        /// Workspace scope.
-        workspace: WorkspaceId,
-        /// Rooms joined in the shard's hub, for leaving them on close.
-        rooms: Vec<Room>,
-    },
+    Checking(Credentials, Option<Recovery>),
+    /// Authenticated; waiting for another shard to hand over the detached session it asked
+    /// to recover.
+    Recovering(Grant, Recovery),
+    /// Authenticated.
+    Connected(Member),
+}
+
+/// What the upgrade request carried, for a CONNECT without a token in its payload.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// `Authorization: Bearer` value.
+    pub bearer: Option<Box<str>>,
+    /// `better-auth.session_token` cookie value.
+    pub cookie: Option<Box<str>>,
+}
+
+/// A CONNECT that asks to recover a session (socket.io-client's `pid` and `offset`).
+#[derive(Debug)]
+pub struct Recovery {
+    /// The session's private id.
+    pub pid: String,
+    /// The last offset the client received, if any.
+    pub offset: Option<u64>,
+}
+
+/// An authenticated socket: who it is, where, and its own chat state.
+#[derive(Debug)]
+pub struct Member {
+    /// Who.
+    pub user: User,
+    /// Workspace scope.
+    pub workspace: WorkspaceId,
+    /// Rooms joined in the shard's hub, for leaving them on close.
+    pub rooms: Vec<Room>,
+    /// Typing and away state.
+    pub chat: ChatState,
+    /// Private session id for connection state recovery (when it is on).
+    pub pid: Option<Box<str>>,
+    /// The newest recovery offset this shard had seen when the socket connected: a recovering
+    /// client that received no offset has missed everything after it.
+    pub since_offset: u64,
 }
 
 impl Connection {
@@ -136,7 +159,16 @@ impl Connection {
                 ..
             } => Some(*deadline),
             Phase::Http { waiting: true, .. } => None,
-            Phase::Socket(s) => s.session.poll_timeout(),
+            Phase::Socket(s) => {
+                let typing = match &s.auth {
+                    Auth::Connected(m) => m.chat.typing.poll_timeout(),
+                    _ => None,
+                };
+                match (s.session.poll_timeout(), typing) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         };
         match (phase, self.closing) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -148,6 +180,17 @@ impl Connection {
     pub fn socket(&mut self) -> Option<&mut Socket> {
         match &mut self.phase {
             Phase::Socket(s) => Some(s),
+            Phase::Http { .. } => None,
+        }
+    }
+
+    /// The authenticated user of this connection, if any.
+    pub fn user(&self) -> Option<&User> {
+        match &self.phase {
+            Phase::Socket(s) => match &s.auth {
+                Auth::Connected(m) => Some(&m.user),
+                _ => None,
+            },
             Phase::Http { .. } => None,
         }
     }

@@ -6,19 +6,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::connection::{Auth, Phase, Socket};
+use super::connection::{Auth, Credentials, Phase, Socket};
 use super::{Close, Shard};
 use crate::api::{self, Route};
 use crate::mesh::StoreCommand;
 use crate::protocol::http::{self, RequestHead};
 use crate::protocol::session::Session;
-
-/// A random session id: hex shard number, then 20 random hex digits. The shard prefix lets a
-/// request of the session be routed to the shard that owns it.
-pub(super) fn new_sid(shard: u16) -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{shard:x}{}", &random[..20])
-}
 
 impl Shard {
     /// Handles the request at the start of `buf`; returns the bytes it used (0: need more).
@@ -196,13 +189,13 @@ impl Shard {
         let bearer = head.bearer_token().map(Box::from);
         let cookie = crate::chat::auth::session_cookie(&head).map(Box::from);
         let accept = http::websocket_accept(key);
-        let sid = new_sid(self.core.id.0);
+        let sid = super::connect::new_sid(self.core.id);
         let session = Session::new(now, sid, self.core.shared.config.engine);
         let conn = &mut self.conns[slot as usize];
         self.core.queue(conn, accept.into());
         conn.phase = Phase::Socket(Box::new(Socket {
             session,
-            auth: Auth::Pending { bearer, cookie },
+            auth: Auth::Pending(Credentials { bearer, cookie }),
             fragment: None,
         }));
         self.drive(slot, now);

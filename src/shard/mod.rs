@@ -3,8 +3,10 @@
 //! rules, carries out their effects, and writes each connection's queue once per loop turn
 //! with vectored writes (so a burst of broadcasts costs one `writev` per recipient).
 
+mod connect;
 mod connection;
 mod http;
+mod recovery;
 mod socket;
 mod timers;
 
@@ -79,6 +81,8 @@ struct Core {
     scratch: Vec<u8>,
     /// Set by `Shutdown`: the instant unfinished writes are abandoned.
     shutdown: Option<Instant>,
+    /// Recent durable broadcasts and detached sessions (connection state recovery).
+    recovery: recovery::RecoveryLog,
 }
 
 impl Core {
@@ -108,6 +112,7 @@ impl Shard {
     ) -> io::Result<Shard> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let window = shared.config.recovery_window;
         Ok(Shard {
             poll,
             listener: Some(listener),
@@ -123,6 +128,7 @@ impl Shard {
                 next_generation: 0,
                 scratch: vec![0; READ_CHUNK],
                 shutdown: None,
+                recovery: recovery::RecoveryLog::new(window),
             },
         })
     }
@@ -163,6 +169,7 @@ impl Shard {
             }
             self.drain_inbox(now);
             self.run_timers(now);
+            self.core.recovery.sweep(now);
             self.flush_dirty(now);
             if let Some(deadline) = self.core.shutdown {
                 if self.conns.is_empty() || now >= deadline {
@@ -300,7 +307,9 @@ impl Shard {
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             };
             match command {
-                ShardCommand::Deliver(broadcast) => self.deliver(&broadcast),
+                ShardCommand::Deliver(broadcast) => self.deliver(&broadcast, now),
+                ShardCommand::Recover { pid, to } => self.on_recover_request(&pid, to, now),
+                ShardCommand::Recovered { to, session } => self.on_recovered(to, session, now),
                 ShardCommand::Reply(to, reply) => self.on_reply(to, reply, now),
                 ShardCommand::Membership(change) => self.on_membership(change),
                 ShardCommand::Shutdown { deadline } => self.begin_shutdown(deadline),
@@ -373,6 +382,7 @@ impl Shard {
                         self.close(due.slot, Close::Now, "ping timeout");
                         continue;
                     }
+                    self.expire_typing(due.slot, now);
                     self.drive(due.slot, now);
                 }
             }

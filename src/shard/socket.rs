@@ -1,48 +1,65 @@
-//! The WebSocket phase: frames in, the Engine.IO/Socket.IO session, CONNECT with
-//! authentication, chat events and their effects, and fan-out of broadcasts to local members.
+//! The WebSocket phase: frames in, the Engine.IO/Socket.IO session, chat events and their
+//! effects, and fan-out of broadcasts to local members.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Phase, Socket};
+use super::connection::{Auth, Connection, Member, Phase, Socket};
 use super::{Close, Core, Shard};
-use crate::chat::{self, Context, Effect};
-use crate::ids::{Room, ShardId};
-use crate::mesh::{Broadcast, Credential, MembershipChange, StoreCommand, StoreError, StoreReply};
-use crate::model::Grant;
+use crate::chat::{self, typing, Context, Effect};
+use crate::ids::Room;
+use crate::mesh::{Broadcast, Except, MembershipChange, PresenceCommand, StoreReply};
 use crate::protocol::session::SessionEvent;
+use crate::protocol::ProtocolError;
 use crate::transport::websocket::{self, Opcode};
 
 impl Core {
     /// Queues a frame on a connection and counts it. Returns `true` if the connection's
     /// queue is now over the bound (a client that does not read).
     pub(super) fn queue(&self, conn: &mut Connection, frame: Bytes) -> bool {
-        let m = &self.shared.metrics.shards[usize::from(self.id.0)];
+        let m = self.metrics();
         m.frames_out.fetch_add(1, Relaxed);
         m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
         conn.out.push(frame);
         conn.out.bytes() > self.shared.config.max_outbound_bytes
     }
 
-    /// A socket is gone: leave its rooms.
+    /// A socket is gone: leave its rooms, stop its typing, tell presence, and keep it for
+    /// recovery unless the client said goodbye.
     pub(super) fn on_socket_closed(&mut self, slot: u32, socket: Socket) {
-        if let Auth::Connected { rooms, .. } = socket.auth {
-            for room in rooms {
-                self.hub.leave(room, slot);
-            }
-            self.shared.metrics.shards[usize::from(self.id.0)]
-                .sockets
-                .fetch_sub(1, Relaxed);
+        let Auth::Connected(mut member) = socket.auth else {
+            return;
+        };
+        for room in &member.rooms {
+            self.hub.leave(*room, slot);
         }
+        for target in member.chat.typing.stop_all() {
+            self.mesh
+                .broker
+                .publish(typing::update(&member.user, target, false));
+        }
+        self.mesh.broker.presence(PresenceCommand::Disconnected {
+            user: member.user.id,
+            workspace: member.workspace,
+            away: member.chat.away,
+        });
+        self.metrics().sockets.fetch_sub(1, Relaxed);
+        self.detach(member);
     }
 }
 
-fn is_except(b: &Broadcast, shard: ShardId, slot: u32, generation: u32) -> bool {
-    b.except
-        .is_some_and(|e| e.shard == shard && e.slot == slot && e.generation == generation)
+fn is_except(b: &Broadcast, core: &Core, slot: u32, conn: &Connection) -> bool {
+    match b.except {
+        Except::Nobody => false,
+        Except::Connection(e) => {
+            e.shard == core.id && e.slot == slot && e.generation == conn.generation
+        }
+        Except::User(user) => conn.user().is_some_and(|u| u.id == user),
+    }
 }
 
 impl Shard {
@@ -65,7 +82,7 @@ impl Shard {
     }
 
     /// Closes a socket for a protocol error, telling the client why in the close frame.
-    fn fail(&mut self, slot: u32, code: u16, reason: &str) {
+    pub(super) fn fail(&mut self, slot: u32, code: u16, reason: &str) {
         self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
         tracing::debug!(slot, code, reason, "closing socket for a protocol error");
         if let Some(conn) = self.conns.get_mut(slot as usize) {
@@ -143,20 +160,16 @@ impl Shard {
             return;
         };
         if let Err(e) = socket.session.handle_text(now, text) {
-            let code = if matches!(
-                e,
-                crate::protocol::error::ProtocolError::PayloadTooLarge { .. }
-            ) {
-                1009
-            } else {
-                1008
-            };
-            // Send what the session queued (e.g. an error packet) before the close.
-            self.drive(slot, now);
-            self.fail(slot, code, &e.to_string());
+            self.session_failed(slot, &e, now);
             return;
         }
         self.drive(slot, now);
+    }
+
+    /// The session ended on a protocol error: send what it queued, then close with the reason.
+    pub(super) fn session_failed(&mut self, slot: u32, e: &ProtocolError, now: Instant) {
+        self.drive(slot, now);
+        self.fail(slot, e.close_code(), &e.to_string());
     }
 
     /// Moves the session's queued packets to the outbound queue and handles its events.
@@ -171,7 +184,7 @@ impl Shard {
             let mut over = false;
             while let Some(text) = socket.session.poll_transmit() {
                 let frame = crate::protocol::frame::text(text.as_bytes());
-                let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
+                let m = self.core.metrics();
                 m.frames_out.fetch_add(1, Relaxed);
                 m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
                 conn.out.push(frame);
@@ -185,13 +198,18 @@ impl Shard {
                 break;
             };
             match event {
-                SessionEvent::Connect { auth, .. } => self.on_connect(slot, auth),
+                SessionEvent::Connect { auth, pid, offset } => {
+                    self.on_connect(slot, auth, pid, offset)
+                }
                 SessionEvent::Event { name, args, ack } => {
                     self.on_event(slot, &name, args, ack, now)
                 }
                 SessionEvent::Closed { reason } => {
                     tracing::trace!(slot, reason, "client ended the session");
-                    self.close(slot, Close::AfterFlush, "client disconnect");
+                    // A Socket.IO DISCONNECT is a goodbye: nothing to recover. A bare
+                    // transport close may be followed by a reconnect.
+                    let goodbye = reason != "transport close";
+                    self.close_socket(slot, goodbye);
                     return;
                 }
             }
@@ -199,95 +217,29 @@ impl Shard {
         self.mark(slot);
     }
 
-    fn slow_consumer(&mut self, slot: u32) {
+    /// Closes a socket whose client ended it. After a goodbye (Socket.IO DISCONNECT) there is
+    /// nothing to recover.
+    fn close_socket(&mut self, slot: u32, goodbye: bool) {
+        if goodbye {
+            if let Some(Auth::Connected(member)) = self
+                .conns
+                .get_mut(slot as usize)
+                .and_then(Connection::socket)
+                .map(|s| &mut s.auth)
+            {
+                member.pid = None;
+            }
+        }
+        self.close(slot, Close::AfterFlush, "client ended the session");
+    }
+
+    pub(super) fn slow_consumer(&mut self, slot: u32) {
         self.core
             .metrics()
             .slow_consumers_dropped
             .fetch_add(1, Relaxed);
         tracing::debug!(slot, "dropping a client that does not read");
         self.close(slot, Close::Now, "slow consumer");
-    }
-
-    /// CONNECT: check the token on the shard (JWT signature and expiry), then ask the store
-    /// for the user, the workspace membership and the rooms.
-    fn on_connect(&mut self, slot: u32, auth: Option<Value>) {
-        let Some(from) = self.connection_id(slot) else {
-            return;
-        };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
-            return;
-        };
-        let Auth::Pending { bearer, cookie } = &mut socket.auth else {
-            // Already connected or being checked: a repeated CONNECT changes nothing.
-            return;
-        };
-        let request = chat::auth::extract(auth.as_ref(), bearer.as_deref(), cookie.as_deref());
-        let checked = match (request.token, request.workspace) {
-            (None, _) => Err(chat::auth::NO_TOKEN.to_string()),
-            (Some(_), Err(e)) => Err(e),
-            (Some(token), Ok(workspace)) => self
-                .core
-                .shared
-                .jwt
-                .credential(&token)
-                .map(|credential: Credential| (credential, workspace)),
-        };
-        match checked {
-            Ok((credential, workspace)) => {
-                let (bearer, cookie) = (bearer.take(), cookie.take());
-                socket.auth = Auth::Checking { bearer, cookie };
-                self.core.mesh.store.send(StoreCommand::Authenticate {
-                    from,
-                    credential,
-                    workspace,
-                });
-            }
-            Err(reason) => {
-                self.core.metrics().auth_failures.fetch_add(1, Relaxed);
-                socket.session.refuse(&reason);
-            }
-        }
-    }
-
-    fn on_authenticated(&mut self, slot: u32, result: Result<Grant, StoreError>, now: Instant) {
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
-            return;
-        };
-        let Auth::Checking { bearer, cookie } = &mut socket.auth else {
-            return;
-        };
-        match result {
-            Ok(grant) => {
-                for room in &grant.rooms {
-                    self.core.hub.join(*room, slot);
-                }
-                socket.auth = Auth::Connected {
-                    user: grant.user,
-                    workspace: grant.workspace,
-                    rooms: grant.rooms,
-                };
-                let sid = super::http::new_sid(self.core.id.0);
-                socket.session.accept(&sid, None);
-                self.core.metrics().sockets.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                socket.auth = Auth::Pending {
-                    bearer: bearer.take(),
-                    cookie: cookie.take(),
-                };
-                socket.session.refuse(e.message());
-                self.core.metrics().auth_failures.fetch_add(1, Relaxed);
-            }
-        }
-        self.drive(slot, now);
     }
 
     fn on_event(
@@ -310,17 +262,19 @@ impl Shard {
             return;
         };
         let mut effects = Vec::new();
-        match &socket.auth {
-            Auth::Connected {
-                user, workspace, ..
-            } => {
+        match &mut socket.auth {
+            Auth::Connected(member) => {
+                let hub = &self.core.hub;
+                let in_room = |room: Room| hub.contains(&room, slot);
                 let ctx = Context {
                     conn: conn_id,
-                    user,
-                    workspace: *workspace,
+                    user: &member.user,
+                    workspace: member.workspace,
                     max_message_chars: self.core.shared.config.max_message_chars,
+                    now,
+                    in_room: &in_room,
                 };
-                chat::handle_event(&ctx, name, args, ack, &mut effects);
+                chat::handle_event(&ctx, &mut member.chat, name, args, ack, &mut effects);
             }
             _ => chat::refuse(
                 ack,
@@ -332,7 +286,7 @@ impl Shard {
     }
 
     /// Carries out a handler's effects for the socket in `slot`.
-    fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
+    pub(super) fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
         for effect in effects {
             let Some(socket) = self
                 .conns
@@ -349,23 +303,41 @@ impl Shard {
                     self.core.mesh.store.send(command);
                 }
                 Effect::Publish(broadcast) => self.core.mesh.broker.publish(broadcast),
+                Effect::Presence(command) => self.core.mesh.broker.presence(command),
                 Effect::Join(room) => {
-                    if let Auth::Connected { rooms, .. } = &mut socket.auth {
+                    if let Auth::Connected(member) = &mut socket.auth {
                         if self.core.hub.join(room, slot) {
-                            rooms.push(room);
+                            member.rooms.push(room);
                         }
                     }
                 }
                 Effect::Leave(room) => {
-                    if let Auth::Connected { rooms, .. } = &mut socket.auth {
-                        if self.core.hub.leave(room, slot) {
-                            rooms.retain(|r| *r != room);
-                        }
+                    if let Auth::Connected(member) = &mut socket.auth {
+                        leave(&mut self.core, slot, member, room);
                     }
                 }
             }
         }
         self.drive(slot, now);
+    }
+
+    /// Typing timers that ran out: tell the rooms the user stopped.
+    pub(super) fn expire_typing(&mut self, slot: u32, now: Instant) {
+        let Some(socket) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Connection::socket)
+        else {
+            return;
+        };
+        if let Auth::Connected(member) = &mut socket.auth {
+            for target in member.chat.typing.expire(now) {
+                self.core
+                    .mesh
+                    .broker
+                    .publish(typing::update(&member.user, target, false));
+            }
+        }
     }
 
     /// A store reply for one of this shard's connections.
@@ -389,40 +361,34 @@ impl Shard {
 
     /// Queues a broadcast's frame on every local member of its room. Members whose queue
     /// passes the bound are dropped afterwards; nobody else waits for them.
-    pub(super) fn deliver(&mut self, broadcast: &Broadcast) {
-        let Core {
-            hub,
-            dirty,
-            id,
-            shared,
-            ..
-        } = &mut self.core;
-        let max = shared.config.max_outbound_bytes;
+    pub(super) fn deliver(&mut self, broadcast: &Arc<Broadcast>, now: Instant) {
+        self.core.recovery.remember(now, broadcast);
+        let core = &mut self.core;
+        let max = core.shared.config.max_outbound_bytes;
         let mut delivered = 0u64;
-        let mut queued = 0i64;
         let mut over = Vec::new();
-        for slot in hub.members(&broadcast.room) {
+        for slot in core.hub.members(&broadcast.room) {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
-            if conn.closing.is_some() || is_except(broadcast, *id, slot, conn.generation) {
+            if conn.closing.is_some() || is_except(broadcast, core, slot, conn) {
                 continue;
             }
             conn.out.push(broadcast.frame.clone());
             delivered += 1;
-            queued += broadcast.frame.len() as i64;
             if !conn.dirty {
                 conn.dirty = true;
-                dirty.push(slot);
+                core.dirty.push(slot);
             }
             if conn.out.bytes() > max {
                 over.push(slot);
             }
         }
-        let m = &shared.metrics.shards[usize::from(id.0)];
+        let m = core.metrics();
         m.deliveries.fetch_add(delivered, Relaxed);
         m.frames_out.fetch_add(delivered, Relaxed);
-        m.queued_bytes.fetch_add(queued, Relaxed);
+        m.queued_bytes
+            .fetch_add(delivered as i64 * broadcast.frame.len() as i64, Relaxed);
         for slot in over {
             self.slow_consumer(slot);
         }
@@ -439,22 +405,33 @@ impl Shard {
             else {
                 continue;
             };
-            let Auth::Connected {
-                workspace, rooms, ..
-            } = &mut socket.auth
-            else {
+            let Auth::Connected(member) = &mut socket.auth else {
                 continue;
             };
-            if *workspace != change.workspace {
+            if member.workspace != change.workspace {
                 continue;
             }
             if change.joined {
                 if self.core.hub.join(change.room, slot) {
-                    rooms.push(change.room);
+                    member.rooms.push(change.room);
                 }
-            } else if self.core.hub.leave(change.room, slot) {
-                rooms.retain(|r| *r != change.room);
+            } else {
+                leave(&mut self.core, slot, member, change.room);
             }
+        }
+    }
+}
+
+/// Takes a socket out of a room, and ends its typing there.
+fn leave(core: &mut Core, slot: u32, member: &mut Member, room: Room) {
+    if core.hub.leave(room, slot) {
+        member.rooms.retain(|r| *r != room);
+    }
+    if let Some(target) = room.target() {
+        if member.chat.typing.stop(target) {
+            core.mesh
+                .broker
+                .publish(typing::update(&member.user, target, false));
         }
     }
 }

@@ -25,12 +25,11 @@ use crossbeam_channel::Receiver;
 
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
 use crate::mesh::{
-    Asker, Broadcast, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage, StoreCommand,
-    StoreError, StoreHandle, StoreReply,
+    Asker, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage, StoreCommand, StoreError,
+    StoreHandle, StoreReply,
 };
 use crate::metrics::Metrics;
 use crate::model::{timestamp, Grant, Message};
-use crate::protocol::frame;
 
 pub use memory::MemoryBackend;
 
@@ -433,11 +432,8 @@ impl<B: Backend> Store<B> {
 
     /// `message:new` to the message's room (contract §4).
     fn publish_new(&self, message: &Message) {
-        self.mesh.broker.publish(Broadcast {
-            room: message.room(),
-            except: None,
-            frame: frame::event("message:new", &message.to_json(), None),
-        });
+        let broker = &self.mesh.broker;
+        broker.publish(broker.durable(message.room(), "message:new", &message.to_json()));
     }
 
     /// `message:deleted {messageId, deletedAt, channelId, conversationId, sequence}` (§4).
@@ -453,11 +449,8 @@ impl<B: Backend> Store<B> {
             "conversationId": conversation,
             "sequence": message.sequence,
         });
-        self.mesh.broker.publish(Broadcast {
-            room: message.room(),
-            except: None,
-            frame: frame::event("message:deleted", &data, None),
-        });
+        let broker = &self.mesh.broker;
+        broker.publish(broker.durable(message.room(), "message:deleted", &data));
     }
 }
 

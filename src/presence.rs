@@ -1,0 +1,233 @@
+//! Presence per user and workspace across all of the user's connections (contract §5):
+//! `active` if any socket is active, `away` if all are away, `offline` once the last closes.
+//! [`PresenceBook`] is the rule, without IO; [`spawn`] runs it on the node's presence thread,
+//! which publishes `presence:update` only when a status really changes and answers
+//! `presence:query`.
+
+use std::collections::hash_map::Entry;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+use rustc_hash::FxHashMap;
+use serde_json::json;
+
+use crate::ids::{Room, UserId, WorkspaceId};
+use crate::mesh::{Broadcast, Except, Mesh, PresenceCommand, StoreReply};
+
+/// A user's status in a workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// At least one socket is active.
+    Active,
+    /// Every socket is away.
+    Away,
+    /// No socket.
+    Offline,
+}
+
+impl Status {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Away => "away",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sockets {
+    active: u32,
+    away: u32,
+}
+
+impl Sockets {
+    fn status(self) -> Status {
+        if self.active > 0 {
+            Status::Active
+        } else if self.away > 0 {
+            Status::Away
+        } else {
+            Status::Offline
+        }
+    }
+}
+
+/// Socket counts per (workspace, user).
+#[derive(Debug, Default)]
+pub struct PresenceBook {
+    users: FxHashMap<(WorkspaceId, UserId), Sockets>,
+}
+
+impl PresenceBook {
+    /// Applies one change; returns the new status if it differs from the old one.
+    pub fn apply(
+        &mut self,
+        workspace: WorkspaceId,
+        user: UserId,
+        change: Change,
+    ) -> Option<Status> {
+        let key = (workspace, user);
+        let entry = self.users.entry(key);
+        let before = match &entry {
+            Entry::Occupied(e) => e.get().status(),
+            Entry::Vacant(_) => Status::Offline,
+        };
+        let sockets = entry.or_default();
+        match change {
+            Change::Connected => sockets.active += 1,
+            Change::Away(true) if sockets.active > 0 => {
+                sockets.active -= 1;
+                sockets.away += 1;
+            }
+            Change::Away(false) if sockets.away > 0 => {
+                sockets.away -= 1;
+                sockets.active += 1;
+            }
+            Change::Away(_) => {}
+            Change::Disconnected { away: true } => sockets.away = sockets.away.saturating_sub(1),
+            Change::Disconnected { away: false } => {
+                sockets.active = sockets.active.saturating_sub(1)
+            }
+        }
+        let after = sockets.status();
+        if after == Status::Offline {
+            self.users.remove(&key);
+        }
+        (after != before).then_some(after)
+    }
+
+    /// A user's status.
+    pub fn status(&self, workspace: WorkspaceId, user: UserId) -> Status {
+        self.users
+            .get(&(workspace, user))
+            .map_or(Status::Offline, |s| s.status())
+    }
+}
+
+/// One socket's change of presence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A socket authenticated (active).
+    Connected,
+    /// A socket went away (`true`) or came back.
+    Away(bool),
+    /// A socket closed in the given state.
+    Disconnected {
+        /// Whether it was away.
+        away: bool,
+    },
+}
+
+/// Starts the presence thread of a single node.
+pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("presence".into())
+        .spawn(move || {
+            let mut book = PresenceBook::default();
+            for command in inbox.iter() {
+                let (workspace, user, change) = match command {
+                    PresenceCommand::Connected { user, workspace } => {
+                        (workspace, user, Change::Connected)
+                    }
+                    PresenceCommand::Away {
+                        user,
+                        workspace,
+                        away,
+                    } => (workspace, user, Change::Away(away)),
+                    PresenceCommand::Disconnected {
+                        user,
+                        workspace,
+                        away,
+                    } => (workspace, user, Change::Disconnected { away }),
+                    PresenceCommand::Query { asker, ack, users } => {
+                        let statuses = users
+                            .into_iter()
+                            .map(|u| (u, book.status(asker.workspace, u).as_str()))
+                            .collect();
+                        mesh.reply(asker.from, StoreReply::Presence { ack, statuses });
+                        continue;
+                    }
+                    PresenceCommand::Shutdown => return,
+                };
+                if let Some(status) = book.apply(workspace, user, change) {
+                    let data = json!({"userId": user, "status": status.as_str()});
+                    mesh.broker.publish(Broadcast::event(
+                        Room::Workspace(workspace),
+                        "presence:update",
+                        &data,
+                        Except::Nobody,
+                    ));
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (WorkspaceId, UserId) {
+        (
+            WorkspaceId(uuid::Uuid::from_u128(1)),
+            UserId(uuid::Uuid::from_u128(2)),
+        )
+    }
+
+    #[test]
+    fn closing_one_of_two_tabs_keeps_the_user_present() {
+        let (w, u) = ids();
+        let mut book = PresenceBook::default();
+        assert_eq!(book.apply(w, u, Change::Connected), Some(Status::Active));
+        assert_eq!(
+            book.apply(w, u, Change::Connected),
+            None,
+            "second tab: no change"
+        );
+        assert_eq!(book.apply(w, u, Change::Disconnected { away: false }), None);
+        assert_eq!(book.status(w, u), Status::Active);
+        assert_eq!(
+            book.apply(w, u, Change::Disconnected { away: false }),
+            Some(Status::Offline)
+        );
+    }
+
+    #[test]
+    fn away_only_when_every_socket_is_away() {
+        let (w, u) = ids();
+        let mut book = PresenceBook::default();
+        book.apply(w, u, Change::Connected);
+        book.apply(w, u, Change::Connected);
+        assert_eq!(
+            book.apply(w, u, Change::Away(true)),
+            None,
+            "one tab still active"
+        );
+        assert_eq!(book.apply(w, u, Change::Away(true)), Some(Status::Away));
+        assert_eq!(
+            book.apply(w, u, Change::Away(true)),
+            None,
+            "repeated away changes nothing"
+        );
+        assert_eq!(book.apply(w, u, Change::Away(false)), Some(Status::Active));
+        assert_eq!(
+            book.apply(w, u, Change::Disconnected { away: false }),
+            Some(Status::Away)
+        );
+        assert_eq!(
+            book.apply(w, u, Change::Disconnected { away: true }),
+            Some(Status::Offline)
+        );
+        assert_eq!(book.status(w, u), Status::Offline);
+    }
+
+    #[test]
+    fn workspaces_are_separate() {
+        let (w, u) = ids();
+        let other = WorkspaceId(uuid::Uuid::from_u128(3));
+        let mut book = PresenceBook::default();
+        book.apply(w, u, Change::Connected);
+        assert_eq!(book.status(other, u), Status::Offline);
+    }
+}

@@ -1,0 +1,187 @@
+//! Connection state recovery on one shard: the recent durable broadcasts (every shard sees
+//! every broadcast, so each keeps its own log of the shared frames), and the sessions that
+//! went away without a goodbye, kept for the recovery window.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use crate::ids::Room;
+use crate::mesh::{Broadcast, Detached};
+
+/// Broadcasts kept per shard at most, whatever the window: bounds memory under a flood.
+const MAX_LOG: usize = 200_000;
+
+/// Recent broadcasts and detached sessions.
+#[derive(Debug)]
+pub struct RecoveryLog {
+    window: Duration,
+    log: VecDeque<(Instant, Arc<Broadcast>)>,
+    /// Highest offset dropped from the log: a client that last saw an offset below it has
+    /// missed events we no longer have, and gets a new session instead.
+    floor: u64,
+    newest: u64,
+    detached: FxHashMap<Box<str>, (Instant, Detached)>,
+    expiry: VecDeque<(Instant, Box<str>)>,
+}
+
+impl RecoveryLog {
+    /// A log for `window` (zero: recovery is off and nothing is kept).
+    pub fn new(window: Duration) -> Self {
+        RecoveryLog {
+            window,
+            log: VecDeque::new(),
+            floor: 0,
+            newest: 0,
+            detached: FxHashMap::default(),
+            expiry: VecDeque::new(),
+        }
+    }
+
+    /// Whether connection state recovery is on.
+    pub fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// The newest offset seen.
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
+    /// Keeps a durable broadcast for replay.
+    pub fn remember(&mut self, now: Instant, broadcast: &Arc<Broadcast>) {
+        let Some(offset) = broadcast.offset else {
+            return;
+        };
+        if !self.enabled() {
+            return;
+        }
+        self.newest = self.newest.max(offset);
+        self.log.push_back((now, Arc::clone(broadcast)));
+        self.sweep(now);
+    }
+
+    /// Drops what fell out of the window (or past the size bound).
+    pub fn sweep(&mut self, now: Instant) {
+        while let Some((at, b)) = self.log.front() {
+            if self.log.len() <= MAX_LOG && now.saturating_duration_since(*at) <= self.window {
+                break;
+            }
+            self.floor = self.floor.max(b.offset.unwrap_or(0));
+            self.log.pop_front();
+        }
+        while let Some((until, _)) = self.expiry.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, pid)) = self.expiry.pop_front() {
+                if self.detached.get(&pid).is_some_and(|(u, _)| *u <= now) {
+                    self.detached.remove(&pid);
+                }
+            }
+        }
+    }
+
+    /// Keeps a session that went away for the window.
+    pub fn detach(&mut self, now: Instant, pid: Box<str>, session: Detached) {
+        if !self.enabled() {
+            return;
+        }
+        let until = now + self.window;
+        self.expiry.push_back((until, pid.clone()));
+        self.detached.insert(pid, (until, session));
+    }
+
+    /// Takes a detached session back, if it is still within its window.
+    pub fn take(&mut self, now: Instant, pid: &str) -> Option<Detached> {
+        match self.detached.remove(pid) {
+            Some((until, session)) if until > now => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Whether every broadcast after `offset` is still in the log.
+    pub fn can_replay(&self, offset: u64) -> bool {
+        offset >= self.floor
+    }
+
+    /// Frames of the broadcasts after `offset` to any of `rooms`, in order.
+    pub fn replay<'a>(
+        &'a self,
+        offset: u64,
+        rooms: &'a [Room],
+    ) -> impl Iterator<Item = &'a Bytes> + 'a {
+        self.log
+            .iter()
+            .filter(move |(_, b)| b.offset.is_some_and(|o| o > offset) && rooms.contains(&b.room))
+            .map(|(_, b)| &b.frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ChannelId, UserId, WorkspaceId};
+    use crate::mesh::Except;
+
+    fn broadcast(room: Room, offset: u64) -> Arc<Broadcast> {
+        Arc::new(Broadcast {
+            room,
+            except: Except::Nobody,
+            frame: Bytes::from(offset.to_string()),
+            offset: Some(offset),
+        })
+    }
+
+    fn room(n: u128) -> Room {
+        Room::Channel(ChannelId(uuid::Uuid::from_u128(n)))
+    }
+
+    #[test]
+    fn replays_later_broadcasts_of_the_sessions_rooms_in_order() {
+        let t0 = Instant::now();
+        let mut log = RecoveryLog::new(Duration::from_secs(120));
+        for (i, r) in [(1, room(1)), (2, room(2)), (3, room(1)), (4, room(1))] {
+            log.remember(t0, &broadcast(r, i));
+        }
+        let rooms = [room(1)];
+        let frames: Vec<&Bytes> = log.replay(1, &rooms).collect();
+        assert_eq!(frames, vec![&Bytes::from("3"), &Bytes::from("4")]);
+        assert_eq!(log.newest(), 4);
+    }
+
+    #[test]
+    fn sessions_and_broadcasts_expire_with_the_window() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(120);
+        let mut log = RecoveryLog::new(window);
+        log.remember(t0, &broadcast(room(1), 1));
+        let session = Detached {
+            user: UserId(uuid::Uuid::from_u128(1)),
+            workspace: WorkspaceId(uuid::Uuid::from_u128(2)),
+            since_offset: 0,
+        };
+        log.detach(t0, "0abc".into(), session);
+        log.detach(t0, "0def".into(), session);
+        assert!(log.take(t0 + Duration::from_secs(1), "0abc").is_some());
+        assert!(log.take(t0, "0abc").is_none(), "taken once");
+        let late = t0 + window + Duration::from_secs(1);
+        assert!(
+            log.take(late, "0def").is_none(),
+            "after the window: a new session"
+        );
+        log.remember(late, &broadcast(room(1), 2));
+        assert!(!log.can_replay(0), "offset 1 fell out of the log");
+        assert!(log.can_replay(1));
+    }
+
+    #[test]
+    fn off_keeps_nothing() {
+        let mut log = RecoveryLog::new(Duration::ZERO);
+        log.remember(Instant::now(), &broadcast(room(1), 1));
+        assert_eq!(log.replay(0, &[room(1)]).count(), 0);
+    }
+}
