@@ -187,7 +187,22 @@ export class RawWebSocket extends EventEmitter {
       this.error = e;
     });
     sock.on("data", (c) => this.onBytes(c));
-    if (rest.length) queueMicrotask(() => this.onBytes(rest));
+    this.backlog = [];
+    this.consumer = null;
+    if (rest.length) this.onBytes(rest);
+  }
+
+  // The server speaks first (the Engine.IO open packet may share a TCP read with the 101
+  // response), so messages wait in a backlog until a consumer attaches.
+  deliver(kind, data) {
+    if (this.consumer) this.consumer(kind, data);
+    else this.backlog.push([kind, data]);
+  }
+
+  /** Starts delivering "text"/"binary" messages to `fn(kind, data)`, backlog first. */
+  attach(fn) {
+    this.consumer = fn;
+    for (const [kind, data] of this.backlog.splice(0)) fn(kind, data);
   }
 
   onBytes(chunk) {
@@ -204,8 +219,8 @@ export class RawWebSocket extends EventEmitter {
         if (!f.fin) continue;
         const whole = this.fragments;
         this.fragments = null;
-        if (this.fragmentOp === OP.text) this.emit("text", whole.toString("utf8"));
-        else this.emit("binary", whole);
+        if (this.fragmentOp === OP.text) this.deliver("text", whole.toString("utf8"));
+        else this.deliver("binary", whole);
       }
     }
   }
@@ -266,9 +281,18 @@ export function wsTransport(url, { headers = {}, ca, timeoutMs = 5000 } = {}) {
     t.sendBinary = (b) => ws.readyState === WebSocket.OPEN && (ws.send(b, { binary: true }), true);
     t.destroy = () => ws.terminate();
     Object.defineProperty(t, "isClosed", { get: () => ws.readyState === WebSocket.CLOSED });
+    // 'open' and the first 'message' can fire in one tick, before the caller can listen:
+    // keep messages in a backlog until attach().
+    t.backlog = [];
+    t.consumer = null;
+    t.attach = (fn) => {
+      t.consumer = fn;
+      for (const [kind, data] of t.backlog.splice(0)) fn(kind, data);
+    };
     ws.on("message", (data, isBinary) => {
-      if (isBinary) t.emit("binary", data);
-      else t.emit("text", data.toString("utf8"));
+      const msg = isBinary ? ["binary", data] : ["text", data.toString("utf8")];
+      if (t.consumer) t.consumer(...msg);
+      else t.backlog.push(msg);
     });
     const timer = setTimeout(() => {
       ws.terminate();
@@ -300,9 +324,8 @@ export class EioClient extends EventEmitter {
     this.events = [];
     this.acks = new Map();
     this.nextAck = 1;
-    transport.on("text", (s) => this.onText(s));
-    transport.on("binary", (b) => this.emit("binary", b));
     this.closed = transport.closed;
+    transport.attach((kind, data) => (kind === "text" ? this.onText(data) : this.emit("binary", data)));
   }
 
   onText(s) {

@@ -173,6 +173,7 @@ export class Server {
   async stop({ signal = "SIGTERM", timeoutMs = 10000 } = {}) {
     for (const s of this.sockets) s.disconnect();
     this.sockets.clear();
+    this.agent?.destroy();
     if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
     this.child.kill(signal);
     let timer;
@@ -205,10 +206,25 @@ export class Server {
   /**
    * One HTTP request to the server. Uses node:http(s) rather than fetch so the same code
    * works with a self-signed certificate (`ca`).
+   *
+   * Requests share a small keep-alive pool (the way browsers and SDKs talk to an API). A
+   * server may close an idle pooled connection just as it is reused; Node's documented answer
+   * is to retry when `req.reusedSocket` meets ECONNRESET, which is done here once.
+   * `{fresh: true}` uses a new connection with `Connection: close` instead.
    * @returns {Promise<{status: number, headers: object, text: string, json: any}>}
    */
-  request(method, urlPath, { body, headers = {}, timeoutMs = 10000 } = {}) {
+  async request(method, urlPath, { body, headers = {}, timeoutMs = 10000, fresh = false } = {}) {
+    try {
+      return await this.requestOnce(method, urlPath, { body, headers, timeoutMs, fresh });
+    } catch (err) {
+      if (!err.reusedSocket) throw err;
+      return this.requestOnce(method, urlPath, { body, headers, timeoutMs, fresh: true });
+    }
+  }
+
+  requestOnce(method, urlPath, { body, headers, timeoutMs, fresh }) {
     const lib = this.tls ? https : http;
+    this.agent ??= new lib.Agent({ keepAlive: true, maxSockets: 8, ca: this.ca });
     const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
     const allHeaders = { ...headers };
     if (payload !== undefined) {
@@ -223,8 +239,7 @@ export class Server {
           method,
           path: urlPath,
           headers: allHeaders,
-          // A fresh connection per request: the suite does not depend on keep-alive details.
-          agent: false,
+          agent: fresh ? false : this.agent,
           ca: this.ca,
           timeout: timeoutMs,
         },
@@ -245,7 +260,11 @@ export class Server {
         },
       );
       req.on("timeout", () => req.destroy(new Error(`${method} ${urlPath}: no answer within ${timeoutMs} ms`)));
-      req.on("error", reject);
+      req.on("error", (err) => {
+        err.reusedSocket = req.reusedSocket && err.code === "ECONNRESET";
+        err.message = `${method} ${urlPath}: ${err.message}`;
+        reject(err);
+      });
       if (payload !== undefined) req.write(payload);
       req.end();
     });
@@ -450,8 +469,11 @@ export async function pool(items, limit, fn) {
   return out;
 }
 
-/** Resolves with the first `event`'s argument(s); rejects after `timeoutMs` naming the event. */
-export function once(emitter, event, timeoutMs = 5000) {
+/**
+ * Resolves with the first argument of the next `event` (all of them with `{all: true}`);
+ * rejects after `timeoutMs` naming the event.
+ */
+export function once(emitter, event, timeoutMs = 5000, { all = false } = {}) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       emitter.off(event, handler);
@@ -460,7 +482,7 @@ export function once(emitter, event, timeoutMs = 5000) {
     const handler = (...args) => {
       clearTimeout(timer);
       emitter.off(event, handler);
-      resolve(args.length <= 1 ? args[0] : args);
+      resolve(all ? args : args[0]);
     };
     emitter.on(event, handler);
   });

@@ -25,6 +25,12 @@ describe("HTTP endpoints", { timeout: 60_000 }, () => {
     assert.notEqual(res.json, null);
   });
 
+  test("a request with Connection: close gets its whole answer", async () => {
+    const res = await server.request("GET", "/healthz", { fresh: true });
+    assert.equal(res.status, 200);
+    assert.equal(typeof res.json, "object", `body: ${res.text}`);
+  });
+
   test("GET /metrics is Prometheus text with the documented series", async () => {
     const res = await server.request("GET", "/metrics");
     assert.equal(res.status, 200);

@@ -10,7 +10,9 @@ import { condition, emitWithAck, startServer, within } from "../lib/server.js";
 
 const MAX_OUTBOUND = 65536;
 const CONTENT = "x".repeat(3000);
-const WINDOW = 20; // sends in flight
+// Sends in flight. A burst of WINDOW messages reaches every member at once, so it must stay
+// well under MAX_OUTBOUND (8 * ~3 KB = ~25 KB) or a healthy reader could be judged slow.
+const WINDOW = 8;
 // Kernel socket buffers on loopback can hold several MB before the server's own queue fills;
 // 8000 * ~3 KB = ~24 MB is far past any of them.
 const MAX_MESSAGES = 8000;

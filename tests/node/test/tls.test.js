@@ -51,6 +51,13 @@ describe("TLS", { timeout: 60_000 }, () => {
     assert.equal(res.status, 200);
   });
 
+  test("a request with Connection: close gets its whole answer over TLS", async () => {
+    // The response must be flushed through TLS (and close_notify sent) before the close.
+    const res = await server.request("GET", "/healthz", { fresh: true });
+    assert.equal(res.status, 200);
+    assert.equal(typeof res.json, "object", `body: ${res.text}`);
+  });
+
   test("socket.io-client over wss:// trusting the self-signed CA exchanges a message", async () => {
     const [alice, bob] = ws.users;
     const a = await server.connectUser(alice, ws.workspaceId);
