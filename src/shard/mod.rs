@@ -423,9 +423,16 @@ impl Shard {
                     continue;
                 }
             }
-            if conn.closing.is_some() && conn.out.is_empty() && !conn.stream.wants_write() {
-                self.close(slot, Close::Now, "closed after flush");
-                continue;
+            if conn.closing.is_some() && conn.out.is_empty() {
+                // Everything queued is in the stream: only now end TLS (close_notify after
+                // the last record, or the peer loses the response), then drop the socket
+                // once that alert is out too.
+                conn.stream.close_notify();
+                let _ = conn.stream.flush_tls();
+                if !conn.stream.wants_write() {
+                    self.close(slot, Close::Now, "closed after flush");
+                    continue;
+                }
             }
             if let Some(at) = conn.next_deadline() {
                 if conn.armed.is_none_or(|armed| at < armed) {
@@ -462,7 +469,6 @@ impl Shard {
         if how == Close::AfterFlush {
             if conn.closing.is_none() {
                 conn.closing = Some(Instant::now() + CLOSE_GRACE);
-                conn.stream.close_notify();
                 conn.inbuf = Vec::new();
             }
             self.mark(slot);
