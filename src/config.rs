@@ -109,6 +109,10 @@ pub struct Args {
         default_value = "5000"
     )]
     shutdown_grace_ms: String,
+    /// Browser origins allowed to call `/socket.io/` over long-polling with credentials,
+    /// comma-separated (e.g. `https://app.example.com,http://localhost:5173`); empty: none.
+    #[arg(long = "cors-origins", env = "CHAT_CORS_ORIGINS", default_value = "")]
+    cors_origins: String,
 }
 
 /// Subcommands.
@@ -149,6 +153,8 @@ pub struct Config {
     pub recovery_window: Duration,
     /// Shutdown flush deadline.
     pub shutdown_grace: Duration,
+    /// Origins answered with CORS headers (exact `scheme://host[:port]` matches).
+    pub cors_origins: Vec<String>,
 }
 
 /// Engine.IO timing and size settings, sent to clients in the open packet.
@@ -316,6 +322,12 @@ impl Config {
             request_timeout: millis("CHAT_REQUEST_TIMEOUT_MS", &args.request_timeout_ms, 10)?,
             recovery_window: millis("CHAT_RECOVERY_WINDOW_MS", &args.recovery_window_ms, 0)?,
             shutdown_grace: millis("CHAT_SHUTDOWN_GRACE_MS", &args.shutdown_grace_ms, 0)?,
+            cors_origins: args
+                .cors_origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
         })
     }
 }

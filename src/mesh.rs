@@ -76,6 +76,9 @@ pub enum ShardCommand {
         /// What the old socket was in.
         session: Option<Detached>,
     },
+    /// Engine.IO long-polling and the upgrade: between the shard that owns a TCP connection
+    /// and the shard that owns the polling session it speaks for.
+    Polling(Box<PollCommand>),
     /// Stop accepting, close every socket, and finish queued writes before `deadline`.
     Shutdown {
         /// When unfinished writes are abandoned.
@@ -137,6 +140,74 @@ pub enum PresenceCommand {
     },
     /// Exit.
     Shutdown,
+}
+
+/// What crosses shards for a long-polling session. The session lives on the shard whose id
+/// starts its `sid`; its HTTP requests and its WebSocket upgrade may arrive on any shard.
+#[derive(Debug)]
+pub enum PollCommand {
+    /// To the owner: a GET (long-poll) or POST (packets) of session `sid`.
+    Request {
+        /// The TCP connection that waits for the answer.
+        from: ConnectionId,
+        /// Session id from the query.
+        sid: String,
+        /// `None` for a GET, the body for a POST.
+        body: Option<Bytes>,
+        /// The request's origin when it is allowed (echoed in CORS headers).
+        origin: Option<Box<str>>,
+        /// Keep the TCP connection after the answer.
+        keep_alive: bool,
+    },
+    /// To the TCP connection's shard: the whole HTTP answer to write.
+    Respond {
+        /// The connection that asked.
+        to: ConnectionId,
+        /// Status line, headers and body.
+        response: Vec<u8>,
+        /// Keep the connection for the next request.
+        keep_alive: bool,
+    },
+    /// To the owner: a WebSocket asks to take over session `sid` (`transport=websocket&sid=`).
+    Upgrade {
+        /// The WebSocket connection (its 101 is not sent yet).
+        from: ConnectionId,
+        /// Session id.
+        sid: String,
+    },
+    /// To the WebSocket's shard: the session exists (with the rooms it is in now, to join
+    /// while the probe runs) or not (`None`: answer "Session ID unknown").
+    Upgradable {
+        /// The WebSocket connection.
+        to: ConnectionId,
+        /// Rooms of the session.
+        rooms: Option<Vec<Room>>,
+    },
+    /// To the owner: the client probed the WebSocket (`2probe`); release a pending GET.
+    Probe {
+        /// Session id.
+        sid: String,
+    },
+    /// To the owner: the WebSocket closed before the switch; polling goes on as before.
+    Cancel {
+        /// Session id.
+        sid: String,
+    },
+    /// To the owner: the client sent `5`; hand the session over.
+    Switch {
+        /// The WebSocket connection that takes the session.
+        from: ConnectionId,
+        /// Session id.
+        sid: String,
+    },
+    /// To the WebSocket's shard: the session's state and its packets not yet sent by
+    /// polling (`None`: it closed meanwhile).
+    Adopt {
+        /// The WebSocket connection.
+        to: ConnectionId,
+        /// The state.
+        handover: Option<Box<crate::shard::Handover>>,
+    },
 }
 
 /// A membership added or removed (admin API, or the web app writing the tables).

@@ -6,6 +6,7 @@ pub mod error;
 pub mod frame;
 pub mod http;
 pub mod packet;
+pub mod polling;
 pub mod session;
 
 pub use error::ProtocolError;

@@ -95,8 +95,19 @@ impl Session {
     /// the reference server's `connectTimeout`), or [`Session::handle_timeout`] fails with
     /// [`ProtocolError::ConnectTimeout`]. Limits beyond 32 bits (49 days, 4 GiB) saturate.
     pub fn new(now: Instant, sid: String, limits: EngineLimits) -> Session {
+        Session::with_upgrades(now, sid, limits, &[])
+    }
+
+    /// Like [`Session::new`], for a session opened over HTTP long-polling: the open packet
+    /// lists `upgrades` (`["websocket"]`) the client may probe.
+    pub fn with_upgrades(
+        now: Instant,
+        sid: String,
+        limits: EngineLimits,
+        upgrades: &[&str],
+    ) -> Session {
         let mut transmit = VecDeque::with_capacity(1);
-        transmit.push_back(engine::open_packet(&sid, &limits, &[]));
+        transmit.push_back(engine::open_packet(&sid, &limits, upgrades));
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         let (ping_interval_ms, ping_timeout_ms) =
             (ms(limits.ping_interval), ms(limits.ping_timeout));

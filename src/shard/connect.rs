@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Credentials, Member, Recovery};
+use super::connection::{Auth, Credentials, Member, Recovery};
+use super::polling::socket_of;
 use super::{Core, Shard};
 use crate::chat::{self, ChatState};
 use crate::ids::{ConnectionId, ShardId};
@@ -58,11 +59,7 @@ impl Shard {
             return;
         };
         let recovery_on = self.core.recovery.enabled();
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         let Auth::Pending(creds) = &mut socket.auth else {
@@ -114,11 +111,7 @@ impl Shard {
         let Some(from) = self.connection_id(slot) else {
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         let Auth::Checking(creds, recover) =
@@ -172,11 +165,7 @@ impl Shard {
         now: Instant,
     ) {
         let Some(slot) = self.lookup(to) else { return };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         let Auth::Recovering(grant, recover) =
@@ -210,11 +199,7 @@ impl Shard {
         for room in &grant.rooms {
             self.core.hub.join(*room, slot);
         }
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         let sid = new_sid(self.core.id);

@@ -58,6 +58,30 @@ pub enum Phase {
     },
     /// Engine.IO + Socket.IO over WebSocket.
     Socket(Box<Socket>),
+    /// A WebSocket taking over a long-polling session (see `shard::upgrade`).
+    Upgrading(Box<Upgrading>),
+}
+
+/// A WebSocket opened with the `sid` of a long-polling session, until the session is
+/// handed to it. The session lives on `owner` meanwhile.
+#[derive(Debug)]
+pub struct Upgrading {
+    /// The session's id.
+    pub sid: Box<str>,
+    /// The shard that owns the session.
+    pub owner: u16,
+    /// Give up (close) if the upgrade is not done by then.
+    pub deadline: Instant,
+    /// The owner confirmed the session and the `101` was sent.
+    pub accepted: bool,
+    /// The client sent `5`: its next frames belong to the session, so they wait for it.
+    pub switching: bool,
+    /// Rooms joined in this shard's hub for this connection while upgrading.
+    pub rooms: Vec<Room>,
+    /// Broadcast frames to those rooms received meanwhile, merged in at adoption.
+    pub shadow: Vec<Bytes>,
+    /// The `101` answer, sent once the owner confirms the session.
+    pub handshake: Vec<u8>,
 }
 
 /// A WebSocket connection's Socket.IO state.
@@ -169,6 +193,7 @@ impl Connection {
                     (a, b) => a.or(b),
                 }
             }
+            Phase::Upgrading(u) => Some(u.deadline),
         };
         match (phase, self.closing) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -180,7 +205,7 @@ impl Connection {
     pub fn socket(&mut self) -> Option<&mut Socket> {
         match &mut self.phase {
             Phase::Socket(s) => Some(s),
-            Phase::Http { .. } => None,
+            Phase::Http { .. } | Phase::Upgrading(_) => None,
         }
     }
 
@@ -191,7 +216,7 @@ impl Connection {
                 Auth::Connected(m) => Some(&m.user),
                 _ => None,
             },
-            Phase::Http { .. } => None,
+            Phase::Http { .. } | Phase::Upgrading(_) => None,
         }
     }
 

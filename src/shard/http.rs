@@ -39,7 +39,7 @@ impl Shard {
             return 0;
         }
         if head.path == "/socket.io/" || head.path == "/socket.io" {
-            self.engine_request(slot, head, now);
+            self.engine_request(slot, head, &buf[head_len..total], now);
             return total;
         }
         let keep_alive = head.keep_alive;
@@ -113,7 +113,7 @@ impl Shard {
                 *waiting = false;
                 *keep_alive
             }
-            Phase::Socket(_) => return,
+            Phase::Socket(_) | Phase::Upgrading(_) => return,
         };
         let bytes = http::response(status, "application/json", body.as_bytes(), keep_alive);
         self.respond(slot, bytes, keep_alive, now);
@@ -133,7 +133,7 @@ impl Shard {
     }
 
     /// Queues a response; keeps the connection for the next request or closes it after.
-    fn respond(&mut self, slot: u32, bytes: Vec<u8>, keep_alive: bool, now: Instant) {
+    pub(super) fn respond(&mut self, slot: u32, bytes: Vec<u8>, keep_alive: bool, now: Instant) {
         let timeout = self.core.shared.config.request_timeout;
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
@@ -150,7 +150,7 @@ impl Shard {
     }
 
     /// `/socket.io/`: Engine.IO's handshake. Errors use Engine.IO's JSON codes.
-    fn engine_request(&mut self, slot: u32, head: RequestHead, now: Instant) {
+    fn engine_request(&mut self, slot: u32, head: RequestHead, body: &[u8], now: Instant) {
         let engine_error = |code: u8, message: &str| {
             let body = json!({"code": code, "message": message}).to_string();
             http::response(400, "application/json", body.as_bytes(), false)
@@ -166,8 +166,11 @@ impl Shard {
         }
         match head.query_param("transport").as_deref() {
             Some("websocket") => {}
+            Some("polling") => {
+                self.polling_request(slot, &head, body, now);
+                return;
+            }
             _ => {
-                // Long-polling is not served yet: clients must use transports: ["websocket"].
                 self.respond(slot, engine_error(0, "Transport unknown"), false, now);
                 return;
             }
@@ -181,9 +184,9 @@ impl Shard {
             );
             return;
         };
-        if head.query_param("sid").is_some() {
-            // An upgrade of a polling session: there are none without the polling transport.
-            self.respond(slot, engine_error(1, "Session ID unknown"), false, now);
+        if let Some(sid) = head.query_param("sid") {
+            // An upgrade of a long-polling session (see `upgrade.rs`).
+            self.websocket_upgrade(slot, key, sid, now);
             return;
         }
         let bearer = head.bearer_token().map(Box::from);

@@ -6,9 +6,13 @@
 mod connect;
 mod connection;
 mod http;
+mod polling;
 mod recovery;
 mod socket;
 mod timers;
+mod upgrade;
+
+pub use polling::Handover;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,6 +31,7 @@ use crate::ids::{ConnectionId, ShardId};
 use crate::mesh::{Mesh, ShardCommand};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::transport::Stream;
+use rustc_hash::FxHashMap;
 
 use connection::{Connection, Phase};
 use timers::{Due, Timers};
@@ -65,6 +70,13 @@ pub struct Shard {
     listener: Option<TcpListener>,
     inbox: Receiver<ShardCommand>,
     conns: Slab<Connection>,
+    /// Long-polling sessions owned by this shard (slots carry `polling::POLL_BIT`).
+    polls: Slab<polling::PollSession>,
+    /// Session id → slot in `polls`.
+    poll_sids: FxHashMap<Box<str>, u32>,
+    /// Sessions handed to a WebSocket on another connection: (slot, generation) → the new
+    /// connection and until when store replies are forwarded to it.
+    moved: FxHashMap<(u32, u32), (ConnectionId, Instant)>,
     core: Core,
 }
 
@@ -118,6 +130,9 @@ impl Shard {
             listener: Some(listener),
             inbox,
             conns: Slab::new(),
+            polls: Slab::new(),
+            poll_sids: FxHashMap::default(),
+            moved: FxHashMap::default(),
             core: Core {
                 id,
                 shared,
@@ -292,6 +307,8 @@ impl Shard {
                 Phase::Http { waiting: true, .. } => return used,
                 Phase::Http { .. } => self.http_input(slot, &mut buf[used..], now),
                 Phase::Socket(_) => self.socket_input(slot, &mut buf[used..], now),
+                Phase::Upgrading(ref up) if !up.accepted || up.switching => return used,
+                Phase::Upgrading(_) => self.upgrade_input(slot, &mut buf[used..], now),
             };
             match step {
                 0 => return used,
@@ -308,11 +325,15 @@ impl Shard {
             };
             match command {
                 ShardCommand::Deliver(broadcast) => self.deliver(&broadcast, now),
+                ShardCommand::Polling(command) => self.on_poll_command(*command, now),
                 ShardCommand::Recover { pid, to } => self.on_recover_request(&pid, to, now),
                 ShardCommand::Recovered { to, session } => self.on_recovered(to, session, now),
                 ShardCommand::Reply(to, reply) => self.on_reply(to, reply, now),
                 ShardCommand::Membership(change) => self.on_membership(change),
-                ShardCommand::Shutdown { deadline } => self.begin_shutdown(deadline),
+                ShardCommand::Shutdown { deadline } => {
+                    self.close_all_polls(now);
+                    self.begin_shutdown(deadline)
+                }
             }
         }
         self.core
@@ -339,13 +360,19 @@ impl Shard {
                     self.close(slot, Close::AfterFlush, "shutdown");
                 }
                 Phase::Http { waiting: true, .. } => {}
-                Phase::Http { .. } => self.close(slot, Close::Now, "shutdown"),
+                Phase::Http { .. } | Phase::Upgrading(_) => {
+                    self.close(slot, Close::Now, "shutdown")
+                }
             }
         }
     }
 
     fn run_timers(&mut self, now: Instant) {
         while let Some(due) = self.core.timers.pop_due(now) {
+            if polling::is_poll(due.slot) {
+                self.poll_timer(due, now);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(due.slot as usize) else {
                 continue;
             };
@@ -375,6 +402,17 @@ impl Shard {
                     self.close(due.slot, Close::AfterFlush, "request timeout");
                 }
                 Phase::Http { .. } => {}
+                Phase::Upgrading(up) => {
+                    if up.deadline <= now {
+                        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
+                        let close = crate::transport::websocket::close(
+                            1008,
+                            "the upgrade was not completed in time",
+                        );
+                        conn.out.push(close);
+                        self.close(due.slot, Close::AfterFlush, "upgrade timeout");
+                    }
+                }
                 Phase::Socket(socket) => {
                     if let Err(e) = socket.session.handle_timeout(now) {
                         self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
@@ -463,6 +501,10 @@ impl Shard {
 
     /// Closes a connection: at once, or once its queue is written.
     fn close(&mut self, slot: u32, how: Close, why: &'static str) {
+        if polling::is_poll(slot) {
+            self.close_poll(slot, why, Instant::now());
+            return;
+        }
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
@@ -480,12 +522,17 @@ impl Shard {
         let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
         m.connections.fetch_sub(1, Relaxed);
         m.queued_bytes.fetch_sub(conn.out.bytes() as i64, Relaxed);
-        if let Phase::Socket(socket) = conn.phase {
-            self.core.on_socket_closed(slot, *socket);
+        match conn.phase {
+            Phase::Socket(socket) => self.core.on_socket_closed(slot, *socket),
+            Phase::Upgrading(up) => self.on_upgrading_closed(slot, *up, Instant::now()),
+            Phase::Http { .. } => {}
         }
     }
 
     fn connection_id(&self, slot: u32) -> Option<ConnectionId> {
+        if polling::is_poll(slot) {
+            return self.poll_id(slot);
+        }
         self.conns.get(slot as usize).map(|c| ConnectionId {
             shard: self.core.id,
             slot,
@@ -495,6 +542,9 @@ impl Shard {
 
     /// The connection an id names, if it is still the same one.
     fn lookup(&self, id: ConnectionId) -> Option<u32> {
+        if polling::is_poll(id.slot) {
+            return self.poll_lookup(id);
+        }
         self.conns
             .get(id.slot as usize)
             .filter(|c| c.generation == id.generation)

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::connection::{Auth, Connection, Member, Phase, Socket};
+use super::polling::{is_poll, socket_of, POLL_BIT};
 use super::{Close, Core, Shard};
 use crate::chat::{self, typing, Context, Effect};
 use crate::ids::Room;
@@ -152,11 +153,7 @@ impl Shard {
             self.fail(slot, 1007, "text frame is not valid UTF-8");
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         if let Err(e) = socket.session.handle_text(now, text) {
@@ -175,25 +172,35 @@ impl Shard {
     /// Moves the session's queued packets to the outbound queue and handles its events.
     pub(super) fn drive(&mut self, slot: u32, now: Instant) {
         loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else {
+            if is_poll(slot) {
+                // A polling session: packets wait in its queue for the next GET.
+                if !self.drain_poll(slot) {
+                    return;
+                }
+            } else {
+                let Some(conn) = self.conns.get_mut(slot as usize) else {
+                    return;
+                };
+                let Phase::Socket(socket) = &mut conn.phase else {
+                    return;
+                };
+                let mut over = false;
+                while let Some(text) = socket.session.poll_transmit() {
+                    let frame = crate::protocol::frame::text(text.as_bytes());
+                    let m = self.core.metrics();
+                    m.frames_out.fetch_add(1, Relaxed);
+                    m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
+                    conn.out.push(frame);
+                    over |= conn.out.bytes() > self.core.shared.config.max_outbound_bytes;
+                }
+                if over {
+                    self.slow_consumer(slot);
+                    return;
+                }
+            }
+            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
                 return;
             };
-            let Phase::Socket(socket) = &mut conn.phase else {
-                return;
-            };
-            let mut over = false;
-            while let Some(text) = socket.session.poll_transmit() {
-                let frame = crate::protocol::frame::text(text.as_bytes());
-                let m = self.core.metrics();
-                m.frames_out.fetch_add(1, Relaxed);
-                m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
-                conn.out.push(frame);
-                over |= conn.out.bytes() > self.core.shared.config.max_outbound_bytes;
-            }
-            if over {
-                self.slow_consumer(slot);
-                return;
-            }
             let Some(event) = socket.session.poll_event() else {
                 break;
             };
@@ -214,18 +221,19 @@ impl Shard {
                 }
             }
         }
-        self.mark(slot);
+        if is_poll(slot) {
+            self.poll_flush(slot, now);
+        } else {
+            self.mark(slot);
+        }
     }
 
     /// Closes a socket whose client ended it. After a goodbye (Socket.IO DISCONNECT) there is
     /// nothing to recover.
     fn close_socket(&mut self, slot: u32, goodbye: bool) {
         if goodbye {
-            if let Some(Auth::Connected(member)) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-                .map(|s| &mut s.auth)
+            if let Some(Auth::Connected(member)) =
+                socket_of(&mut self.conns, &mut self.polls, slot).map(|s| &mut s.auth)
             {
                 member.pid = None;
             }
@@ -254,11 +262,7 @@ impl Shard {
         let Some(conn_id) = self.connection_id(slot) else {
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         let mut effects = Vec::new();
@@ -288,11 +292,7 @@ impl Shard {
     /// Carries out a handler's effects for the socket in `slot`.
     pub(super) fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
         for effect in effects {
-            let Some(socket) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-            else {
+            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
                 return;
             };
             match effect {
@@ -323,11 +323,7 @@ impl Shard {
 
     /// Typing timers that ran out: tell the rooms the user stopped.
     pub(super) fn expire_typing(&mut self, slot: u32, now: Instant) {
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
         if let Auth::Connected(member) = &mut socket.auth {
@@ -347,7 +343,13 @@ impl Shard {
         reply: StoreReply,
         now: Instant,
     ) {
-        let Some(slot) = self.lookup(to) else { return };
+        let Some(slot) = self.lookup(to) else {
+            // A polling session that moved to a WebSocket: the reply follows it.
+            if let Some((moved_to, _)) = self.moved.get(&(to.slot, to.generation)) {
+                self.core.mesh.reply(*moved_to, reply);
+            }
+            return;
+        };
         match reply {
             StoreReply::Authenticated(result) => self.on_authenticated(slot, result, now),
             StoreReply::Admin { status, body } => self.on_admin_reply(slot, status, body, now),
@@ -367,11 +369,38 @@ impl Shard {
         let max = core.shared.config.max_outbound_bytes;
         let mut delivered = 0u64;
         let mut over = Vec::new();
+        let mut polled = Vec::new();
         for slot in core.hub.members(&broadcast.room) {
+            if slot & POLL_BIT != 0 {
+                // A polling member gets the Engine.IO packet without the frame header, still
+                // sharing the broadcast's buffer.
+                let Some(p) = self.polls.get_mut((slot & !POLL_BIT) as usize) else {
+                    continue;
+                };
+                let excepted = matches!(broadcast.except, Except::Connection(e)
+                    if e.shard == core.id && e.slot == slot && e.generation == p.generation);
+                if excepted {
+                    continue;
+                }
+                let packet = crate::protocol::polling::frame_payload(&broadcast.frame);
+                p.queued += packet.len();
+                if let Some(seen) = &mut p.seen {
+                    seen.push(packet.clone());
+                }
+                p.queue.push_back(packet);
+                delivered += 1;
+                polled.push(slot);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
             if conn.closing.is_some() || is_except(broadcast, core, slot, conn) {
+                continue;
+            }
+            if let Phase::Upgrading(up) = &mut conn.phase {
+                // Kept aside until the session arrives from its polling shard.
+                up.shadow.push(broadcast.frame.clone());
                 continue;
             }
             conn.out.push(broadcast.frame.clone());
@@ -392,17 +421,25 @@ impl Shard {
         for slot in over {
             self.slow_consumer(slot);
         }
+        let max = self.core.shared.config.max_outbound_bytes;
+        for slot in polled {
+            let size = self
+                .polls
+                .get((slot & !POLL_BIT) as usize)
+                .map(|p| p.queued);
+            if size.is_some_and(|s| s > max) {
+                self.slow_consumer(slot);
+            } else {
+                self.poll_flush(slot, now);
+            }
+        }
     }
 
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     pub(super) fn on_membership(&mut self, change: MembershipChange) {
         let slots: Vec<u32> = self.core.hub.members(&Room::User(change.user)).collect();
         for slot in slots {
-            let Some(socket) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-            else {
+            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
                 continue;
             };
             let Auth::Connected(member) = &mut socket.auth else {

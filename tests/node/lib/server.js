@@ -363,7 +363,9 @@ export class Server {
   /** socket.io-client options used by `connect` (exposed so tests can tweak them). */
   clientOptions({ token, workspaceId, auth, extraHeaders, ...rest } = {}) {
     return {
-      transports: ["websocket"],
+      // OCOMMS_TRANSPORTS runs the suite over other transports: "polling,websocket"
+      // (socket.io-client's default: polling, then the upgrade) or "polling" alone.
+      transports: (process.env.OCOMMS_TRANSPORTS ?? "websocket").split(","),
       reconnection: false,
       forceNew: true,
       multiplex: false,
