@@ -428,14 +428,22 @@ describe("long-polling and the upgrade (2 shards)", () => {
       body: `40${JSON.stringify({ token: srv.jwt(ws.users[0]), workspaceId: ws.workspaceId })}`,
     });
     assert.match((await raw(pollUrl(srv, sid))).body, /^40\{"sid"/);
+    // Polls until a ping comes; other packets (presence updates) may come first.
+    const nextPing = async () => {
+      for (;;) {
+        const res = await raw(pollUrl(srv, sid));
+        assert.equal(res.status, 200, res.body);
+        const packets = res.body.split("\x1e");
+        assert.ok(!packets.includes("1"), "the session was not closed");
+        if (packets.includes("2")) return;
+      }
+    };
     const started = Date.now();
-    const ping = await raw(pollUrl(srv, sid));
-    assert.equal(ping.body, "2");
+    await nextPing();
     assert.ok(Date.now() - started >= 300, "the GET was held until the ping interval");
     const pong = await raw(pollUrl(srv, sid), { method: "POST", body: "3" });
     assert.equal(pong.body, "ok");
-    const again = await raw(pollUrl(srv, sid));
-    assert.equal(again.body, "2", "still alive: the next ping comes");
+    await nextPing(); // still alive: the next ping comes
     await raw(pollUrl(srv, sid), { method: "POST", body: "1" });
   });
 
@@ -486,7 +494,7 @@ describe("long-polling and the upgrade (2 shards)", () => {
     assert.equal(await srv.metric("ocomms_sockets"), before + 1);
     // The client stops polling: no GET takes the ping, no pong comes back.
     const deadline = Date.now() + 5000;
-    while ((await srv.metric("ocomms_sockets")) !== before) {
+    while ((await srv.metric("ocomms_sockets")) > before) {
       assert.ok(Date.now() < deadline, "the socket is still counted 5 s later");
       await new Promise((r) => setTimeout(r, 100));
     }
