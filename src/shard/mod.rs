@@ -77,6 +77,9 @@ pub struct Shard {
     /// Sessions handed to a WebSocket on another connection: (slot, generation) → the new
     /// connection and until when store replies are forwarded to it.
     moved: FxHashMap<(u32, u32), (ConnectionId, Instant)>,
+    /// Connections (slot → generation) waiting for a polling answer, possibly from another
+    /// shard: at shutdown they are answered here, as that shard may already be gone.
+    poll_waiting: FxHashMap<u32, u32>,
     core: Core,
 }
 
@@ -133,6 +136,7 @@ impl Shard {
             polls: Slab::new(),
             poll_sids: FxHashMap::default(),
             moved: FxHashMap::default(),
+            poll_waiting: FxHashMap::default(),
             core: Core {
                 id,
                 shared,
@@ -332,6 +336,7 @@ impl Shard {
                 ShardCommand::Membership(change) => self.on_membership(change),
                 ShardCommand::Shutdown { deadline } => {
                     self.close_all_polls(now);
+                    self.release_poll_waiters(now);
                     self.begin_shutdown(deadline)
                 }
             }
@@ -360,6 +365,20 @@ impl Shard {
                     self.close(slot, Close::AfterFlush, "shutdown");
                 }
                 Phase::Http { waiting: true, .. } => {}
+                // A response still queued (a polling answer) is written first.
+                Phase::Http { .. } if !conn.out.is_empty() => {
+                    self.close(slot, Close::AfterFlush, "shutdown")
+                }
+                // Mid-upgrade, the client may have paused polling already: only the
+                // WebSocket can still tell it, once it sends `5` (see `upgrade_input`).
+                Phase::Upgrading(ref up) if up.accepted && !up.switching => {}
+                Phase::Upgrading(ref up) if up.accepted => {
+                    conn.out.push(crate::transport::websocket::close(
+                        1001,
+                        "server shutting down",
+                    ));
+                    self.close(slot, Close::AfterFlush, "shutdown");
+                }
                 Phase::Http { .. } | Phase::Upgrading(_) => {
                     self.close(slot, Close::Now, "shutdown")
                 }

@@ -189,7 +189,15 @@ impl Shard {
             self.respond(slot, bytes, false, now);
             return;
         };
+        if self.core.shutdown.is_some() {
+            // The node is stopping and the session's shard may be gone: the close packet
+            // tells the client at once ("transport close"), so it reconnects elsewhere.
+            let bytes = polling::response(200, TEXT_PLAIN, b"1", false, origin.as_deref());
+            self.respond(slot, bytes, false, now);
+            return;
+        }
         self.wait(slot, keep_alive);
+        self.poll_waiting.insert(slot, from.generation);
         let command = PollCommand::Request {
             from,
             sid,
@@ -351,6 +359,11 @@ impl Shard {
             // The client went away before its answer.
             return;
         };
+        self.poll_waiting.remove(&slot);
+        if self.conns[slot as usize].closing.is_some() {
+            // Shutdown answered it already.
+            return;
+        }
         match &mut self.conns[slot as usize].phase {
             Phase::Http { waiting, .. } => *waiting = false,
             _ => return,
@@ -514,6 +527,26 @@ impl Shard {
             .get(index(id.slot))
             .filter(|p| p.generation == id.generation)
             .map(|_| id.slot)
+    }
+
+    /// Shutdown: answers every connection still waiting for a polling answer with the close
+    /// packet `1` (so the client reports "transport close"), as the session's shard may
+    /// exit before it answers.
+    pub(super) fn release_poll_waiters(&mut self, now: Instant) {
+        for (slot, generation) in std::mem::take(&mut self.poll_waiting) {
+            let waiting = self.conns.get(slot as usize).is_some_and(|c| {
+                c.generation == generation
+                    && c.closing.is_none()
+                    && matches!(c.phase, Phase::Http { waiting: true, .. })
+            });
+            if waiting {
+                if let Phase::Http { waiting, .. } = &mut self.conns[slot as usize].phase {
+                    *waiting = false;
+                }
+                let bytes = polling::response(200, TEXT_PLAIN, b"1", false, None);
+                self.respond(slot, bytes, false, now);
+            }
+        }
     }
 
     /// Closes every polling session (shutdown).

@@ -134,6 +134,12 @@ impl Shard {
                 self.mark(slot);
                 self.send_poll(owner, PollCommand::Probe { sid }, now);
             }
+            Opcode::Text if frame.fin && payload == b"5" && self.core.shutdown.is_some() => {
+                // The client now listens on this WebSocket; the session is closing anyway.
+                self.core
+                    .queue(conn, websocket::close(1001, "server shutting down"));
+                self.close(slot, Close::AfterFlush, "shutdown");
+            }
             Opcode::Text if frame.fin && payload == b"5" => {
                 up.switching = true;
                 let (owner, sid) = (up.owner, up.sid.to_string());
