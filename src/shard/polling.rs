@@ -60,6 +60,9 @@ pub(super) struct PollSession {
     /// broadcasts it kept aside this session already had. Holding the `Bytes` keeps their
     /// buffers, and so their addresses, unique meanwhile.
     pub seen: Option<Vec<Bytes>>,
+    /// The rooms the upgrading WebSocket's shard was told to join (it keeps their
+    /// broadcasts aside); the handover waits until they cover the session's rooms.
+    pub told: Vec<crate::ids::Room>,
 }
 
 /// A GET waiting for packets.
@@ -258,6 +261,7 @@ impl Shard {
             armed: None,
             upgrading: false,
             seen: None,
+            told: Vec::new(),
         });
         let slot = index as u32 | POLL_BIT;
         self.poll_sids.insert(sid.into_boxed_str(), slot);

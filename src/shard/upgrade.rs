@@ -60,10 +60,11 @@ impl Shard {
         let rooms = self.poll_slot(sid).map(|slot| {
             let p = &mut self.polls[index(slot)];
             p.seen.get_or_insert_with(Vec::new);
-            match &p.socket.auth {
+            p.told = match &p.socket.auth {
                 Auth::Connected(member) => member.rooms.clone(),
                 _ => Vec::new(),
-            }
+            };
+            p.told.clone()
         });
         self.send_poll(
             from.shard.0,
@@ -87,6 +88,10 @@ impl Shard {
             return;
         };
         let Some(rooms) = rooms else {
+            if up.accepted {
+                self.upgrade_fail(slot, 1008, "the session ended during the upgrade", now);
+                return;
+            }
             conn.phase = Phase::Http {
                 deadline: now,
                 waiting: false,
@@ -96,6 +101,21 @@ impl Shard {
             self.respond(slot, bytes, false, now);
             return;
         };
+        if up.accepted {
+            // The session joined rooms meanwhile (its CONNECT completed, or a room:join):
+            // join them too, then ask for the session again.
+            for room in rooms {
+                if !up.rooms.contains(&room) {
+                    self.core.hub.join(room, slot);
+                    up.rooms.push(room);
+                }
+            }
+            if up.switching {
+                let (owner, sid) = (up.owner, up.sid.to_string());
+                self.send_poll(owner, PollCommand::Switch { from: to, sid }, now);
+            }
+            return;
+        }
         let handshake = std::mem::take(&mut up.handshake);
         up.accepted = true;
         for room in &rooms {
@@ -185,6 +205,22 @@ impl Shard {
             );
             return;
         };
+        let p = &mut self.polls[index(slot)];
+        let current = match &p.socket.auth {
+            Auth::Connected(member) => member.rooms.clone(),
+            _ => Vec::new(),
+        };
+        if current.iter().any(|room| !p.told.contains(room)) {
+            // The WebSocket's shard must be in every room before the session leaves these,
+            // or a broadcast between the two could be missed or doubled.
+            p.told.clone_from(&current);
+            let command = PollCommand::Upgradable {
+                to: from,
+                rooms: Some(current),
+            };
+            self.send_poll(from.shard.0, command, now);
+            return;
+        }
         let mut p = self.polls.remove(index(slot));
         self.poll_sids.remove(sid);
         if let Some(get) = p.get.take() {
