@@ -220,6 +220,10 @@ impl Shard {
         // The CONNECT answer goes out before any replayed event.
         self.drive(slot, now);
         if let Some((_, after)) = recovered {
+            if super::polling::is_poll(slot) {
+                self.replay_poll(slot, after, now);
+                return;
+            }
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 return;
             };

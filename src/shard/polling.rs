@@ -553,6 +553,28 @@ impl Shard {
         }
     }
 
+    /// Connection state recovery on a polling session: queues the missed broadcasts (their
+    /// Engine.IO packets) after the CONNECT answer.
+    pub(super) fn replay_poll(&mut self, slot: u32, after: u64, now: Instant) {
+        let Some(p) = self.polls.get_mut(index(slot)) else {
+            return;
+        };
+        let rooms = match &p.socket.auth {
+            Auth::Connected(member) => member.rooms.clone(),
+            _ => return,
+        };
+        for frame in self.core.recovery.replay(after, &rooms) {
+            let packet = polling::frame_payload(frame);
+            p.queued += packet.len();
+            p.queue.push_back(packet);
+        }
+        if p.queued > self.core.shared.config.max_outbound_bytes {
+            self.slow_consumer(slot);
+            return;
+        }
+        self.poll_flush(slot, now);
+    }
+
     /// Closes every polling session (shutdown).
     pub(super) fn close_all_polls(&mut self, now: Instant) {
         let slots: Vec<u32> = self
@@ -563,5 +585,29 @@ impl Shard {
         for slot in slots {
             self.close_poll(slot, "shutdown", now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ShardId;
+
+    #[test]
+    fn a_new_sid_routes_back_to_its_shard() {
+        for shard in [0u16, 1, 9, 10, 255] {
+            let sid = new_sid(ShardId(shard));
+            assert_eq!(polling::sid_shard(&sid, 256), Some(shard), "{sid}");
+        }
+        assert_eq!(polling::sid_shard(&new_sid(ShardId(3)), 2), None);
+    }
+
+    #[test]
+    fn poll_slots_do_not_clash_with_connection_slots() {
+        assert!(!is_poll(0));
+        assert!(!is_poll(u32::MAX >> 1));
+        let slot = 7 | POLL_BIT;
+        assert!(is_poll(slot));
+        assert_eq!(index(slot), 7);
     }
 }
