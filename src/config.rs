@@ -191,12 +191,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn number<T>(
-    variable: &'static str,
-    value: &str,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError>
+fn number<T>(variable: &'static str, value: &str, min: T, max: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {

@@ -16,6 +16,9 @@ use crate::mesh::{BrokerHandle, Mesh, ShardCommand, ShardHandle, StoreCommand, S
 use crate::metrics::Metrics;
 use crate::shard::{Shard, Shared, WAKER};
 
+/// Reader threads (each with its own PostgreSQL connection) for CONNECT, history and checks.
+const READERS: usize = 2;
+
 /// Pending connections the kernel keeps per listener.
 const BACKLOG: i32 = 4096;
 
@@ -78,15 +81,31 @@ impl Node {
             store: StoreHandle::new(store_tx),
             broker: BrokerHandle::local(handles),
         };
-        let store = crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
-            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        let (store, store_kind) = match &config.database_url {
+            Some(url) => (
+                crate::store::pg::spawn_postgres(
+                    url,
+                    READERS,
+                    store_rx,
+                    mesh.clone(),
+                    Arc::clone(&metrics),
+                )
+                .map_err(|e| format!("PostgreSQL (DATABASE_URL): {e}"))?,
+                "postgres",
+            ),
+            None => (
+                crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
+                    .map_err(|e| format!("cannot start the store thread: {e}"))?,
+                "memory",
+            ),
+        };
 
         let tls_on = tls.is_some();
         let shared = Arc::new(Shared {
             jwt: JwtVerifier::new(config.jwt_secret.as_deref()),
             tls,
             metrics,
-            store_kind: "memory",
+            store_kind,
             started: Instant::now(),
             config: config.clone(),
         });
@@ -115,7 +134,7 @@ impl Node {
         }
         tracing::info!(
             listen = %local_addr,
-            store = "memory",
+            store = store_kind,
             shards,
             single_node = config.redis_url.is_none(),
             tls = tls_on,
