@@ -9,6 +9,7 @@
 mod admin;
 mod listen;
 mod read;
+pub mod testing;
 mod write;
 
 use std::collections::HashMap;
