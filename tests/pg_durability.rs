@@ -394,3 +394,49 @@ fn postgres_outage_during_sends_loses_nothing_and_the_server_recovers() {
     );
     check_acked(&db, &outcomes);
 }
+
+#[test]
+fn a_membership_the_web_app_writes_reaches_a_live_socket() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = TestDb::create();
+    let (user, ws, _) = provision(&db, 0);
+    let server = Server::start(&db.url());
+    let mut s = Socket::connect(&server.addr, user, ws);
+    // The web app adds a channel and the user to it, straight in the tables.
+    let channel = Uuid::new_v4();
+    let mut c = db.client();
+    c.execute(
+        "INSERT INTO channels (id, workspace_id, slug, name) VALUES ($1, $2, 'new', 'New')",
+        &[&channel, &ws],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2)",
+        &[&channel, &user],
+    )
+    .unwrap();
+    // The socket is in the room within 2 s: its own send comes back as message:new.
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut id = 0;
+    loop {
+        assert!(Instant::now() < end, "the socket never joined the room");
+        id += 1;
+        let data = json!({"targetId": channel, "targetType": "channel", "content": "hi"});
+        s.send(&format!("42{id}[\"message:send\",{data}]"));
+        let mut delivered = false;
+        loop {
+            let text = s.recv().expect("connection stays open");
+            if text.starts_with("42[\"message:new\"") {
+                delivered = true;
+            }
+            if text.starts_with(&format!("43{id}[")) {
+                break;
+            }
+        }
+        // message:new is published before the ack, so it is seen first if at all.
+        if delivered {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
