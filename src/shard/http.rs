@@ -224,7 +224,11 @@ impl Shard {
                 "sockets": sockets,
                 "singleNode": shared.config.redis_url.is_none(),
             },
-            "store": {"kind": shared.store_kind, "status": "ok"},
+            "store": {
+                "kind": shared.store_kind,
+                "status": if shared.metrics.store.db_status.load(Relaxed)
+                    == crate::store::pg::status::DOWN { "unavailable" } else { "ok" },
+            },
             "redis": {"status": if shared.config.redis_url.is_some() { "configured" } else { "not configured" }},
         })
         .to_string()
