@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Credentials, Member, Recovery};
+use super::connection::{socket_at, Auth, Member, Recovery};
 use super::{Core, Shard};
 use crate::chat::{self, ChatState};
 use crate::ids::{ConnectionId, ShardId};
@@ -58,11 +58,7 @@ impl Shard {
             return;
         };
         let recovery_on = self.core.recovery.enabled();
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
         let Auth::Pending(creds) = &mut socket.auth else {
@@ -114,16 +110,10 @@ impl Shard {
         let Some(from) = self.connection_id(slot) else {
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
-        let Auth::Checking(creds, recover) =
-            std::mem::replace(&mut socket.auth, Auth::Pending(Credentials::default()))
-        else {
+        let Auth::Checking(creds, recover) = socket.auth.take() else {
             return;
         };
         let grant = match result {
@@ -172,16 +162,10 @@ impl Shard {
         now: Instant,
     ) {
         let Some(slot) = self.lookup(to) else { return };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
-        let Auth::Recovering(grant, recover) =
-            std::mem::replace(&mut socket.auth, Auth::Pending(Credentials::default()))
-        else {
+        let Auth::Recovering(grant, recover) = socket.auth.take() else {
             return;
         };
         self.admit(slot, grant, session.map(|d| (recover, d)), now);
@@ -210,11 +194,7 @@ impl Shard {
         for room in &grant.rooms {
             self.core.hub.join(*room, slot);
         }
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
         let sid = new_sid(self.core.id);

@@ -121,14 +121,8 @@ impl Shard {
             return;
         };
         if conn.closing.is_none() && !conn.inbuf.is_empty() {
-            let mut pending = std::mem::take(&mut conn.inbuf);
-            let used = self.process(slot, &mut pending, now);
-            if let Some(conn) = self.conns.get_mut(slot as usize) {
-                if conn.closing.is_none() && used < pending.len() {
-                    pending.drain(..used);
-                    conn.inbuf = pending;
-                }
-            }
+            let pending = std::mem::take(&mut conn.inbuf);
+            self.resume(slot, pending, now);
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Member, Phase, Socket};
+use super::connection::{socket_at, Auth, Connection, Member, Phase, Socket};
 use super::{Close, Core, Shard};
 use crate::chat::{self, typing, Context, Effect};
 use crate::ids::Room;
@@ -152,11 +152,7 @@ impl Shard {
             self.fail(slot, 1007, "text frame is not valid UTF-8");
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
         if let Err(e) = socket.session.handle_text(now, text) {
@@ -221,11 +217,8 @@ impl Shard {
     /// nothing to recover.
     fn close_socket(&mut self, slot: u32, goodbye: bool) {
         if goodbye {
-            if let Some(Auth::Connected(member)) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-                .map(|s| &mut s.auth)
+            if let Some(Auth::Connected(member)) =
+                socket_at(&mut self.conns, slot).map(|s| &mut s.auth)
             {
                 member.pid = None;
             }
@@ -254,11 +247,7 @@ impl Shard {
         let Some(conn_id) = self.connection_id(slot) else {
             return;
         };
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
         let mut effects = Vec::new();
@@ -288,11 +277,7 @@ impl Shard {
     /// Carries out a handler's effects for the socket in `slot`.
     pub(super) fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
         for effect in effects {
-            let Some(socket) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-            else {
+            let Some(socket) = socket_at(&mut self.conns, slot) else {
                 return;
             };
             match effect {
@@ -323,11 +308,7 @@ impl Shard {
 
     /// Typing timers that ran out: tell the rooms the user stopped.
     pub(super) fn expire_typing(&mut self, slot: u32, now: Instant) {
-        let Some(socket) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Connection::socket)
-        else {
+        let Some(socket) = socket_at(&mut self.conns, slot) else {
             return;
         };
         if let Auth::Connected(member) = &mut socket.auth {
@@ -398,11 +379,7 @@ impl Shard {
     pub(super) fn on_membership(&mut self, change: MembershipChange) {
         let slots: Vec<u32> = self.core.hub.members(&Room::User(change.user)).collect();
         for slot in slots {
-            let Some(socket) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Connection::socket)
-            else {
+            let Some(socket) = socket_at(&mut self.conns, slot) else {
                 continue;
             };
             let Auth::Connected(member) = &mut socket.auth else {

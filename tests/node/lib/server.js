@@ -556,6 +556,32 @@ export function condition(check, timeoutMs, what) {
   return { promise, poke };
 }
 
+/**
+ * Collects every `event` a socket receives, first argument only, in arrival order.
+ * `got.until(n | check, timeoutMs, what)` waits until `n` have arrived or `check(got)` holds,
+ * re-checking on each arrival (event-driven, no polling clock).
+ */
+export function collect(socket, event) {
+  const got = [];
+  const pokes = new Set();
+  socket.on(event, (data) => {
+    got.push(data);
+    for (const p of pokes) p();
+  });
+  got.until = async (want, timeoutMs = 15000, what = `"${event}" events`) => {
+    const check = typeof want === "number" ? () => got.length >= want : () => want(got);
+    const label = typeof want === "number" ? `${want} ${what}` : what;
+    const c = condition(check, timeoutMs, `${label} (have ${got.length}: ${JSON.stringify(got).slice(0, 300)})`);
+    pokes.add(c.poke);
+    try {
+      await c.promise;
+    } finally {
+      pokes.delete(c.poke);
+    }
+  };
+  return got;
+}
+
 /** Asserts the contract's Message shape (§4) and returns the message. */
 export function checkMessageShape(assert, msg, { content, authorId, channelId, conversationId } = {}) {
   assert.equal(typeof msg, "object", "message is an object");

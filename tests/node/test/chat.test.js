@@ -6,27 +6,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
-import { checkMessageShape, condition, emitWithAck, once, pool, startServer } from "../lib/server.js";
-
-/** Collects every `event` a socket receives; `until(n)` waits for the n-th, driven by events. */
-function collect(socket, event) {
-  const got = [];
-  const pokes = new Set();
-  socket.on(event, (data) => {
-    got.push(data);
-    for (const p of pokes) p();
-  });
-  got.until = async (n, timeoutMs = 15000, what = `${n} "${event}" events`) => {
-    const c = condition(() => got.length >= n, timeoutMs, `${what} (have ${got.length})`);
-    pokes.add(c.poke);
-    try {
-      await c.promise;
-    } finally {
-      pokes.delete(c.poke);
-    }
-  };
-  return got;
-}
+import { checkMessageShape, collect, emitWithAck, once, pool, startServer } from "../lib/server.js";
 
 /** The shard that owns a socket: its Engine.IO sid starts with the shard number in hex. */
 function shardOf(socket) {

@@ -4,27 +4,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { condition, emitWithAck, once, startServer } from "../lib/server.js";
+import { collect, emitWithAck, once, startServer } from "../lib/server.js";
 
-/** Collects every `event` a socket receives; `until(check)` waits, driven by events. */
-function collect(socket, event) {
-  const got = [];
-  const pokes = new Set();
-  socket.on(event, (data) => {
-    got.push(data);
-    for (const p of pokes) p();
-  });
-  got.until = async (check, timeoutMs = 10000, what = `"${event}" events`) => {
-    const c = condition(() => check(got), timeoutMs, `${what} (have ${JSON.stringify(got).slice(0, 300)})`);
-    pokes.add(c.poke);
-    try {
-      await c.promise;
-    } finally {
-      pokes.delete(c.poke);
-    }
-  };
-  return got;
-}
 
 const typing = (socket, name, channelId) => socket.emit(name, { targetId: channelId, targetType: "channel" });
 
@@ -79,7 +60,7 @@ describe("typing", { timeout: 60_000 }, () => {
     typing(a, "typing:start", channel);
     await atB.until((g) => g.length >= 1);
     const started = Date.now();
-    await atB.until((g) => g.length >= 2, 9000, "typing expiry");
+    await atB.until(2, 9000, "typing updates (expiry)");
     const elapsed = Date.now() - started;
     assert.equal(atB[1].isTyping, false);
     assert.ok(elapsed >= 4500, `expired after ${elapsed} ms, not before the 5 s timeout`);
@@ -95,7 +76,7 @@ describe("typing", { timeout: 60_000 }, () => {
     await atB.until((g) => g.length >= 1);
     const closed = Date.now();
     a.disconnect();
-    await atB.until((g) => g.length >= 2, 4000, "typing:update false after disconnect");
+    await atB.until(2, 4000, "typing updates (false after disconnect)");
     assert.equal(atB[1].isTyping, false);
     assert.ok(Date.now() - closed < 4000, "well before the 5 s expiry");
     b.disconnect();
@@ -178,7 +159,7 @@ describe("connection state recovery", { timeout: 60_000 }, () => {
     const send = (content) =>
       emitWithAck(sender, "message:send", { targetId: channel, targetType: "channel", content });
     await send("before");
-    await inbox.until((g) => g.length >= 1);
+    await inbox.until(1);
     const disconnected = once(client, "disconnect");
     client.io.engine.close();
     await disconnected;
@@ -188,14 +169,14 @@ describe("connection state recovery", { timeout: 60_000 }, () => {
     client.connect();
     await reconnected;
     assert.equal(client.recovered, true, "socket.recovered");
-    await inbox.until((g) => g.length >= 6);
+    await inbox.until(6);
     assert.deepEqual(
       inbox.map((m) => m.content),
       ["before", "missed 0", "missed 1", "missed 2", "missed 3", "missed 4"],
     );
     // Back in its rooms: a live message arrives too.
     const live = await send("live");
-    await inbox.until((g) => g.length >= 7);
+    await inbox.until(7);
     assert.equal(inbox[6].id, live.messageId);
     assert.equal(inbox.length, 7, "nothing twice");
     sender.disconnect();
@@ -219,7 +200,7 @@ describe("connection state recovery", { timeout: 60_000 }, () => {
       const inbox = collect(client, "message:new");
       const sender = await short.connectUser(w.users[0], w.workspaceId);
       await emitWithAck(sender, "message:send", { targetId: w.channels[0].id, targetType: "channel", content: "hi" });
-      await inbox.until((g) => g.length >= 1);
+      await inbox.until(1);
       assert.equal(inbox[0].content, "hi", "the new session is in its rooms");
     } finally {
       short.closeSockets();
