@@ -23,18 +23,25 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Migrate) = command {
-        eprintln!(
-            "ocomms-rt migrate: this build keeps data in the embedded store, which needs no migrations; \
-             PostgreSQL support (DATABASE_URL) is not built yet"
-        );
-        return ExitCode::from(2);
-    }
-    if config.database_url.is_some() {
-        eprintln!(
-            "ocomms-rt: configuration error: DATABASE_URL is set, but this build has only the embedded store; \
-             unset DATABASE_URL to run on it"
-        );
-        return ExitCode::from(2);
+        let Some(url) = config.database_url.as_deref() else {
+            eprintln!(
+                "ocomms-rt migrate: DATABASE_URL is not set; set it to the PostgreSQL database to migrate \
+                 (the embedded store needs no migrations)"
+            );
+            return ExitCode::from(2);
+        };
+        return match ocomms_rt::store::pg::migrate(url) {
+            Ok(applied) => {
+                println!(
+                    "ocomms-rt migrate: {applied} migration(s) applied; the schema is up to date"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ocomms-rt migrate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if config.redis_url.is_some() {
         eprintln!(

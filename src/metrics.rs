@@ -2,7 +2,7 @@
 //! so no lock and no contended cache line on the hot path); a scrape sums them.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// One shard's counters.
 #[derive(Debug, Default)]
@@ -46,6 +46,8 @@ pub struct StoreMetrics {
     pub max_batch: AtomicU64,
     /// Commands waiting in the store inbox at the last batch.
     pub inbox_depth: AtomicI64,
+    /// The database as last seen: `store::pg::status::OK` (also: no database) or `DOWN`.
+    pub db_status: AtomicU8,
 }
 
 /// All counters of the node.

@@ -18,6 +18,9 @@ use crate::mesh::{
 use crate::metrics::Metrics;
 use crate::shard::{Shard, Shared, WAKER};
 
+/// Reader threads (each with its own PostgreSQL connection) for CONNECT, history and checks.
+const READERS: usize = 2;
+
 /// Pending connections the kernel keeps per listener.
 const BACKLOG: i32 = 4096;
 
@@ -86,8 +89,24 @@ impl Node {
             store: StoreHandle::new(store_tx),
             broker,
         };
-        let store = crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
-            .map_err(|e| format!("cannot start the store thread: {e}"))?;
+        let (store, store_kind) = match &config.database_url {
+            Some(url) => (
+                crate::store::pg::spawn_postgres(
+                    url,
+                    READERS,
+                    store_rx,
+                    mesh.clone(),
+                    Arc::clone(&metrics),
+                )
+                .map_err(|e| format!("PostgreSQL (DATABASE_URL): {e}"))?,
+                "postgres",
+            ),
+            None => (
+                crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
+                    .map_err(|e| format!("cannot start the store thread: {e}"))?,
+                "memory",
+            ),
+        };
         let presence = crate::presence::spawn(presence_rx, mesh.clone())
             .map_err(|e| format!("cannot start the presence thread: {e}"))?;
 
@@ -96,7 +115,7 @@ impl Node {
             jwt: JwtVerifier::new(config.jwt_secret.as_deref()),
             tls,
             metrics,
-            store_kind: "memory",
+            store_kind,
             started: Instant::now(),
             config: config.clone(),
         });
@@ -125,7 +144,7 @@ impl Node {
         }
         tracing::info!(
             listen = %local_addr,
-            store = "memory",
+            store = store_kind,
             shards,
             single_node = config.redis_url.is_none(),
             tls = tls_on,

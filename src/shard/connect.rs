@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::connection::{Auth, Credentials, Member, Recovery};
+use super::connection::{Auth, Member, Recovery};
 use super::polling::socket_of;
 use super::{Core, Shard};
 use crate::chat::{self, ChatState};
@@ -114,9 +114,7 @@ impl Shard {
         let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
-        let Auth::Checking(creds, recover) =
-            std::mem::replace(&mut socket.auth, Auth::Pending(Credentials::default()))
-        else {
+        let Auth::Checking(creds, recover) = socket.auth.take() else {
             return;
         };
         let grant = match result {
@@ -168,9 +166,7 @@ impl Shard {
         let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
-        let Auth::Recovering(grant, recover) =
-            std::mem::replace(&mut socket.auth, Auth::Pending(Credentials::default()))
-        else {
+        let Auth::Recovering(grant, recover) = socket.auth.take() else {
             return;
         };
         self.admit(slot, grant, session.map(|d| (recover, d)), now);

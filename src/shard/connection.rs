@@ -109,6 +109,19 @@ pub enum Auth {
     Connected(Member),
 }
 
+impl Auth {
+    /// Takes the state out, leaving `Pending` with no credentials (for transitions that use
+    /// up the old state).
+    pub fn take(&mut self) -> Auth {
+        std::mem::replace(self, Auth::Pending(Credentials::default()))
+    }
+}
+
+/// The socket of the connection in `slot`, if it is a WebSocket connection.
+pub fn socket_at(conns: &mut slab::Slab<Connection>, slot: u32) -> Option<&mut Socket> {
+    conns.get_mut(slot as usize).and_then(Connection::socket)
+}
+
 /// What the upgrade request carried, for a CONNECT without a token in its payload.
 #[derive(Debug, Default)]
 pub struct Credentials {

@@ -121,14 +121,8 @@ impl Shard {
             return;
         };
         if conn.closing.is_none() && !conn.inbuf.is_empty() {
-            let mut pending = std::mem::take(&mut conn.inbuf);
-            let used = self.process(slot, &mut pending, now);
-            if let Some(conn) = self.conns.get_mut(slot as usize) {
-                if conn.closing.is_none() && used < pending.len() {
-                    pending.drain(..used);
-                    conn.inbuf = pending;
-                }
-            }
+            let pending = std::mem::take(&mut conn.inbuf);
+            self.resume(slot, pending, now);
         }
     }
 
@@ -227,7 +221,11 @@ impl Shard {
                 "sockets": sockets,
                 "singleNode": shared.config.redis_url.is_none(),
             },
-            "store": {"kind": shared.store_kind, "status": "ok"},
+            "store": {
+                "kind": shared.store_kind,
+                "status": if shared.metrics.store.db_status.load(Relaxed)
+                    == crate::store::pg::status::DOWN { "unavailable" } else { "ok" },
+            },
             "redis": {"status": if shared.config.redis_url.is_some() { "configured" } else { "not configured" }},
         })
         .to_string()

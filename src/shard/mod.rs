@@ -278,13 +278,7 @@ impl Shard {
             } else {
                 let mut pending = std::mem::take(&mut conn.inbuf);
                 pending.extend_from_slice(&buf[..n]);
-                let used = self.process(slot, &mut pending, now);
-                if let Some(conn) = self.conns.get_mut(slot as usize) {
-                    if conn.closing.is_none() && used < pending.len() {
-                        pending.drain(..used);
-                        conn.inbuf = pending;
-                    }
-                }
+                self.resume(slot, pending, now);
             }
             if let Some(conn) = self.conns.get_mut(slot as usize) {
                 if conn.inbuf.capacity() > 0 && conn.inbuf.is_empty() {
@@ -317,6 +311,17 @@ impl Shard {
             match step {
                 0 => return used,
                 n => used += n,
+            }
+        }
+    }
+
+    /// Processes bytes held back for a connection; keeps what is still incomplete.
+    fn resume(&mut self, slot: u32, mut pending: Vec<u8>, now: Instant) {
+        let used = self.process(slot, &mut pending, now);
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            if conn.closing.is_none() && used < pending.len() {
+                pending.drain(..used);
+                conn.inbuf = pending;
             }
         }
     }

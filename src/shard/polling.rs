@@ -15,7 +15,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::connect::new_sid;
-use super::connection::{Auth, Connection, Credentials, Phase, Socket};
+use super::connection::{socket_at, Auth, Connection, Credentials, Phase, Socket};
 use super::timers::Due;
 use super::Shard;
 use crate::ids::ConnectionId;
@@ -91,7 +91,7 @@ pub(super) fn socket_of<'a>(
     if is_poll(slot) {
         polls.get_mut(index(slot)).map(|p| &mut *p.socket)
     } else {
-        conns.get_mut(slot as usize).and_then(Connection::socket)
+        socket_at(conns, slot)
     }
 }
 
@@ -382,14 +382,8 @@ impl Shard {
             return;
         };
         if conn.closing.is_none() && !conn.inbuf.is_empty() {
-            let mut pending = std::mem::take(&mut conn.inbuf);
-            let used = self.process(slot, &mut pending, now);
-            if let Some(conn) = self.conns.get_mut(slot as usize) {
-                if conn.closing.is_none() && used < pending.len() {
-                    pending.drain(..used);
-                    conn.inbuf = pending;
-                }
-            }
+            let pending = std::mem::take(&mut conn.inbuf);
+            self.resume(slot, pending, now);
         }
     }
 

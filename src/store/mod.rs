@@ -10,9 +10,15 @@
 //! memberships, which sends never change. For each stored message the thread first publishes
 //! `message:new` to the room and only then replies to the sender; one thread doing both keeps
 //! each room's broadcasts in sequence order.
+//!
+//! A backend with several connections (PostgreSQL) also gets a pool of reader threads
+//! ([`spawn_pool`]): CONNECT, history and membership checks go there, so they never wait
+//! behind a write batch. History and checks are still handed over only after the sends queued
+//! before them are committed, which keeps "a history after a send sees the send".
 
 mod admin;
 pub mod memory;
+pub mod pg;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,12 +27,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
 use crate::mesh::{
-    Asker, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage, StoreCommand, StoreError,
-    StoreHandle, StoreReply,
+    AdminRequest, Asker, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage,
+    StoreCommand, StoreError, StoreHandle, StoreReply,
 };
 use crate::metrics::Metrics;
 use crate::model::{timestamp, Grant, Message};
@@ -220,6 +226,110 @@ pub fn spawn_with<B: Backend + Send + 'static>(
         .spawn(move || Store::new(backend, mesh, metrics).run(&inbox))
 }
 
+/// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
+/// in `readers`, each with its own connection. Without readers this is [`spawn_with`].
+/// Reader threads stop after the store thread has answered `Shutdown`.
+pub fn spawn_pool<B: Backend + Send + 'static>(
+    writer: B,
+    readers: Vec<B>,
+    inbox: Receiver<StoreCommand>,
+    mut mesh: Mesh,
+    metrics: Arc<Metrics>,
+) -> io::Result<JoinHandle<()>> {
+    let (dead, _) = crossbeam_channel::bounded(0);
+    mesh.store = StoreHandle::new(dead);
+    let mut threads = Vec::with_capacity(readers.len());
+    let (jobs, queue) = crossbeam_channel::unbounded::<ReadJob>();
+    for (i, mut backend) in readers.into_iter().enumerate() {
+        let queue = queue.clone();
+        let mesh = mesh.clone();
+        threads.push(
+            thread::Builder::new()
+                .name(format!("store-read-{i}"))
+                .spawn(move || {
+                    // Ends once the store thread dropped the sender and the queue is empty.
+                    while let Ok(job) = queue.recv() {
+                        serve(&mut backend, &mesh, job);
+                    }
+                })?,
+        );
+    }
+    let readers = (!threads.is_empty()).then_some(jobs);
+    thread::Builder::new().name("store".into()).spawn(move || {
+        let mut store = Store::new(writer, mesh, metrics);
+        store.readers = readers;
+        store.run(&inbox);
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+}
+
+/// A read handed to the reader pool.
+enum ReadJob {
+    Authenticate {
+        from: ConnectionId,
+        credential: Credential,
+        workspace: WorkspaceId,
+    },
+    History {
+        asker: Asker,
+        ack: Option<u64>,
+        query: HistoryQuery,
+    },
+    CheckMember {
+        asker: Asker,
+        ack: Option<u64>,
+        target: Target,
+    },
+    AdminHistory {
+        from: ConnectionId,
+        query: HistoryQuery,
+    },
+}
+
+/// Answers one read on `backend` (a reader thread's, or the writer's when there is no pool).
+fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
+    match job {
+        ReadJob::Authenticate {
+            from,
+            credential,
+            workspace,
+        } => {
+            let result = backend.authenticate(&credential, workspace, Utc::now());
+            mesh.reply(from, StoreReply::Authenticated(result));
+        }
+        ReadJob::History { asker, ack, query } => {
+            let reader = Reader {
+                user: asker.user,
+                workspace: asker.workspace,
+            };
+            let result = backend.history(Some(reader), &query);
+            mesh.reply(asker.from, StoreReply::History { ack, result });
+        }
+        ReadJob::CheckMember { asker, ack, target } => {
+            let result = backend.check_member(asker.user, asker.workspace, target);
+            mesh.reply(
+                asker.from,
+                StoreReply::Member {
+                    ack,
+                    target,
+                    result,
+                },
+            );
+        }
+        ReadJob::AdminHistory { from, query } => {
+            let reply = admin::handle(
+                backend,
+                &mesh.broker,
+                AdminRequest::History(query),
+                Utc::now(),
+            );
+            mesh.reply(from, reply);
+        }
+    }
+}
+
 /// The store thread's state: the backend, the handles it answers through, and the sends
 /// waiting for the next batch.
 pub struct Store<B> {
@@ -227,6 +337,8 @@ pub struct Store<B> {
     mesh: Mesh,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSend>,
+    /// The reader pool's queue, when there is one.
+    readers: Option<Sender<ReadJob>>,
 }
 
 /// A send waiting for its batch, and where its answer goes.
@@ -249,6 +361,7 @@ impl<B: Backend> Store<B> {
             mesh,
             metrics,
             pending: Vec::new(),
+            readers: None,
         }
     }
 
@@ -294,7 +407,7 @@ impl<B: Backend> Store<B> {
             }),
             StoreCommand::Admin {
                 from,
-                request: crate::mesh::AdminRequest::Publish(message),
+                request: AdminRequest::Publish(message),
             } => self.pending.push(PendingSend {
                 origin: Origin::Admin { from },
                 message,
@@ -304,12 +417,11 @@ impl<B: Backend> Store<B> {
                 from,
                 credential,
                 workspace,
-            } => {
-                let result = self
-                    .backend
-                    .authenticate(&credential, workspace, Utc::now());
-                self.mesh.reply(from, StoreReply::Authenticated(result));
-            }
+            } => self.read(ReadJob::Authenticate {
+                from,
+                credential,
+                workspace,
+            }),
             StoreCommand::Delete {
                 asker,
                 ack,
@@ -320,27 +432,18 @@ impl<B: Backend> Store<B> {
             }
             StoreCommand::History { asker, ack, query } => {
                 self.flush();
-                let reader = Reader {
-                    user: asker.user,
-                    workspace: asker.workspace,
-                };
-                let result = self.backend.history(Some(reader), &query);
-                self.mesh
-                    .reply(asker.from, StoreReply::History { ack, result });
+                self.read(ReadJob::History { asker, ack, query });
             }
             StoreCommand::CheckMember { asker, ack, target } => {
                 self.flush();
-                let result = self
-                    .backend
-                    .check_member(asker.user, asker.workspace, target);
-                self.mesh.reply(
-                    asker.from,
-                    StoreReply::Member {
-                        ack,
-                        target,
-                        result,
-                    },
-                );
+                self.read(ReadJob::CheckMember { asker, ack, target });
+            }
+            StoreCommand::Admin {
+                from,
+                request: AdminRequest::History(query),
+            } => {
+                self.flush();
+                self.read(ReadJob::AdminHistory { from, query });
             }
             StoreCommand::Admin { from, request } => {
                 self.flush();
@@ -354,6 +457,18 @@ impl<B: Backend> Store<B> {
             }
         }
         false
+    }
+
+    /// Hands a read to the pool, or answers it here when there is none (or it is gone).
+    fn read(&mut self, job: ReadJob) {
+        let job = match &self.readers {
+            Some(readers) => match readers.send(job) {
+                Ok(()) => return,
+                Err(crossbeam_channel::SendError(job)) => job,
+            },
+            None => job,
+        };
+        serve(&mut self.backend, &self.mesh, job);
     }
 
     /// Stores the pending sends as one batch, publishes each new message, then answers.

@@ -16,6 +16,8 @@ mod admin;
 mod connect;
 mod messages;
 
+mod on_postgres;
+
 /// A fixed clock for backend tests.
 pub(super) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
@@ -39,6 +41,12 @@ pub(super) struct World {
 
 pub(super) fn world() -> (MemoryBackend, World) {
     let mut b = MemoryBackend::new();
+    let w = world_in(&mut b);
+    (b, w)
+}
+
+/// Fills any backend with the `world()` rows.
+pub(super) fn world_in<B: Backend>(b: &mut B) -> World {
     let now = t0();
     let ann = b.create_user("Ann", Some("ann@example.com"), now).unwrap();
     let bob = b.create_user("Bob", None, now).unwrap();
@@ -74,7 +82,7 @@ pub(super) fn world() -> (MemoryBackend, World) {
         elsewhere,
         dm,
     };
-    (b, world)
+    world
 }
 
 pub(super) fn new_message(
@@ -106,6 +114,8 @@ struct Harness {
     metrics: Arc<Metrics>,
     _poll: mio::Poll,
     w: World,
+    /// The database of a PostgreSQL harness, dropped after the threads.
+    _db: Option<pg::testing::TestDb>,
 }
 
 impl Harness {
@@ -113,6 +123,28 @@ impl Harness {
     /// the thread starts, so the first drain takes them all at once.
     fn start(queued: impl FnOnce(&World) -> Vec<StoreCommand>) -> Harness {
         let (backend, w) = world();
+        Self::start_on(backend, w, None, queued)
+    }
+
+    /// [`Harness::start`] on a fresh PostgreSQL database.
+    fn start_pg(queued: impl FnOnce(&World) -> Vec<StoreCommand>) -> Harness {
+        let db = pg::testing::TestDb::create();
+        pg::migrate(&db.url()).unwrap();
+        let mut backend = pg::PgBackend::new(
+            &db.url(),
+            pg::InsertMethod::Unnest,
+            Arc::new(Metrics::new(1)),
+        );
+        let w = world_in(&mut backend);
+        Self::start_on(backend, w, Some(db), queued)
+    }
+
+    fn start_on<B: Backend + Send + 'static>(
+        backend: B,
+        w: World,
+        db: Option<pg::testing::TestDb>,
+        queued: impl FnOnce(&World) -> Vec<StoreCommand>,
+    ) -> Harness {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let (shard_tx, shard) = crossbeam_channel::unbounded();
@@ -135,6 +167,7 @@ impl Harness {
             metrics,
             _poll: poll,
             w,
+            _db: db,
         }
     }
 

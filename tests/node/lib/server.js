@@ -4,7 +4,7 @@
 // Every wait here is bounded: a test that goes wrong fails with a message naming what it
 // waited for (and, for the start, the server's own output), it never hangs the runner.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -67,7 +67,10 @@ export async function startServer(opts = {}) {
     if (k.startsWith("CHAT_") || k === "DATABASE_URL" || k === "REDIS_URL" || k === "RUST_LOG") continue;
     childEnv[k] = v;
   }
-  if (process.env.OCOMMS_TEST_DATABASE_URL) childEnv.DATABASE_URL = process.env.OCOMMS_TEST_DATABASE_URL;
+  // With PostgreSQL every server gets a database of its own, made here and dropped on exit,
+  // so files and runs never see each other's rows.
+  const database = process.env.OCOMMS_TEST_DATABASE_URL ? freshDatabase(process.env.OCOMMS_TEST_DATABASE_URL) : null;
+  if (database) childEnv.DATABASE_URL = database.url;
   if (process.env.OCOMMS_TEST_REDIS_URL) childEnv.REDIS_URL = process.env.OCOMMS_TEST_REDIS_URL;
   Object.assign(childEnv, {
     CHAT_LISTEN: "127.0.0.1:0",
@@ -82,6 +85,7 @@ export async function startServer(opts = {}) {
   const child = spawn(bin, args, { env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
   running.add(child);
   const server = new Server({ child, jwtSecret, adminToken, tls: Boolean(env.CHAT_TLS_CERT), ca });
+  if (database) child.on("exit", () => database.drop());
 
   const listen = await new Promise((resolve, reject) => {
     const fail = (why) => {
@@ -126,6 +130,29 @@ export async function startServer(opts = {}) {
   server.host = m[1];
   server.port = Number(m[2]);
   return server;
+}
+
+let databases = 0;
+
+/**
+ * Creates `ocomms_e2e_<pid>_<n>` on the PostgreSQL server of `base` (a URL without a database
+ * name or with any) using psql, and returns its URL and a function that drops it.
+ */
+function freshDatabase(base) {
+  const url = new URL(base);
+  const name = `ocomms_e2e_${process.pid}_${++databases}`;
+  const admin = new URL(url);
+  admin.pathname = "/postgres";
+  execFileSync("psql", [admin.href, "-qc", `CREATE DATABASE ${name}`], { stdio: "pipe" });
+  url.pathname = `/${name}`;
+  const drop = () => {
+    try {
+      execFileSync("psql", [admin.href, "-qc", `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: "pipe" });
+    } catch {
+      // The cluster may be down (outage tests); the name is unique, a leftover harms no run.
+    }
+  };
+  return { url: url.href, drop };
 }
 
 /** One running server process. */
@@ -529,6 +556,32 @@ export function condition(check, timeoutMs, what) {
   });
   poke();
   return { promise, poke };
+}
+
+/**
+ * Collects every `event` a socket receives, first argument only, in arrival order.
+ * `got.until(n | check, timeoutMs, what)` waits until `n` have arrived or `check(got)` holds,
+ * re-checking on each arrival (event-driven, no polling clock).
+ */
+export function collect(socket, event) {
+  const got = [];
+  const pokes = new Set();
+  socket.on(event, (data) => {
+    got.push(data);
+    for (const p of pokes) p();
+  });
+  got.until = async (want, timeoutMs = 15000, what = `"${event}" events`) => {
+    const check = typeof want === "number" ? () => got.length >= want : () => want(got);
+    const label = typeof want === "number" ? `${want} ${what}` : what;
+    const c = condition(check, timeoutMs, `${label} (have ${got.length}: ${JSON.stringify(got).slice(0, 300)})`);
+    pokes.add(c.poke);
+    try {
+      await c.promise;
+    } finally {
+      pokes.delete(c.poke);
+    }
+  };
+  return got;
 }
 
 /** Asserts the contract's Message shape (§4) and returns the message. */

@@ -1,0 +1,455 @@
+//! The PostgreSQL backend (`DATABASE_URL` set): the tables of contract §7, shared with the web
+//! app, are the source of truth. Only dedicated threads touch the database: the store thread
+//! (writes, one transaction per send batch), a few reader threads (authenticate, history,
+//! membership checks) and a listener that turns membership NOTIFYs from triggers into
+//! [`MembershipChange`]s. Each owns one synchronous `postgres::Client`, reconnects by itself
+//! with backoff, and bounds every wait (connect and statement timeouts), so a database that is
+//! down or slow turns into `StoreError::Unavailable` answers instead of a stuck server.
+
+mod admin;
+mod listen;
+mod read;
+pub mod testing;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use crossbeam_channel::Receiver;
+use postgres::{Client, NoTls, Statement};
+
+use crate::ids::{ChannelId, ConversationId, MessageId, Target, UserId, WorkspaceId};
+use crate::mesh::{
+    Credential, HistoryQuery, MembershipChange, Mesh, NewMessage, StoreCommand, StoreError,
+};
+use crate::metrics::Metrics;
+use crate::model::Grant;
+
+use super::{Backend, Deletion, Reader, Stored};
+
+pub use listen::spawn_listener;
+
+/// The SQL files of `migrations/`, compiled in.
+mod embedded {
+    #![allow(missing_docs)]
+    refinery::embed_migrations!("migrations");
+}
+
+/// `application_name` of every connection this server opens. Membership NOTIFYs carry the
+/// writer's name, and the listener skips those from ocomms-rt: it announced them itself.
+pub const APPLICATION_NAME: &str = "ocomms-rt";
+
+/// Longest a connect or a statement may take before the caller gets `Unavailable`.
+pub const DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most time between reconnect attempts while the database is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Key of the session-level advisory lock held while migrating ("ocomms" in ASCII), so nodes
+/// starting together apply the migrations once, one after the other.
+const MIGRATION_LOCK: i64 = 0x6f63_6f6d_6d73;
+
+/// How a send batch reaches the `messages` table; the benchmark compares them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertMethod {
+    /// One multi-row `INSERT … SELECT FROM unnest($arrays)` per batch, in one transaction.
+    Unnest,
+    /// Binary `COPY messages FROM STDIN` per batch, in one transaction.
+    Copy,
+    /// The seed's way, kept as the baseline: each message in its own transaction.
+    PerMessage,
+}
+
+/// The database state shown by `/healthz` (see [`crate::metrics::StoreMetrics::db_status`]).
+pub mod status {
+    /// No database (embedded store) or the last attempt worked.
+    pub const OK: u8 = 0;
+    /// The last attempt to reach PostgreSQL failed; reconnecting.
+    pub const DOWN: u8 = 1;
+}
+
+/// Opens a connection with bounded waits and this server's `application_name`.
+pub fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut config: postgres::Config = url.parse().map_err(|e| {
+        StoreError::Invalid(format!(
+            "DATABASE_URL is not a PostgreSQL URL ({e}); use postgres://user@host:port/db"
+        ))
+    })?;
+    config
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(DB_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        // Server-side bound on each statement and lock wait: a slow database fails the
+        // batch (the senders get `success: false`) instead of holding every ack.
+        .options(&format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle}",
+            ms = DB_TIMEOUT.as_millis(),
+            idle = 2 * DB_TIMEOUT.as_millis()
+        ));
+    config.connect(NoTls).map_err(|e| unavailable(&e))
+}
+
+/// Applies the migrations under an advisory lock; safe on every start and from several
+/// nodes at once. Returns how many were applied now.
+pub fn migrate(url: &str) -> Result<usize, String> {
+    let mut client = connect(url).map_err(|e| e.to_string())?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+    let result = embedded::migrations::runner()
+        .run(&mut client)
+        .map(|report| report.applied_migrations().len())
+        .map_err(|e| format!("migration failed: {e}"));
+    // Closing the connection would release the lock too; unlock to be tidy.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result
+}
+
+/// `Unavailable` for a database error the caller cannot fix, naming the cause.
+pub(crate) fn unavailable(e: &postgres::Error) -> StoreError {
+    let cause = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
+    StoreError::Unavailable(format!(
+        "PostgreSQL cannot answer now ({cause}); retry shortly"
+    ))
+}
+
+/// A connection and the statements prepared on it (each prepared once, then reused: a plain
+/// `query(&str)` would cost a second round trip for every call).
+pub(crate) struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The prepared form of `sql` on this connection.
+    pub(crate) fn prepare(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// The PostgreSQL [`Backend`]: one connection, opened lazily and reopened with backoff.
+pub struct PgBackend {
+    url: String,
+    method: InsertMethod,
+    conn: Option<Conn>,
+    /// While the database is down, commands fail at once until this instant.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_error: Option<StoreError>,
+    metrics: Arc<Metrics>,
+}
+
+impl PgBackend {
+    /// A backend for `url` that reports its state in `metrics.store.db_status`. Connects on
+    /// first use; call [`PgBackend::check`] to connect now.
+    pub fn new(url: &str, method: InsertMethod, metrics: Arc<Metrics>) -> Self {
+        PgBackend {
+            url: url.to_owned(),
+            method,
+            conn: None,
+            retry_at: None,
+            backoff: Duration::from_millis(50),
+            last_error: None,
+            metrics,
+        }
+    }
+
+    /// Connects (if not connected) and reports whether the database answers.
+    pub fn check(&mut self) -> Result<(), StoreError> {
+        self.conn().map(|_| ())
+    }
+
+    /// The open connection, or a fresh one; `Unavailable` while the database is down.
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            if let (Some(at), Some(e)) = (self.retry_at, &self.last_error) {
+                if Instant::now() < at {
+                    return Err(e.clone());
+                }
+            }
+            match connect(&self.url) {
+                Ok(client) => {
+                    self.conn = Some(Conn {
+                        client,
+                        statements: HashMap::new(),
+                    });
+                    self.retry_at = None;
+                    self.last_error = None;
+                    self.backoff = Duration::from_millis(50);
+                    self.metrics.store.db_status.store(status::OK, Relaxed);
+                }
+                Err(e) => {
+                    self.down(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        // Just ensured above.
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("PostgreSQL connection vanished; retry".into()))
+    }
+
+    /// Records a failure: drop the connection, wait `backoff` before the next attempt.
+    fn down(&mut self, e: StoreError) {
+        self.conn = None;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.metrics.store.db_status.store(status::DOWN, Relaxed);
+        tracing::warn!(error = %e, "PostgreSQL is unavailable; will reconnect");
+        self.last_error = Some(e);
+    }
+
+    /// Runs `f` on the connection. A database error the caller cannot fix drops the
+    /// connection (it may be broken) and becomes `Unavailable`.
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<Result<T, StoreError>, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn()?;
+        match f(conn) {
+            Ok(result) => result,
+            Err(e) => {
+                let err = unavailable(&e);
+                if e.is_closed() || e.as_db_error().is_none() || is_connection_loss(&e) {
+                    self.down(err.clone());
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// SQLSTATE classes 08 (connection exception) and 57 (operator intervention, e.g. the
+/// server shutting down): the connection is gone.
+fn is_connection_loss(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
+/// `channel <id>` or `conversation <id>`, for error texts (same words as the memory store).
+pub(crate) fn describe(target: Target) -> String {
+    match target {
+        Target::Channel(c) => format!("channel {c}"),
+        Target::Dm(d) => format!("conversation {d}"),
+    }
+}
+
+/// Starts the store for `DATABASE_URL`: migrations, then the writer (store thread), `readers`
+/// reader threads and the membership listener. Fails when the migrations cannot be applied.
+/// The handle returned ends once the store thread has stopped (after
+/// [`StoreCommand::Shutdown`]) and the listener with it.
+pub fn spawn_postgres(
+    url: &str,
+    readers: usize,
+    inbox: Receiver<StoreCommand>,
+    mesh: Mesh,
+    metrics: Arc<Metrics>,
+) -> Result<JoinHandle<()>, String> {
+    let applied = migrate(url)?;
+    tracing::info!(applied, "PostgreSQL migrations are up to date");
+    let mut writer = PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics));
+    // Connect now so a wrong URL shows at start; the store retries by itself later.
+    writer.check().map_err(|e| e.to_string())?;
+    let pool = (0..readers.max(1))
+        .map(|_| PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics)))
+        .collect();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let listener = spawn_listener(url.to_owned(), mesh.clone(), Arc::clone(&metrics), stopped)
+        .map_err(|e| format!("cannot start the PostgreSQL listener thread: {e}"))?;
+    let store = super::spawn_pool(writer, pool, inbox, mesh, metrics)
+        .map_err(|e| format!("cannot start the store threads: {e}"))?;
+    std::thread::Builder::new()
+        .name("pg-supervisor".into())
+        .spawn(move || {
+            let _ = store.join();
+            drop(stop);
+            let _ = listener.join();
+        })
+        .map_err(|e| format!("cannot start the store threads: {e}"))
+}
+
+impl Backend for PgBackend {
+    fn authenticate(
+        &mut self,
+        credential: &Credential,
+        workspace: WorkspaceId,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, StoreError> {
+        self.run(|c| read::authenticate(c, credential, workspace, now))
+    }
+
+    fn send_batch(
+        &mut self,
+        batch: Vec<NewMessage>,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Stored, StoreError>> {
+        if self.method == InsertMethod::PerMessage {
+            return batch
+                .into_iter()
+                .flat_map(|m| self.send_once(vec![m], now))
+                .collect();
+        }
+        self.send_once(batch, now)
+    }
+
+    fn delete(
+        &mut self,
+        author: UserId,
+        workspace: WorkspaceId,
+        message: MessageId,
+        now: DateTime<Utc>,
+    ) -> Result<Deletion, StoreError> {
+        self.run(|c| write::delete(c, author, workspace, message, now))
+    }
+
+    fn history(
+        &mut self,
+        reader: Option<Reader>,
+        query: &HistoryQuery,
+    ) -> Result<Vec<crate::model::Message>, StoreError> {
+        self.run(|c| read::history(c, reader, query))
+    }
+
+    fn check_member(
+        &mut self,
+        user: UserId,
+        workspace: WorkspaceId,
+        target: Target,
+    ) -> Result<(), StoreError> {
+        self.run(|c| read::check_access(c, user, Some(workspace), target))
+    }
+
+    fn create_user(
+        &mut self,
+        name: &str,
+        email: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<UserId, StoreError> {
+        self.run(|c| admin::create_user(c, name, email, now))
+    }
+
+    fn create_workspace(
+        &mut self,
+        slug: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<WorkspaceId, StoreError> {
+        self.run(|c| admin::create_workspace(c, slug, name, now))
+    }
+
+    fn add_workspace_member(
+        &mut self,
+        workspace: WorkspaceId,
+        user: UserId,
+        role: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.run(|c| admin::add_workspace_member(c, workspace, user, role))
+    }
+
+    fn create_channel(
+        &mut self,
+        workspace: WorkspaceId,
+        slug: &str,
+        name: &str,
+        is_private: bool,
+        now: DateTime<Utc>,
+    ) -> Result<ChannelId, StoreError> {
+        self.run(|c| admin::create_channel(c, workspace, slug, name, is_private, now))
+    }
+
+    fn add_channel_member(
+        &mut self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<Option<MembershipChange>, StoreError> {
+        self.run(|c| admin::add_channel_member(c, channel, user))
+    }
+
+    fn remove_channel_member(
+        &mut self,
+        channel: ChannelId,
+        user: UserId,
+    ) -> Result<MembershipChange, StoreError> {
+        self.run(|c| admin::remove_channel_member(c, channel, user))
+    }
+
+    fn create_conversation(
+        &mut self,
+        workspace: WorkspaceId,
+        participants: &[UserId],
+        now: DateTime<Utc>,
+    ) -> Result<(ConversationId, Vec<MembershipChange>), StoreError> {
+        self.run(|c| admin::create_conversation(c, workspace, participants, now))
+    }
+
+    fn create_session(
+        &mut self,
+        user: UserId,
+        token: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.run(|c| admin::create_session(c, user, token, expires_at, now))
+    }
+}
+
+impl PgBackend {
+    /// One batch in one transaction. A connection found broken before COMMIT was sent is
+    /// replaced and the batch tried once more (nothing of it can have been stored); a
+    /// failure at COMMIT is not retried, since the commit may have happened: the senders get
+    /// `Unavailable` and a retry with the same `clientMsgId` finds the original. Deadlocks
+    /// between nodes (SQLSTATE 40P01) roll back everything, so they are retried too.
+    fn send_once(
+        &mut self,
+        batch: Vec<NewMessage>,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Stored, StoreError>> {
+        let size = batch.len();
+        let method = self.method;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let conn = match self.conn() {
+                Ok(c) => c,
+                Err(e) => return vec![Err(e); size],
+            };
+            match write::send_batch(conn, &batch, now, method) {
+                Ok(results) => return results,
+                Err(write::BatchError { error, committing }) => {
+                    let err = unavailable(&error);
+                    let lost = error.is_closed()
+                        || error.as_db_error().is_none()
+                        || is_connection_loss(&error);
+                    if lost {
+                        self.down(err.clone());
+                        // The first failure after an idle spell is often a connection the
+                        // server dropped meanwhile: try a fresh one at once.
+                        self.retry_at = None;
+                    }
+                    let retryable =
+                        !committing && (lost || error.code().is_some_and(|c| c.code() == "40P01"));
+                    if !retryable || attempts >= 2 {
+                        return vec![Err(err); size];
+                    }
+                }
+            }
+        }
+    }
+}
