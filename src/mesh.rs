@@ -200,6 +200,14 @@ pub enum PollCommand {
         /// Session id.
         sid: String,
     },
+    /// To the shard named by a detached session's `pid`, from the shard the session had moved
+    /// to (by an upgrade): keep it for recovery there, where a reconnect looks for it.
+    Detach {
+        /// The session's private id.
+        pid: Box<str>,
+        /// What the socket was.
+        session: Detached,
+    },
     /// To the WebSocket's shard: the session's state and its packets not yet sent by
     /// polling (`None`: it closed meanwhile).
     Adopt {

@@ -41,7 +41,18 @@ impl Core {
                 workspace: member.workspace,
                 since_offset: member.since_offset,
             };
-            self.recovery.detach(Instant::now(), pid, session);
+            // A session that moved here with a WebSocket upgrade keeps the pid of the shard
+            // that made it, where a reconnect will look for it.
+            match shard_of(&pid) {
+                Some(owner)
+                    if owner != self.id && usize::from(owner.0) < self.mesh.shards.len() =>
+                {
+                    let command = crate::mesh::PollCommand::Detach { pid, session };
+                    self.mesh.shards[usize::from(owner.0)]
+                        .send(ShardCommand::Polling(Box::new(command)));
+                }
+                _ => self.recovery.detach(Instant::now(), pid, session),
+            }
         }
     }
 }

@@ -78,8 +78,9 @@ pub struct Upgrading {
     pub switching: bool,
     /// Rooms joined in this shard's hub for this connection while upgrading.
     pub rooms: Vec<Room>,
-    /// Broadcast frames to those rooms received meanwhile, merged in at adoption.
-    pub shadow: Vec<Bytes>,
+    /// Broadcasts to those rooms received meanwhile, merged in at adoption (when the
+    /// socket's user is known, for `Except::User`).
+    pub shadow: Vec<std::sync::Arc<crate::mesh::Broadcast>>,
     /// The `101` answer, sent once the owner confirms the session.
     pub handshake: Vec<u8>,
 }

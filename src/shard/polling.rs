@@ -137,6 +137,7 @@ impl Shard {
             }
             PollCommand::Switch { from, sid } => self.on_switch(from, &sid, now),
             PollCommand::Adopt { to, handover } => self.on_adopt(to, handover, now),
+            PollCommand::Detach { pid, session } => self.core.recovery.detach(now, pid, session),
         }
     }
 

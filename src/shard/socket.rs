@@ -377,8 +377,15 @@ impl Shard {
                 let Some(p) = self.polls.get_mut((slot & !POLL_BIT) as usize) else {
                     continue;
                 };
-                let excepted = matches!(broadcast.except, Except::Connection(e)
-                    if e.shard == core.id && e.slot == slot && e.generation == p.generation);
+                let excepted = match broadcast.except {
+                    Except::Nobody => false,
+                    Except::Connection(e) => {
+                        e.shard == core.id && e.slot == slot && e.generation == p.generation
+                    }
+                    Except::User(user) => {
+                        matches!(&p.socket.auth, Auth::Connected(m) if m.user.id == user)
+                    }
+                };
                 if excepted {
                     continue;
                 }
@@ -400,7 +407,7 @@ impl Shard {
             }
             if let Phase::Upgrading(up) = &mut conn.phase {
                 // Kept aside until the session arrives from its polling shard.
-                up.shadow.push(broadcast.frame.clone());
+                up.shadow.push(Arc::clone(broadcast));
                 continue;
             }
             conn.out.push(broadcast.frame.clone());

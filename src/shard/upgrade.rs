@@ -22,7 +22,7 @@ use super::connection::{Auth, Phase, Upgrading};
 use super::polling::Handover;
 use super::{Close, Shard};
 use crate::ids::{ConnectionId, Room};
-use crate::mesh::PollCommand;
+use crate::mesh::{Except, PollCommand};
 use crate::protocol::http;
 use crate::protocol::polling;
 use crate::transport::websocket::{self, Opcode};
@@ -307,11 +307,19 @@ impl Shard {
         for packet in &queue {
             self.core.queue(conn, crate::protocol::frame::text(packet));
         }
-        for frame in shadow {
-            let payload = polling::frame_payload(&frame);
-            if !had.contains(&(payload.as_ptr() as usize)) {
-                self.core.queue(conn, frame);
+        let user = match &socket.auth {
+            Auth::Connected(member) => Some(member.user.id),
+            _ => None,
+        };
+        for broadcast in shadow {
+            let payload = polling::frame_payload(&broadcast.frame);
+            if had.contains(&(payload.as_ptr() as usize)) {
+                continue;
             }
+            if matches!(broadcast.except, Except::User(u) if Some(u) == user) {
+                continue;
+            }
+            self.core.queue(conn, broadcast.frame.clone());
         }
         conn.phase = Phase::Socket(socket);
         self.drive(slot, now);
