@@ -124,6 +124,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         index: i,
         connect_packet: format!(r#"40{{"token":"{token}","workspaceId":"w"}}"#).into(),
         publisher,
+        group: 0,
     };
     let plans = vec![
         plan(0, "good", true),
@@ -135,7 +136,10 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         id: 0,
         server,
         host: server.to_string(),
-        channel_id: "ch".into(),
+        channels: Arc::new(vec!["ch".into()]),
+        mode: Mode::Messages,
+        random_senders: false,
+
         sources: 2,
         ramp_per_sec: 0.0,
         max_inflight: 10,
@@ -170,7 +174,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
     assert_eq!(r.pings, 3);
     assert_eq!(r.sent, sent);
     assert_eq!((r.acked_ok, r.acked_err), (sent, 0));
-    assert_eq!(r.acked.len(), sent);
+    assert_eq!(r.acked[0].len(), sent);
     assert_eq!(r.ack_hist.len(), sent);
     assert_eq!(r.deliveries, 3 * sent);
     assert_eq!(
@@ -181,8 +185,14 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
     assert_eq!(r.members.len(), 3, "only members that connected are judged");
     let c = judge(&r.members[..], &r.acked);
     assert_eq!(
-        (c.missing, c.missing_own, c.duplicates, c.out_of_order),
-        (0, 0, 0, 0)
+        (
+            c.missing,
+            c.missing_own,
+            c.duplicates,
+            c.out_of_order,
+            c.foreign
+        ),
+        (0, 0, 0, 0, 0)
     );
     assert!(r.first_send_nanos.is_some() && r.last_delivery_nanos > 0);
 }
