@@ -48,7 +48,11 @@ CREATE TABLE IF NOT EXISTS target_sequences (
 `;
 
 function connect(url) {
-  return new Pool({ connectionString: url });
+  const pool = new Pool({ connectionString: url });
+  // An idle client whose backend goes away emits 'error' on the pool; pg's docs ask for a
+  // handler so that this does not crash the process (the pool replaces the client).
+  pool.on("error", (e) => console.error(`baseline: idle PostgreSQL client lost: ${e.message}`));
+  return pool;
 }
 
 async function migrate(pool) {
