@@ -74,7 +74,6 @@ pub fn run(
     let mut next_plan = 0usize;
     let mut pub_start: Option<Instant> = None;
     let (mut synced_sent, mut synced_acks, mut synced_del) = (0u64, 0u64, 0u64);
-    let mut synced_cycles = 0u64;
     let mut ctx = Ctx {
         rng: XorShift::new(0x5EED ^ ((cfg.id as u64 + 1) << 32) ^ shared.nanos(Instant::now())),
         cfg,
@@ -200,8 +199,6 @@ pub fn run(
         s.deliveries
             .fetch_add(ctx.res.deliveries - synced_del, Relaxed);
         synced_del = ctx.res.deliveries;
-        s.cycles.fetch_add(ctx.res.cycles - synced_cycles, Relaxed);
-        synced_cycles = ctx.res.cycles;
     }
 
     let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
@@ -452,6 +449,7 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             ctx.res.connect_hist.saturating_record(us.max(1));
             if ctx.cfg.mode == Mode::Cycle && ctx.shared.phase.load(Relaxed) == PH_PUBLISH {
                 ctx.res.cycles += 1;
+                ctx.shared.cycles.fetch_add(1, Relaxed);
                 ctx.res.cycle_hist.saturating_record(us.max(1));
             }
         }
