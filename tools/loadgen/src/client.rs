@@ -535,7 +535,7 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             let n = *seen as u64;
             *seen += 1;
             // Publishers alternate start, stop, start...: the n-th update must say n is even.
-            if is_typing != (n % 2 == 0) {
+            if is_typing != (n & 1 == 0) {
                 m.typing_disorder += 1;
             }
             let sent = ctx.shared.typing_sent[k].load(Acquire);
@@ -562,7 +562,7 @@ fn send_typing(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
         return;
     };
     let n = counter.load(Relaxed);
-    let name = if n % 2 == 0 { "start" } else { "stop" };
+    let name = if n & 1 == 0 { "start" } else { "stop" };
     let channel = ctx.cfg.channels[ctx.plans[c.plan].group as usize].as_str();
     let text =
         format!("42[\"typing:{name}\",{{\"targetId\":\"{channel}\",\"targetType\":\"channel\"}}]");
