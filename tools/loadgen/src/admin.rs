@@ -160,8 +160,10 @@ impl Admin {
 pub struct Provisioned {
     /// The workspace every user joined.
     pub workspace_id: String,
-    /// The channel every user joined.
+    /// The channel every user joined (the first of `channels`).
     pub channel_id: String,
+    /// All channels of the run; user `i` is a member of `channels[i % channels.len()]`.
+    pub channels: Vec<String>,
     /// `(user id, user name)` per user.
     pub users: Vec<(String, String)>,
 }
@@ -176,16 +178,36 @@ fn id_of(v: &Value, what: &str) -> Result<String, String> {
 /// Creates a workspace and a channel with unique slugs, and `users` users who are members of
 /// both. Prints progress every 1,000 users.
 pub fn provision(admin: &mut Admin, run_tag: &str, users: usize) -> Result<Provisioned, String> {
+    provision_rooms(admin, run_tag, users, 1)
+}
+
+/// Creates a workspace, `channels` channels in it, and `users` users, all members of the
+/// workspace and user `i` a member of channel `i % channels` only.
+pub fn provision_rooms(
+    admin: &mut Admin,
+    run_tag: &str,
+    users: usize,
+    channels: usize,
+) -> Result<Provisioned, String> {
     let ws = admin.post(
         "/api/v1/workspaces",
         &json!({"slug": format!("lg-{run_tag}"), "name": "loadgen"}),
     )?;
     let workspace_id = id_of(&ws, "workspace")?;
-    let ch = admin.post(
-        "/api/v1/channels",
-        &json!({"workspaceId": workspace_id, "slug": "load", "name": "load"}),
-    )?;
-    let channel_id = id_of(&ch, "channel")?;
+    let mut chans = Vec::with_capacity(channels.max(1));
+    for c in 0..channels.max(1) {
+        let slug = if c == 0 {
+            "load".to_string()
+        } else {
+            format!("load-{c}")
+        };
+        let ch = admin.post(
+            "/api/v1/channels",
+            &json!({"workspaceId": workspace_id, "slug": slug, "name": slug}),
+        )?;
+        chans.push(id_of(&ch, "channel")?);
+    }
+    let channel_id = chans[0].clone();
     let mut out = Vec::with_capacity(users);
     for i in 0..users {
         let name = format!("lg{i}");
@@ -196,7 +218,7 @@ pub fn provision(admin: &mut Admin, run_tag: &str, users: usize) -> Result<Provi
             &json!({"userId": uid}),
         )?;
         admin.post(
-            &format!("/api/v1/channels/{channel_id}/members"),
+            &format!("/api/v1/channels/{}/members", chans[i % chans.len()]),
             &json!({"userId": uid}),
         )?;
         out.push((uid, name));
@@ -207,6 +229,7 @@ pub fn provision(admin: &mut Admin, run_tag: &str, users: usize) -> Result<Provi
     Ok(Provisioned {
         workspace_id,
         channel_id,
+        channels: chans,
         users: out,
     })
 }

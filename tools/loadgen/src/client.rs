@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,8 +91,10 @@ pub fn run(
             sent: 0,
             acked_ok: 0,
             acked_err: 0,
-            acked: SeqSet::default(),
+            acked: Vec::new(),
             deliveries: 0,
+            cycles: 0,
+            cycle_hist: latency_histogram(),
             pings: 0,
             members: Vec::new(),
             first_send_nanos: None,
@@ -131,10 +133,18 @@ pub fn run(
             let due = (now.duration_since(t0).as_secs_f64() * ctx.cfg.publish_rate) as u64;
             let mut burst = 0;
             while ctx.res.sent < due && burst < MAX_BURST && !publishers.is_empty() {
-                rr = (rr + 1) % publishers.len();
+                rr = if ctx.cfg.random_senders {
+                    (ctx.rng.next_u64() % publishers.len() as u64) as usize
+                } else {
+                    (rr + 1) % publishers.len()
+                };
                 let key = publishers[rr];
                 let c = &mut conns[key];
-                send_message(&mut ctx, c, Instant::now());
+                match ctx.cfg.mode {
+                    Mode::Messages => send_message(&mut ctx, c, Instant::now()),
+                    Mode::Typing => send_typing(&mut ctx, c, Instant::now()),
+                    Mode::Cycle => {}
+                }
                 if let Err(e) = flush(c) {
                     close(&mut ctx, &poll, &mut conns, &mut publishers, key, e);
                 }
@@ -155,6 +165,21 @@ pub fn run(
             let was_ready = c.state == State::Ready;
             let r = on_event(&mut ctx, c, &mut scratch, now);
             match r {
+                Ok(()) if ctx.cfg.mode == Mode::Cycle => {
+                    // A completed handshake in the publish phase is one cycle: close it and
+                    // start the same user's next connection at once.
+                    if !was_ready
+                        && c.state == State::Ready
+                        && ctx.shared.phase.load(Relaxed) == PH_PUBLISH
+                    {
+                        let plan = c.plan;
+                        let mut old = conns.remove(key);
+                        // The socket is dropped right after; a failed deregister cannot matter.
+                        let _ = poll.registry().deregister(&mut old.sock);
+                        drop(old);
+                        open(&mut ctx, &poll, &mut conns, plan, Instant::now());
+                    }
+                }
                 Ok(()) => {
                     if !was_ready && c.state == State::Ready && ctx.plans[c.plan].publisher {
                         publishers.push(key);
@@ -225,7 +250,12 @@ fn open(ctx: &mut Ctx, poll: &Poll, conns: &mut Slab<Conn>, plan: usize, now: In
         out: Vec::new(),
         next_ack: 1,
         pending: VecDeque::new(),
-        member: ctx.cfg.track_members.then(MemberRecord::default),
+        member: ctx.cfg.track_members.then(|| MemberRecord {
+            group: p.group,
+            plan,
+            typing_seen: vec![0; ctx.shared.typing_sent.len()],
+            ..MemberRecord::default()
+        }),
     };
     if let Err(e) = poll.registry().register(
         &mut conn.sock,
@@ -417,6 +447,11 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             ctx.shared.established.fetch_add(1, Relaxed);
             let us = now.duration_since(c.started).as_micros() as u64;
             ctx.res.connect_hist.saturating_record(us.max(1));
+            if ctx.cfg.mode == Mode::Cycle && ctx.shared.phase.load(Relaxed) == PH_PUBLISH {
+                ctx.res.cycles += 1;
+                ctx.shared.cycles.fetch_add(1, Relaxed);
+                ctx.res.cycle_hist.saturating_record(us.max(1));
+            }
         }
         Inbound::ConnectError(data) => {
             return Err(format!(
@@ -440,7 +475,11 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
                 if success {
                     ctx.res.acked_ok += 1;
                     if let Some(s) = sequence {
-                        ctx.res.acked.insert(s);
+                        let g = ctx.plans[c.plan].group as usize;
+                        if ctx.res.acked.len() <= g {
+                            ctx.res.acked.resize(g + 1, SeqSet::default());
+                        }
+                        ctx.res.acked[g].insert(s);
                         if let Some(m) = c.member.as_mut() {
                             m.own_acked.insert(s);
                         }
@@ -461,13 +500,17 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
         Inbound::MessageNew {
             sequence,
             sent_nanos,
-            ..
+            channel_id,
         } => {
             ctx.res.deliveries += 1;
             let at = ctx.shared.nanos(now);
             ctx.res.last_delivery_nanos = at;
             if let (Some(m), Some(s)) = (c.member.as_mut(), sequence) {
-                m.receive(s);
+                let own = ctx.cfg.channels.get(m.group as usize).map(String::as_bytes);
+                match (channel_id, own) {
+                    (Some(got), Some(own)) if got != own => m.foreign += 1,
+                    _ => m.receive(s),
+                }
             }
             if let Some(t) = sent_nanos {
                 ctx.res
@@ -475,9 +518,61 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
                     .saturating_record((at.saturating_sub(t) / 1000).max(1));
             }
         }
+        Inbound::TypingUpdate {
+            publisher,
+            is_typing,
+        } => {
+            ctx.res.deliveries += 1;
+            let at = ctx.shared.nanos(now);
+            ctx.res.last_delivery_nanos = at;
+            let (Some(m), Some(k)) = (c.member.as_mut(), publisher) else {
+                return Ok(());
+            };
+            let k = k as usize;
+            let Some(seen) = m.typing_seen.get_mut(k) else {
+                return Ok(());
+            };
+            let n = *seen as u64;
+            *seen += 1;
+            // Publishers alternate start, stop, start...: the n-th update must say n is even.
+            if is_typing != (n & 1 == 0) {
+                m.typing_disorder += 1;
+            }
+            let sent = ctx.shared.typing_sent[k].load(Acquire);
+            if n < sent && sent - n <= TYPING_RING as u64 {
+                let stamp = ctx.shared.typing_stamps[k * TYPING_RING + (n as usize % TYPING_RING)]
+                    .load(Relaxed);
+                ctx.res
+                    .delivery_hist
+                    .saturating_record((at.saturating_sub(stamp) / 1000).max(1));
+            }
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// Sends this publisher's next typing event: `typing:start` for its even sends, `typing:stop`
+/// for odd ones, so that every send changes the typing state and yields a `typing:update`.
+fn send_typing(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
+    let t = ctx.shared.nanos(now);
+    ctx.res.first_send_nanos.get_or_insert(t);
+    let k = c.plan;
+    let Some(counter) = ctx.shared.typing_sent.get(k) else {
+        return;
+    };
+    let n = counter.load(Relaxed);
+    let name = if n & 1 == 0 { "start" } else { "stop" };
+    let channel = ctx.cfg.channels[ctx.plans[c.plan].group as usize].as_str();
+    let text =
+        format!("42[\"typing:{name}\",{{\"targetId\":\"{channel}\",\"targetType\":\"channel\"}}]");
+    // The stamp is published before the count (Release) and before the frame leaves, so a
+    // receiver that sees the update and loads the count (Acquire) finds the stamp.
+    ctx.shared.typing_stamps[k * TYPING_RING + (n as usize % TYPING_RING)].store(t, Relaxed);
+    counter.fetch_add(1, Release);
+    let key = ctx.rng.mask_key();
+    ws::encode_client(ws::OP_TEXT, text.as_bytes(), key, &mut c.out);
+    ctx.res.sent += 1;
 }
 
 fn send_message(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
@@ -487,7 +582,7 @@ fn send_message(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
     c.next_ack += 1;
     let mut text = format!(
         "42{id}[\"message:send\",{{\"targetId\":\"{}\",\"targetType\":\"channel\",\"content\":\"t={t};p={};",
-        ctx.cfg.channel_id, c.plan
+        ctx.cfg.channels[ctx.plans[c.plan].group as usize], c.plan
     );
     text.push_str(&"x".repeat(ctx.cfg.content_pad));
     text.push_str(&format!(

@@ -124,6 +124,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         index: i,
         connect_packet: format!(r#"40{{"token":"{token}","workspaceId":"w"}}"#).into(),
         publisher,
+        group: 0,
     };
     let plans = vec![
         plan(0, "good", true),
@@ -135,7 +136,10 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         id: 0,
         server,
         host: server.to_string(),
-        channel_id: "ch".into(),
+        channels: Arc::new(vec!["ch".into()]),
+        mode: Mode::Messages,
+        random_senders: false,
+
         sources: 2,
         ramp_per_sec: 0.0,
         max_inflight: 10,
@@ -170,7 +174,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
     assert_eq!(r.pings, 3);
     assert_eq!(r.sent, sent);
     assert_eq!((r.acked_ok, r.acked_err), (sent, 0));
-    assert_eq!(r.acked.len(), sent);
+    assert_eq!(r.acked[0].len(), sent);
     assert_eq!(r.ack_hist.len(), sent);
     assert_eq!(r.deliveries, 3 * sent);
     assert_eq!(
@@ -181,8 +185,57 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
     assert_eq!(r.members.len(), 3, "only members that connected are judged");
     let c = judge(&r.members[..], &r.acked);
     assert_eq!(
-        (c.missing, c.missing_own, c.duplicates, c.out_of_order),
-        (0, 0, 0, 0)
+        (
+            c.missing,
+            c.missing_own,
+            c.duplicates,
+            c.out_of_order,
+            c.foreign
+        ),
+        (0, 0, 0, 0, 0)
     );
     assert!(r.first_send_nanos.is_some() && r.last_delivery_nanos > 0);
+}
+
+#[test]
+fn cycle_mode_closes_and_reopens_after_every_connect() {
+    let (server, _) = fake_server();
+    let plans = (0..2)
+        .map(|i| ConnPlan {
+            index: i,
+            connect_packet: r#"40{"token":"good","workspaceId":"w"}"#.into(),
+            publisher: false,
+            group: 0,
+        })
+        .collect();
+    let cfg = WorkerConfig {
+        id: 0,
+        server,
+        host: server.to_string(),
+        channels: Arc::new(vec!["ch".into()]),
+        mode: Mode::Cycle,
+        random_senders: false,
+        sources: 2,
+        ramp_per_sec: 0.0,
+        max_inflight: 10,
+        publish_rate: 0.0,
+        content_pad: 0,
+        track_members: false,
+    };
+    let shared = Arc::new(Shared::new());
+    shared.phase.store(PH_PUBLISH, SeqCst);
+    let sh = shared.clone();
+    let worker = std::thread::spawn(move || run(cfg, plans, sh));
+    wait_until("20 cycles", || shared.cycles.load(SeqCst) >= 20);
+    // Draining stops the reopening; the last connection of each user then completes.
+    shared.phase.store(PH_DRAIN, SeqCst);
+    wait_until("the last connections", || {
+        shared.established.load(SeqCst) as u64 == shared.cycles.load(SeqCst) + 2
+    });
+    shared.phase.store(PH_STOP, SeqCst);
+    let r = worker.join().unwrap().unwrap();
+    assert!(r.cycles >= 20, "cycles {}", r.cycles);
+    assert_eq!(r.cycle_hist.len(), r.cycles, "one latency sample per cycle");
+    assert_eq!((r.failed, r.dropped), (0, 0), "{:?}", r.reasons);
+    assert_eq!(r.established, r.cycles + 2);
 }

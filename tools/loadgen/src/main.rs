@@ -1,12 +1,15 @@
 //! `loadgen`: drives any server that meets the ocomms-rt contract (Socket.IO v5 / Engine.IO v4
-//! over WebSocket) and measures it: connection memory (`idle`) and broadcast latency,
-//! throughput and delivery correctness (`fanout`). It provisions users through the admin API,
-//! mints JWTs locally, and prints a human summary followed by one line of JSON for scripts.
+//! over WebSocket) and measures it: connection memory (`idle`), broadcast latency, throughput
+//! and delivery correctness (`fanout`, `rooms`, `typing`), handshakes per second (`connect`),
+//! and the machine's own loopback write cost (`floor`). It provisions users through the admin
+//! API, mints JWTs locally, and prints a human summary followed by one line of JSON for scripts.
 
 #![warn(missing_docs)]
 
 mod admin;
+mod chatload;
 mod client;
+mod floor;
 mod net;
 mod report;
 mod scan;
@@ -29,10 +32,21 @@ pub struct Cli {
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     pub url: String,
     /// Admin API bearer token.
-    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    /// Required by every scenario but `floor`.
+    #[arg(
+        long,
+        env = "CHAT_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub admin_token: String,
-    /// Secret the server verifies HS256 JWTs with.
-    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    /// Secret the server verifies HS256 JWTs with (required by every scenario but `floor`).
+    #[arg(
+        long,
+        env = "CHAT_JWT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub jwt_secret: String,
     /// Server process id, to read its memory and CPU from /proc.
     #[arg(long)]
@@ -90,6 +104,76 @@ pub enum Scenario {
         /// Bytes of padding in each message's content (after the timestamp).
         #[arg(long, default_value_t = 64)]
         size: usize,
+    },
+    /// Thousands of users spread over hundreds of small channels (user i in channel
+    /// i % channels); random users publish; checks every member gets each message of its
+    /// channel exactly once and in order, and nothing from other channels.
+    Rooms {
+        /// Users (one socket each).
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Channels.
+        #[arg(long, default_value_t = 200)]
+        channels: usize,
+        /// Messages per second, over all users.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Most seconds to keep receiving after publishing stops.
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
+        /// Bytes of padding in each message's content.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// S members of one channel; P of them alternate typing:start / typing:stop at a paced
+    /// total rate; measures typing:update fan-out (to everyone but the sender) and its latency.
+    Typing {
+        /// Channel members connected.
+        #[arg(long)]
+        members: usize,
+        /// How many of the members type.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// typing events per second, over all publishers.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of typing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Most seconds to keep receiving after typing stops.
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
+    },
+    /// C users each connect, authenticate (CONNECT with a JWT), disconnect and start over,
+    /// for a duration: handshakes + auth per second.
+    Connect {
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Seconds of cycling.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// The machine's cost of one small write on loopback (no server involved).
+    Floor {
+        /// Socket pairs written to round-robin.
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Writes to time.
+        #[arg(long, default_value_t = 200_000)]
+        writes: u64,
+        /// Bytes per write (a small WebSocket frame).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Pin the writing thread to this CPU.
+        #[arg(long)]
+        writer_cpu: Option<usize>,
+        /// Pin the draining thread to this CPU.
+        #[arg(long)]
+        reader_cpu: Option<usize>,
     },
 }
 

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::client::WorkerResult;
-use crate::stats::{latency_histogram, percentiles_json, MemberRecord, SeqSet};
+use crate::stats::{latency_histogram, percentiles_json, union_groups, MemberRecord, SeqSet};
 use crate::sys::{self, ProcSample};
 
 /// Process measurements at one instant.
@@ -98,10 +98,14 @@ pub struct Merged {
     pub acked_ok: u64,
     /// Failed acks.
     pub acked_err: u64,
-    /// Every acked sequence.
-    pub acked: SeqSet,
+    /// Every acked sequence, per channel group.
+    pub acked: Vec<SeqSet>,
     /// Receipts.
     pub deliveries: u64,
+    /// Completed connect/disconnect cycles.
+    pub cycles: u64,
+    /// Connect latency of the cycles.
+    pub cycle: Histogram<u64>,
     /// Pings answered.
     pub pings: u64,
     /// Member records.
@@ -127,8 +131,10 @@ pub fn merge(results: Vec<WorkerResult>) -> Merged {
         sent: 0,
         acked_ok: 0,
         acked_err: 0,
-        acked: SeqSet::default(),
+        acked: Vec::new(),
         deliveries: 0,
+        cycles: 0,
+        cycle: latency_histogram(),
         pings: 0,
         members: Vec::new(),
         first_send_nanos: None,
@@ -150,8 +156,10 @@ pub fn merge(results: Vec<WorkerResult>) -> Merged {
         m.sent += r.sent;
         m.acked_ok += r.acked_ok;
         m.acked_err += r.acked_err;
-        m.acked.union_with(&r.acked);
+        union_groups(&mut m.acked, &r.acked);
         m.deliveries += r.deliveries;
+        m.cycles += r.cycles;
+        let _ = m.cycle.add(&r.cycle_hist);
         m.pings += r.pings;
         m.members.extend(r.members);
         m.first_send_nanos = match (m.first_send_nanos, r.first_send_nanos) {

@@ -39,6 +39,13 @@ pub enum Inbound<'a> {
         /// The `channelId` string, when not null.
         channel_id: Option<&'a [u8]>,
     },
+    /// A `typing:update` event.
+    TypingUpdate {
+        /// The typing user's plan index, from a loadgen user name `lg<index>`.
+        publisher: Option<u64>,
+        /// `"isTyping":true` appears in the data.
+        is_typing: bool,
+    },
     /// Any other event, with its name when it could be found.
     OtherEvent(&'a [u8]),
     /// Anything else (pong, noop, binary placeholders, other namespaces).
@@ -81,6 +88,12 @@ fn classify_socketio(p: &[u8]) -> Inbound<'_> {
                     sequence: number_after(data, b"\"sequence\":"),
                     sent_nanos: number_after(data, b"\"content\":\"t="),
                     channel_id: string_after(data, b"\"channelId\":\""),
+                }
+            } else if body.starts_with(b"[\"typing:update\",") {
+                let data = &body[17..];
+                Inbound::TypingUpdate {
+                    publisher: number_after(data, b"\"userName\":\"lg"),
+                    is_typing: memmem::find(data, b"\"isTyping\":true").is_some(),
                 }
             } else if body.starts_with(b"[\"") {
                 let name = &body[2..];
@@ -226,6 +239,26 @@ mod tests {
         assert_eq!(
             classify(br#"42["presence:update",{}]"#),
             Inbound::OtherEvent(b"presence:update")
+        );
+    }
+
+    #[test]
+    fn typing_update_yields_publisher_and_state() {
+        let t = br#"42["typing:update",{"userId":"u","userName":"lg17","targetId":"c","isTyping":true}]"#;
+        assert_eq!(
+            classify(t),
+            Inbound::TypingUpdate {
+                publisher: Some(17),
+                is_typing: true
+            }
+        );
+        let f = br#"42["typing:update",{"isTyping":false,"userName":"someone"}]"#;
+        assert_eq!(
+            classify(f),
+            Inbound::TypingUpdate {
+                publisher: None,
+                is_typing: false
+            }
         );
     }
 

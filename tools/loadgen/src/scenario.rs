@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::admin::{self, Admin, Provisioned};
+use crate::chatload::{self, BroadcastParams};
+use crate::client::Mode;
 use crate::client::{
     self, ConnPlan, Shared, WorkerConfig, WorkerResult, PH_DRAIN, PH_PUBLISH, PH_STOP,
 };
@@ -49,11 +51,30 @@ pub fn run(cli: &Cli) -> Result<(), String> {
     if cli.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    if let Scenario::Floor {
+        sockets,
+        writes,
+        size,
+        writer_cpu,
+        reader_cpu,
+    } = &cli.scenario
+    {
+        return crate::floor::run(*sockets, *writes, *size, *writer_cpu, *reader_cpu);
+    }
+    if cli.admin_token.is_empty() || cli.jwt_secret.is_empty() {
+        return Err(
+            "--admin-token (CHAT_ADMIN_TOKEN) and --jwt-secret (CHAT_JWT_SECRET) are required"
+                .into(),
+        );
+    }
     let (addr, host) = parse_url(&cli.url)?;
     let fd_limit = sys::raise_fd_limit();
     let needed = match &cli.scenario {
         Scenario::Idle { connections, .. } => *connections,
-        Scenario::Fanout { members, .. } => *members,
+        Scenario::Fanout { members, .. } | Scenario::Typing { members, .. } => *members,
+        Scenario::Rooms { users, .. } => *users,
+        Scenario::Connect { concurrency, .. } => *concurrency,
+        Scenario::Floor { .. } => 0,
     };
     if (needed as u64) + 64 > fd_limit {
         eprintln!(
@@ -119,11 +140,82 @@ pub fn run(cli: &Cli) -> Result<(), String> {
             };
             fanout(cli, addr, host, &mut admin, &run_tag, p)
         }
+        Scenario::Rooms {
+            users,
+            channels,
+            rate,
+            duration,
+            drain,
+            size,
+        } => {
+            if *channels == 0 || channels > users {
+                return Err(format!(
+                    "--channels {channels} must be between 1 and --users {users}"
+                ));
+            }
+            if *rate <= 0.0 {
+                return Err(format!("--rate {rate} must be positive"));
+            }
+            let p = BroadcastParams {
+                users: *users,
+                channels: *channels,
+                publishers: *users,
+                rate: *rate,
+                duration: *duration,
+                drain: *drain,
+                size: *size,
+            };
+            chatload::broadcast(cli, addr, host, &mut admin, &run_tag, p, Mode::Messages)
+        }
+        Scenario::Typing {
+            members,
+            publishers,
+            rate,
+            duration,
+            drain,
+        } => {
+            if *publishers == 0 || publishers > members {
+                return Err(format!(
+                    "--publishers {publishers} must be between 1 and --members {members}"
+                ));
+            }
+            if *rate <= 0.0 {
+                return Err(format!("--rate {rate} must be positive"));
+            }
+            let p = BroadcastParams {
+                users: *members,
+                channels: 1,
+                publishers: *publishers,
+                rate: *rate,
+                duration: *duration,
+                drain: *drain,
+                size: 0,
+            };
+            chatload::broadcast(cli, addr, host, &mut admin, &run_tag, p, Mode::Typing)
+        }
+        Scenario::Connect {
+            concurrency,
+            duration,
+        } => {
+            if *concurrency == 0 {
+                return Err("--concurrency must be at least 1".into());
+            }
+            chatload::connect(
+                cli,
+                addr,
+                host,
+                &mut admin,
+                &run_tag,
+                *concurrency,
+                *duration,
+            )
+        }
+        Scenario::Floor { .. } => Ok(()),
     }
 }
 
 /// Provisions and prints how long it took.
-fn provision(
+pub fn provision(
     cli: &Cli,
     admin: &mut Admin,
     run_tag: &str,
@@ -147,25 +239,64 @@ fn provision(
 }
 
 /// A running worker thread.
-type Worker = JoinHandle<std::io::Result<WorkerResult>>;
+pub type Worker = JoinHandle<std::io::Result<WorkerResult>>;
+
+/// How the workers of one run behave.
+#[derive(Debug, Clone)]
+pub struct SpawnOpts {
+    /// The run's channels (a plan's `group` indexes them).
+    pub channels: Arc<Vec<String>>,
+    /// Events per second over all publishers.
+    pub total_rate: f64,
+    /// Publishing connections in all.
+    pub publishers: usize,
+    /// Connections started per second in total (0: unpaced).
+    pub ramp: f64,
+    /// Keep a member record per connection.
+    pub track_members: bool,
+    /// Content padding of messages.
+    pub pad: usize,
+    /// What connections do.
+    pub mode: Mode,
+    /// Random instead of round-robin publisher choice.
+    pub random_senders: bool,
+    /// Typing publishers (sizes the shared stamp table).
+    pub typing_publishers: usize,
+    /// At least this many loopback source addresses.
+    pub min_sources: usize,
+}
+
+impl SpawnOpts {
+    /// Options for a run on `channels` with everything else off.
+    pub fn new(channels: Vec<String>) -> Self {
+        SpawnOpts {
+            channels: Arc::new(channels),
+            total_rate: 0.0,
+            publishers: 0,
+            ramp: 0.0,
+            track_members: false,
+            pad: 0,
+            mode: Mode::Messages,
+            random_senders: false,
+            typing_publishers: 0,
+            min_sources: 0,
+        }
+    }
+}
 
 /// Starts `cli.threads` workers; plan `i` goes to thread `i % threads`.
-#[allow(clippy::too_many_arguments)]
-fn spawn(
+pub fn spawn(
     cli: &Cli,
     addr: SocketAddr,
     host: String,
-    prov: &Provisioned,
     plans: Vec<ConnPlan>,
-    total_rate: f64,
-    publishers: usize,
-    ramp: f64,
-    track_members: bool,
-    pad: usize,
+    o: &SpawnOpts,
 ) -> Result<(Arc<Shared>, Vec<Worker>), String> {
-    let shared = Arc::new(Shared::new());
+    let (total_rate, publishers, ramp, track_members, pad) =
+        (o.total_rate, o.publishers, o.ramp, o.track_members, o.pad);
+    let shared = Arc::new(Shared::with_typing(o.typing_publishers));
     let t = cli.threads;
-    let sources = net::sources_needed(plans.len());
+    let sources = net::sources_needed(plans.len()).max(o.min_sources);
     let mut per: Vec<Vec<ConnPlan>> = vec![Vec::new(); t];
     for p in plans {
         per[p.index % t].push(p);
@@ -177,7 +308,9 @@ fn spawn(
             id,
             server: addr,
             host: host.clone(),
-            channel_id: prov.channel_id.clone(),
+            channels: o.channels.clone(),
+            mode: o.mode,
+            random_senders: o.random_senders,
             sources,
             ramp_per_sec: ramp / t as f64,
             max_inflight: cli.max_inflight.max(1),
@@ -199,9 +332,15 @@ fn spawn(
     Ok((shared, handles))
 }
 
+/// Gives the server a moment after the last CONNECT reply: a server may send `40{"sid"}`
+/// before its connection handler has joined the socket's rooms (socket.io does).
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// Waits until every connection is established or failed, or the connect timeout; returns the
 /// time it took.
-fn wait_connected(cli: &Cli, shared: &Shared, n: usize) -> Duration {
+pub fn wait_connected(cli: &Cli, shared: &Shared, n: usize) -> Duration {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(cli.connect_timeout);
     let mut last_print = start;
@@ -223,7 +362,7 @@ fn wait_connected(cli: &Cli, shared: &Shared, n: usize) -> Duration {
     }
 }
 
-fn join(
+pub fn join(
     handles: Vec<JoinHandle<std::io::Result<WorkerResult>>>,
 ) -> Result<Vec<WorkerResult>, String> {
     handles
@@ -258,10 +397,15 @@ fn idle(
             index: i,
             connect_packet: packets[i % users].clone(),
             publisher: false,
+            group: 0,
         })
         .collect();
     let before = snap(cli.server_pid);
-    let (shared, handles) = spawn(cli, addr, host, &prov, plans, 0.0, 0, ramp, false, 0)?;
+    let opts = SpawnOpts {
+        ramp,
+        ..SpawnOpts::new(vec![prov.channel_id.clone()])
+    };
+    let (shared, handles) = spawn(cli, addr, host, plans, &opts)?;
     let connect_time = wait_connected(cli, &shared, n);
     eprintln!("holding for {hold}s...");
     std::thread::sleep(Duration::from_secs_f64(hold));
@@ -343,20 +487,17 @@ fn fanout(
             index: i,
             connect_packet: connect_packet(t, &prov.workspace_id).into(),
             publisher: i < p.publishers,
+            group: 0,
         })
         .collect();
-    let (shared, handles) = spawn(
-        cli,
-        addr,
-        host,
-        &prov,
-        plans,
-        p.rate,
-        p.publishers,
-        0.0,
-        true,
-        p.size,
-    )?;
+    let opts = SpawnOpts {
+        total_rate: p.rate,
+        publishers: p.publishers,
+        track_members: true,
+        pad: p.size,
+        ..SpawnOpts::new(vec![prov.channel_id.clone()])
+    };
+    let (shared, handles) = spawn(cli, addr, host, plans, &opts)?;
     let connect_time = wait_connected(cli, &shared, p.members);
     let connected = shared.established.load(Relaxed);
     if connected == 0 {
@@ -366,6 +507,7 @@ fn fanout(
         return Err("no member connected; nothing to measure".into());
     }
 
+    settle();
     let before = snap(cli.server_pid);
     shared.phase.store(PH_PUBLISH, Relaxed);
     eprintln!(
@@ -399,7 +541,8 @@ fn fanout(
         _ => p.duration,
     };
     let (window, warn) = report::window_json(&before, &after, cli.threads, m.deliveries);
-    let expected = m.acked.len() * m.members.len() as u64;
+    let acked_n = m.acked.first().map_or(0, |a| a.len());
+    let expected = acked_n * m.members.len() as u64;
     println!(
         "== fanout: {} members ({} connected), {} publishers, {} msg/s for {}s, {} thread(s)",
         p.members, connected, p.publishers, p.rate, p.duration, cli.threads

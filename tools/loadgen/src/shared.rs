@@ -37,11 +37,44 @@ pub struct Shared {
     pub sent: AtomicU64,
     /// Acks received, successful or not (progress).
     pub acks: AtomicU64,
-    /// `message:new` events received (progress).
+    /// `message:new` (or, in typing runs, `typing:update`) events received (progress).
     pub deliveries: AtomicU64,
+    /// Completed connect/disconnect cycles (progress, `connect` runs).
+    pub cycles: AtomicU64,
+    /// `typing` runs: start/stop events sent per publisher index.
+    pub typing_sent: Vec<AtomicU64>,
+    /// `typing` runs: send stamps (nanoseconds since `start`), [`TYPING_RING`] per publisher;
+    /// the n-th send of publisher k is at `k * TYPING_RING + n % TYPING_RING`.
+    pub typing_stamps: Vec<AtomicU64>,
+}
+
+/// Send stamps kept per typing publisher; a receiver lagging further behind than this gets no
+/// latency sample for that update (it is still counted).
+pub const TYPING_RING: usize = 1024;
+
+/// What the connections do once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Publishers send `message:send` to their group's channel.
+    Messages,
+    /// Publishers alternate `typing:start` / `typing:stop` in their group's channel.
+    Typing,
+    /// In the publish phase, every connection that completes CONNECT is closed and opened
+    /// again (`connect` runs); nothing is published.
+    Cycle,
 }
 
 impl Shared {
+    /// Fresh shared state with room for `typing_publishers` typing publishers.
+    pub fn with_typing(typing_publishers: usize) -> Self {
+        let mut s = Self::new();
+        s.typing_sent = (0..typing_publishers).map(|_| AtomicU64::new(0)).collect();
+        s.typing_stamps = (0..typing_publishers * TYPING_RING)
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        s
+    }
+
     /// Fresh shared state in the connect phase.
     pub fn new() -> Self {
         Shared {
@@ -53,6 +86,9 @@ impl Shared {
             sent: AtomicU64::new(0),
             acks: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            cycles: AtomicU64::new(0),
+            typing_sent: Vec::new(),
+            typing_stamps: Vec::new(),
         }
     }
 
@@ -76,8 +112,12 @@ pub struct WorkerConfig {
     pub server: SocketAddr,
     /// `Host` header value.
     pub host: String,
-    /// Channel publishers send to.
-    pub channel_id: String,
+    /// The run's channels; a connection publishes to `channels[plan.group]`.
+    pub channels: Arc<Vec<String>>,
+    /// What connections do once connected.
+    pub mode: Mode,
+    /// Pick each next publisher at random instead of round-robin.
+    pub random_senders: bool,
     /// Loopback source addresses to rotate over (0: let the kernel choose).
     pub sources: usize,
     /// Connections this worker starts per second (0: as fast as `max_inflight` allows).
@@ -101,6 +141,8 @@ pub struct ConnPlan {
     pub connect_packet: Arc<str>,
     /// Whether this connection publishes.
     pub publisher: bool,
+    /// Which of the run's channels this connection's user is a member of.
+    pub group: u32,
 }
 
 /// Everything a worker measured.
@@ -126,10 +168,14 @@ pub struct WorkerResult {
     pub acked_ok: u64,
     /// Failed acks.
     pub acked_err: u64,
-    /// Sequences of successful acks.
-    pub acked: SeqSet,
-    /// `message:new` receipts.
+    /// Sequences of successful acks, per channel group.
+    pub acked: Vec<SeqSet>,
+    /// `message:new` receipts (`typing:update` in typing runs).
     pub deliveries: u64,
+    /// Completed connect/disconnect cycles.
+    pub cycles: u64,
+    /// Connect latency of the cycles (TCP connect start -> `40{"sid"}`).
+    pub cycle_hist: Histogram<u64>,
     /// Pings answered.
     pub pings: u64,
     /// One record per member connection (with `track_members`).

@@ -86,6 +86,16 @@ pub struct MemberRecord {
     pub out_of_order: u64,
     /// Sequences this connection published that were acked (the server might not echo them).
     pub own_acked: SeqSet,
+    /// The channel group this member belongs to (index into the run's channels).
+    pub group: u32,
+    /// `message:new` events for a channel other than the member's own (non-member deliveries).
+    pub foreign: u64,
+    /// `typing` runs: `typing:update` events received per publisher index.
+    pub typing_seen: Vec<u32>,
+    /// `typing` runs: updates whose `isTyping` did not alternate as the publisher sent them.
+    pub typing_disorder: u64,
+    /// The connection's plan index (which user it is; publishers are the lowest indexes).
+    pub plan: usize,
 }
 
 impl MemberRecord {
@@ -111,20 +121,67 @@ pub struct Correctness {
     pub duplicates: u64,
     /// Out-of-order receipts.
     pub out_of_order: u64,
+    /// Messages received for a channel the member is not in.
+    pub foreign: u64,
 }
 
-/// Judges every member against `acked`.
-pub fn judge(members: &[MemberRecord], acked: &SeqSet) -> Correctness {
+/// Judges every member against the acked sequences of its own group (`acked[m.group]`).
+pub fn judge(members: &[MemberRecord], acked: &[SeqSet]) -> Correctness {
     let mut c = Correctness::default();
+    let empty = SeqSet::default();
     for m in members {
+        let acked = acked.get(m.group as usize).unwrap_or(&empty);
         let missing_all = acked.count_missing_from(&m.seen);
         let missing_own = m.own_acked.count_missing_from(&m.seen);
         c.missing += missing_all - missing_own;
         c.missing_own += missing_own;
         c.duplicates += m.duplicates;
         c.out_of_order += m.out_of_order;
+        c.foreign += m.foreign;
     }
     c
+}
+
+/// Typing delivery correctness: what each member received from each publisher against what
+/// the publisher sent (`sent[k]`), to everyone but the publisher itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypingCorrectness {
+    /// Updates a member should have received and did not.
+    pub missing: u64,
+    /// Updates received beyond what was sent (duplicates).
+    pub extra: u64,
+    /// Updates echoed back to their own sender (the contract says never).
+    pub echoed: u64,
+    /// Updates whose `isTyping` broke the start/stop alternation (reordering).
+    pub disorder: u64,
+}
+
+/// Judges typing receipts; `sent[k]` is how many start/stop events publisher `k` sent.
+pub fn judge_typing(members: &[MemberRecord], sent: &[u64]) -> TypingCorrectness {
+    let mut c = TypingCorrectness::default();
+    for m in members {
+        c.disorder += m.typing_disorder;
+        for (k, &s) in sent.iter().enumerate() {
+            let got = m.typing_seen.get(k).copied().unwrap_or(0) as u64;
+            if k == m.plan {
+                c.echoed += got;
+            } else {
+                c.missing += s.saturating_sub(got);
+                c.extra += got.saturating_sub(s);
+            }
+        }
+    }
+    c
+}
+
+/// Merges per-group acked sets from several workers into `into`.
+pub fn union_groups(into: &mut Vec<SeqSet>, from: &[SeqSet]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), SeqSet::default());
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        a.union_with(b);
+    }
 }
 
 /// p50 / p90 / p99 / max of a histogram, in microseconds, as JSON.
@@ -207,14 +264,56 @@ mod tests {
         let mut b = MemberRecord::default();
         b.receive(1);
         b.receive(1);
-        let c = judge(&[a, b], &acked);
+        let c = judge(&[a, b], &[acked]);
         assert_eq!(
             c,
             Correctness {
                 missing: 3,
                 missing_own: 1,
                 duplicates: 1,
-                out_of_order: 0
+                out_of_order: 0,
+                foreign: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn judge_uses_each_members_own_group_and_counts_foreign() {
+        let acked = vec![set(&[1, 2]), set(&[1])];
+        let mut a = MemberRecord::default();
+        a.receive(1);
+        a.receive(2);
+        let mut b = MemberRecord {
+            group: 1,
+            foreign: 2,
+            ..MemberRecord::default()
+        };
+        b.receive(1);
+        let c = judge(&[a, b], &acked);
+        assert_eq!((c.missing, c.foreign), (0, 2));
+    }
+
+    #[test]
+    fn typing_judge_counts_missing_extra_and_echo() {
+        let m0 = MemberRecord {
+            plan: 0,
+            typing_seen: vec![1, 3],
+            ..MemberRecord::default()
+        };
+        let m1 = MemberRecord {
+            plan: 1,
+            typing_seen: vec![5, 0],
+            typing_disorder: 1,
+            ..MemberRecord::default()
+        };
+        let c = judge_typing(&[m0, m1], &[4, 2]);
+        assert_eq!(
+            c,
+            TypingCorrectness {
+                missing: 0,
+                extra: 1 + 1,
+                echoed: 1,
+                disorder: 1
             }
         );
     }
