@@ -8,7 +8,8 @@
 //!  plain or rustls   │          ─► protocol::Session (Engine.IO + Socket.IO)  │
 //!                    │          ─► chat (event rules) ─► Effects              │
 //!                    └───────────────────────────────────────────────────────┘
-//!  store thread : StoreCommand ─► batch ─► memory or PostgreSQL ─► StoreReply + Broadcast
+//!  store        : StoreCommand ─► batch ─► memory or PostgreSQL ─► StoreReply + Broadcast
+//!  presence     : PresenceCommand ─► per-user socket counts ─► presence:update
 //!  broker       : Broadcast ─► ShardCommand::Deliver on every shard (and other nodes)
 //! ```
 //!
@@ -18,7 +19,9 @@
 //! and return output, so they are tested with strings.
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`protocol`],
-//! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`store`], [`shard`], [`node`].
+//! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`store`], [`presence`], [`shard`],
+//! [`node`]. A long-polling session lives in its shard like a WebSocket connection does, and
+//! moves to the WebSocket's shard at the upgrade; connections never move.
 #![warn(missing_docs)]
 
 pub mod api;
