@@ -575,8 +575,11 @@ impl StoreHandle {
 pub struct BrokerHandle {
     shards: Vec<ShardHandle>,
     presence: Option<Sender<PresenceCommand>>,
-    /// Next recovery offset; `None` when connection state recovery is off.
-    offsets: Option<Arc<AtomicU64>>,
+    /// Next offset of a durable event. Every durable event gets one: shards log them for
+    /// connection state recovery and for handing a session over at a transport upgrade.
+    offsets: Arc<AtomicU64>,
+    /// Whether offsets also go on the wire (connection state recovery is on).
+    recovery: bool,
 }
 
 impl BrokerHandle {
@@ -585,7 +588,8 @@ impl BrokerHandle {
         BrokerHandle {
             shards,
             presence: None,
-            offsets: None,
+            offsets: Arc::new(AtomicU64::new(1)),
+            recovery: false,
         }
     }
 
@@ -595,18 +599,18 @@ impl BrokerHandle {
         self
     }
 
-    /// Tags durable events with recovery offsets (connection state recovery is on).
-    pub fn with_offsets(mut self) -> Self {
-        self.offsets = Some(Arc::new(AtomicU64::new(1)));
+    /// Puts offsets on the wire (connection state recovery is on).
+    pub fn with_recovery(mut self) -> Self {
+        self.recovery = true;
         self
     }
 
-    /// A durable event (`message:new`, `message:deleted`) to a room. With recovery on it gets
-    /// the next offset, which Socket.IO carries as the event's last argument. Offsets must be
-    /// taken in publication order, so only one thread (the store) calls this.
+    /// A durable event (`message:new`, `message:deleted`) to a room, with the next offset.
+    /// With recovery on, Socket.IO carries the offset as the event's last argument. Offsets
+    /// must be taken in publication order, so only one thread (the store) calls this.
     pub fn durable(&self, room: Room, event: &str, data: &impl serde::Serialize) -> Broadcast {
-        let offset = self.offsets.as_ref().map(|n| n.fetch_add(1, Relaxed));
-        let text = offset.map(|o| o.to_string());
+        let offset = Some(self.offsets.fetch_add(1, Relaxed));
+        let text = offset.filter(|_| self.recovery).map(|o| o.to_string());
         Broadcast {
             room,
             except: Except::Nobody,

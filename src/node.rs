@@ -82,7 +82,7 @@ impl Node {
         let (presence_tx, presence_rx) = crossbeam_channel::unbounded();
         let mut broker = BrokerHandle::local(handles.clone()).with_presence(presence_tx.clone());
         if !config.recovery_window.is_zero() {
-            broker = broker.with_offsets();
+            broker = broker.with_recovery();
         }
         let mesh = Mesh {
             shards: handles,

@@ -80,6 +80,9 @@ pub struct Handover {
     pub(super) socket: Box<Socket>,
     pub(super) queue: VecDeque<Bytes>,
     pub(super) seen: Vec<Bytes>,
+    /// The newest durable offset the owner had delivered when it let go: every durable event
+    /// of the session's rooms after it is the new shard's to deliver.
+    pub(super) newest: u64,
 }
 
 /// The Socket.IO state behind `slot`, whether a WebSocket connection or a polling session.

@@ -14,11 +14,17 @@ use crate::mesh::{Broadcast, Detached};
 
 /// Broadcasts kept per shard at most, whatever the window: bounds memory under a flood.
 const MAX_LOG: usize = 200_000;
+/// Broadcasts are kept at least this long even with recovery off: a session handed over at a
+/// transport upgrade is caught up from the log.
+const MIN_LOG_WINDOW: Duration = Duration::from_secs(30);
 
 /// Recent broadcasts and detached sessions.
 #[derive(Debug)]
 pub struct RecoveryLog {
+    /// The recovery window; zero: recovery is off.
     window: Duration,
+    /// How long broadcasts stay in the log.
+    log_window: Duration,
     log: VecDeque<(Instant, Arc<Broadcast>)>,
     /// Highest offset dropped from the log: a client that last saw an offset below it has
     /// missed events we no longer have, and gets a new session instead.
@@ -33,6 +39,7 @@ impl RecoveryLog {
     pub fn new(window: Duration) -> Self {
         RecoveryLog {
             window,
+            log_window: window.max(MIN_LOG_WINDOW),
             log: VecDeque::new(),
             floor: 0,
             newest: 0,
@@ -56,9 +63,6 @@ impl RecoveryLog {
         let Some(offset) = broadcast.offset else {
             return;
         };
-        if !self.enabled() {
-            return;
-        }
         self.newest = self.newest.max(offset);
         self.log.push_back((now, Arc::clone(broadcast)));
         self.sweep(now);
@@ -67,7 +71,7 @@ impl RecoveryLog {
     /// Drops what fell out of the window (or past the size bound).
     pub fn sweep(&mut self, now: Instant) {
         while let Some((at, b)) = self.log.front() {
-            if self.log.len() <= MAX_LOG && now.saturating_duration_since(*at) <= self.window {
+            if self.log.len() <= MAX_LOG && now.saturating_duration_since(*at) <= self.log_window {
                 break;
             }
             self.floor = self.floor.max(b.offset.unwrap_or(0));
@@ -179,9 +183,20 @@ mod tests {
     }
 
     #[test]
-    fn off_keeps_nothing() {
+    fn off_keeps_no_session_but_still_logs_for_upgrades() {
+        let t0 = Instant::now();
         let mut log = RecoveryLog::new(Duration::ZERO);
-        log.remember(Instant::now(), &broadcast(room(1), 1));
+        assert!(!log.enabled());
+        let session = Detached {
+            user: UserId(uuid::Uuid::from_u128(1)),
+            workspace: WorkspaceId(uuid::Uuid::from_u128(2)),
+            since_offset: 0,
+        };
+        log.detach(t0, "0abc".into(), session);
+        assert!(log.take(t0, "0abc").is_none());
+        log.remember(t0, &broadcast(room(1), 1));
+        assert_eq!(log.replay(0, &[room(1)]).count(), 1);
+        log.sweep(t0 + MIN_LOG_WINDOW + Duration::from_secs(1));
         assert_eq!(log.replay(0, &[room(1)]).count(), 0);
     }
 }

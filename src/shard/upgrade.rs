@@ -255,6 +255,7 @@ impl Shard {
             socket: p.socket,
             queue: p.queue,
             seen: p.seen.unwrap_or_default(),
+            newest: self.core.recovery.newest(),
         };
         let command = PollCommand::Adopt {
             to: from,
@@ -285,6 +286,7 @@ impl Shard {
             socket,
             queue,
             seen,
+            newest,
         } = *handover;
         let target: &[Room] = match &socket.auth {
             Auth::Connected(member) => &member.rooms,
@@ -311,7 +313,21 @@ impl Shard {
             Auth::Connected(member) => Some(member.user.id),
             _ => None,
         };
+        // Durable events come from this shard's log, by offset: the owner delivered every one
+        // up to `newest`, and this shard may have handled a later one before it joined the
+        // rooms, so the shadow alone could miss it. Whatever this shard has not handled yet
+        // arrives live, now that the session is in its rooms here.
+        if self.core.recovery.can_replay(newest) {
+            for frame in self.core.recovery.replay(newest, target) {
+                if !had.contains(&(polling::frame_payload(frame).as_ptr() as usize)) {
+                    self.core.queue(conn, frame.clone());
+                }
+            }
+        }
         for broadcast in shadow {
+            if broadcast.offset.is_some() && self.core.recovery.can_replay(newest) {
+                continue;
+            }
             let payload = polling::frame_payload(&broadcast.frame);
             if had.contains(&(payload.as_ptr() as usize)) {
                 continue;
