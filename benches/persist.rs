@@ -1,10 +1,10 @@
 //! Durable messages per second and ack latency of the PostgreSQL store: batched commit
 //! (multi-row `unnest` INSERT, and binary COPY) against one transaction per message (the
 //! seed's way), measured in the same run on fresh databases. Drives the real store thread
-//! through its inbox with `WINDOW` sends in flight, as many shards would.
+//! through its inbox with `PERSIST_WINDOW` sends in flight, as many shards would.
 //!
 //! `cargo bench --bench persist` (needs PostgreSQL; `OCOMMS_TEST_PG` names another server;
-//! `PERSIST_N` sets messages per method).
+//! `PERSIST_N` sets messages per method, `PERSIST_WINDOW` sends in flight).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +21,13 @@ use ocomms_rt::store::pg::testing::TestDb;
 use ocomms_rt::store::pg::{migrate, InsertMethod, PgBackend};
 use ocomms_rt::store::{spawn_with, Backend};
 
-const WINDOW: usize = 256;
+/// Sends in flight (`PERSIST_WINDOW`, default 256), as many sockets on many shards would keep.
+fn window() -> usize {
+    std::env::var("PERSIST_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
 
 fn run(method: InsertMethod, n: usize) -> (f64, Duration, Duration) {
     let db = TestDb::create();
@@ -67,7 +73,7 @@ fn run(method: InsertMethod, n: usize) -> (f64, Duration, Duration) {
     let (mut sent, mut done) = (0usize, 0usize);
     let t0 = Instant::now();
     while done < n {
-        while sent < n && started.len() < WINDOW {
+        while sent < n && started.len() < window() {
             let target = Target::Channel(channels[sent % channels.len()]);
             started.insert(sent as u64, Instant::now());
             inbox
@@ -107,7 +113,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 300 } else { 5000 });
-    println!("persist: {n} messages per method, {WINDOW} in flight, 4 channels");
+    println!(
+        "persist: {n} messages per method, {} in flight, 4 channels",
+        window()
+    );
     for (name, method, count) in [
         ("batched unnest INSERT", InsertMethod::Unnest, n),
         ("batched binary COPY  ", InsertMethod::Copy, n),

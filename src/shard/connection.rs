@@ -41,6 +41,9 @@ pub struct Connection {
     /// Set once the connection is being closed: read nothing more, flush, then drop it
     /// (at the latest at this instant).
     pub closing: Option<Instant>,
+    /// Durable broadcasts up to this offset were delivered before the session came to this
+    /// connection (by the shard that held it while it was polling): skip them. Zero: none.
+    pub delivered_through: u64,
 }
 
 /// The phases of a connection. A WebSocket exists only after a complete upgrade request,
@@ -176,6 +179,7 @@ impl Connection {
             armed: None,
             dirty: false,
             closing: None,
+            delivered_through: 0,
         }
     }
 

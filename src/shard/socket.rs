@@ -402,7 +402,12 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
-            if conn.closing.is_some() || is_except(broadcast, core, slot, conn) {
+            if conn.closing.is_some()
+                || is_except(broadcast, core, slot, conn)
+                || broadcast
+                    .offset
+                    .is_some_and(|o| o <= conn.delivered_through)
+            {
                 continue;
             }
             if let Phase::Upgrading(up) = &mut conn.phase {

@@ -337,6 +337,9 @@ impl Shard {
             }
             self.core.queue(conn, broadcast.frame.clone());
         }
+        // If this shard is behind the owner, durable events up to the owner's newest will
+        // still come through this shard's inbox: the owner delivered them already.
+        conn.delivered_through = newest;
         conn.phase = Phase::Socket(socket);
         self.drive(slot, now);
         self.resume_input(slot, now);
