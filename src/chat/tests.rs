@@ -1,0 +1,139 @@
+use super::*;
+use crate::ids::{ChannelId, ShardId};
+
+fn user() -> User {
+    User {
+        id: UserId(uuid::Uuid::from_u128(1)),
+        name: "Ann".into(),
+    }
+}
+
+fn member_of(n: u128) -> Target {
+    Target::Channel(ChannelId(uuid::Uuid::from_u128(n)))
+}
+
+/// Runs one event for Ann, who is in the room of channel 5 only.
+fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<Effect> {
+    let u = user();
+    let in_room = |room: Room| room == member_of(5).room();
+    let ctx = Context {
+        conn: ConnectionId {
+            shard: ShardId(0),
+            slot: 1,
+            generation: 1,
+        },
+        user: &u,
+        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
+        max_message_chars: 10,
+        now: Instant::now(),
+        in_room: &in_room,
+    };
+    let mut out = Vec::new();
+    handle_event(&ctx, state, name, vec![data], ack, &mut out);
+    out
+}
+
+fn target_json(n: u128) -> Value {
+    json!({"targetId": uuid::Uuid::from_u128(n).to_string(), "targetType": "channel"})
+}
+
+#[test]
+fn send_goes_to_the_store_with_the_socket_scope() {
+    let mut state = ChatState::new(Instant::now());
+    let data = json!({"targetId": uuid::Uuid::from_u128(5).to_string(), "targetType": "channel", "content": " hi ", "clientMsgId": "c1"});
+    match &run(&mut state, "message:send", data, Some(3))[..] {
+        [Effect::Store(StoreCommand::Send {
+            ack: Some(3),
+            message,
+            asker,
+        })] => {
+            assert_eq!(message.client_msg_id.as_deref(), Some("c1"));
+            assert_eq!(message.workspace, Some(asker.workspace));
+            assert_eq!(message.author, user().id);
+        }
+        other => panic!("unexpected effects {other:?}"),
+    }
+}
+
+#[test]
+fn bad_data_is_refused_by_ack_or_error_event() {
+    let mut state = ChatState::new(Instant::now());
+    match &run(&mut state, "message:send", json!("x"), Some(1))[..] {
+        [Effect::Ack(1, v)] => {
+            assert_eq!(v["success"], false);
+            assert!(v["error"].as_str().unwrap().contains("object"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = run(&mut state, "nope", Value::Null, None);
+    assert!(
+        matches!(&out[..], [Effect::Emit("error", v)] if v["message"].as_str().unwrap().contains("\"nope\""))
+    );
+    let long = json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "channel", "content": "x".repeat(11)});
+    let out = run(&mut state, "message:send", long, Some(2));
+    assert!(matches!(&out[..], [Effect::Ack(2, v)] if v["success"] == false));
+}
+
+#[test]
+fn history_caps_the_limit_and_refuses_zero() {
+    let mut state = ChatState::new(Instant::now());
+    let q = |limit: Value| json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "dm", "limit": limit});
+    let out = run(&mut state, "message:history", q(json!(500)), Some(1));
+    assert!(
+        matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 100)
+    );
+    let out = run(&mut state, "message:history", q(json!(0)), Some(1));
+    assert!(matches!(&out[..], [Effect::Ack(1, v)] if v["success"] == false));
+}
+
+#[test]
+fn typing_reaches_the_room_except_the_typist_and_only_when_a_member() {
+    let mut state = ChatState::new(Instant::now());
+    let out = run(&mut state, "typing:start", target_json(5), None);
+    match &out[..] {
+        [Effect::Publish(b)] => {
+            assert_eq!(b.except, crate::mesh::Except::User(user().id));
+            assert_eq!(b.room, member_of(5).room());
+            assert!(String::from_utf8_lossy(&b.frame).contains("\"isTyping\":true"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        run(&mut state, "typing:start", target_json(5), None).is_empty(),
+        "refresh only"
+    );
+    assert!(
+        run(&mut state, "typing:start", target_json(6), None).is_empty(),
+        "not a member"
+    );
+    let out = run(&mut state, "typing:stop", target_json(5), None);
+    assert!(matches!(&out[..], [Effect::Publish(_)]));
+}
+
+#[test]
+fn presence_changes_only_on_a_real_switch() {
+    let mut state = ChatState::new(Instant::now());
+    let out = run(&mut state, "presence:setAway", Value::Null, None);
+    assert!(matches!(
+        &out[..],
+        [Effect::Presence(PresenceCommand::Away { away: true, .. })]
+    ));
+    assert!(run(&mut state, "presence:setAway", Value::Null, None).is_empty());
+    let out = run(&mut state, "presence:setActive", Value::Null, Some(4));
+    assert!(matches!(
+        &out[..],
+        [
+            Effect::Presence(PresenceCommand::Away { away: false, .. }),
+            Effect::Ack(4, _)
+        ]
+    ));
+    let bad = run(
+        &mut state,
+        "presence:query",
+        json!({"userIds": ["x"]}),
+        Some(5),
+    );
+    assert!(
+        matches!(&bad[..], [Effect::Ack(5, v)] if v["error"].as_str().unwrap().contains("\"x\""))
+    );
+}
