@@ -126,6 +126,10 @@ pub(crate) fn unavailable(e: &postgres::Error) -> StoreError {
 pub(crate) struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// Messages this connection inserted, and the count at which it next refreshes the
+    /// planner's statistics of `messages` (see [`Conn::inserted`]).
+    inserted: u64,
+    next_analyze: u64,
 }
 
 impl Conn {
@@ -137,6 +141,22 @@ impl Conn {
         let s = self.client.prepare(sql)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
+    }
+
+    /// Counts committed inserts and runs `ANALYZE messages` each time the count doubles
+    /// (from 1,000). Autovacuum analyzes a table only after it has grown by 10% and about a
+    /// minute has passed; until then the planner costs `messages` as the near-empty table it
+    /// was, and chose scans of it for the batch's per-row lookups, so each batch got slower
+    /// as the table grew (measured: 2,416 acked msg/s with 4,096 sends in flight, each
+    /// clientMsgId lookup taking 200–430 ms, on a fresh database).
+    pub(crate) fn inserted(&mut self, rows: u64) {
+        self.inserted += rows;
+        if self.inserted >= self.next_analyze {
+            self.next_analyze = self.inserted.saturating_mul(2);
+            if let Err(e) = self.client.batch_execute("ANALYZE messages") {
+                tracing::debug!(error = %e, "ANALYZE messages failed");
+            }
+        }
     }
 }
 
@@ -188,6 +208,8 @@ impl PgBackend {
                     self.conn = Some(Conn {
                         client,
                         statements: HashMap::new(),
+                        inserted: 0,
+                        next_analyze: 1000,
                     });
                     self.retry_at = None;
                     self.last_error = None;

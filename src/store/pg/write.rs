@@ -247,6 +247,8 @@ pub(super) fn send_batch(
         error,
         committing: true,
     })?;
+    let created = plans.iter().filter(|p| matches!(p, Plan::New(_))).count();
+    conn.inserted(created as u64);
 
     // 5. Answers, in batch order.
     let mut out: Vec<Result<Stored, StoreError>> = Vec::with_capacity(plans.len());
