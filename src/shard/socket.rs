@@ -136,15 +136,27 @@ impl Shard {
                 };
                 self.fail(slot, 1003, &reason);
             }
+            Opcode::Ping | Opcode::Pong | Opcode::Close => {
+                self.control_frame(slot, opcode, payload)
+            }
+        }
+    }
+
+    /// Ping, pong and close frames, the same in every WebSocket phase.
+    pub(super) fn control_frame(&mut self, slot: u32, opcode: Opcode, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        match opcode {
             Opcode::Ping => {
                 self.core.queue(conn, websocket::pong(payload));
                 self.mark(slot);
             }
-            Opcode::Pong => {}
             Opcode::Close => {
                 self.core.queue(conn, websocket::close(1000, ""));
                 self.close(slot, Close::AfterFlush, "client sent close");
             }
+            _ => {}
         }
     }
 

@@ -165,14 +165,8 @@ impl Shard {
                 let (owner, sid) = (up.owner, up.sid.to_string());
                 self.send_poll(owner, PollCommand::Switch { from, sid }, now);
             }
-            Opcode::Ping => {
-                self.core.queue(conn, websocket::pong(payload));
-                self.mark(slot);
-            }
-            Opcode::Pong => {}
-            Opcode::Close => {
-                self.core.queue(conn, websocket::close(1000, ""));
-                self.close(slot, Close::AfterFlush, "client sent close");
+            Opcode::Ping | Opcode::Pong | Opcode::Close => {
+                self.control_frame(slot, frame.opcode, payload)
             }
             _ => self.upgrade_fail(
                 slot,
