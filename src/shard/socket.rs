@@ -12,7 +12,7 @@ use super::connection::{Auth, Connection, Member, Phase, Socket};
 use super::polling::{is_poll, socket_of, POLL_BIT};
 use super::{Close, Core, Shard};
 use crate::chat::{self, typing, Context, Effect};
-use crate::ids::Room;
+use crate::ids::{Room, ShardId, UserId};
 use crate::mesh::{Broadcast, Except, MembershipChange, PresenceCommand, StoreReply};
 use crate::protocol::session::SessionEvent;
 use crate::protocol::ProtocolError;
@@ -53,13 +53,20 @@ impl Core {
     }
 }
 
-fn is_except(b: &Broadcast, core: &Core, slot: u32, conn: &Connection) -> bool {
+/// Whether a broadcast skips the member `slot` of shard `shard`, whether a connection or a
+/// polling session. `user` is asked only for `Except::User`, so the common case touches no
+/// session state.
+fn is_except(
+    b: &Broadcast,
+    shard: ShardId,
+    slot: u32,
+    generation: u32,
+    user: impl FnOnce() -> Option<UserId>,
+) -> bool {
     match b.except {
         Except::Nobody => false,
-        Except::Connection(e) => {
-            e.shard == core.id && e.slot == slot && e.generation == conn.generation
-        }
-        Except::User(user) => conn.user().is_some_and(|u| u.id == user),
+        Except::Connection(e) => e.shard == shard && e.slot == slot && e.generation == generation,
+        Except::User(except) => user() == Some(except),
     }
 }
 
@@ -389,16 +396,11 @@ impl Shard {
                 let Some(p) = self.polls.get_mut((slot & !POLL_BIT) as usize) else {
                     continue;
                 };
-                let excepted = match broadcast.except {
-                    Except::Nobody => false,
-                    Except::Connection(e) => {
-                        e.shard == core.id && e.slot == slot && e.generation == p.generation
-                    }
-                    Except::User(user) => {
-                        matches!(&p.socket.auth, Auth::Connected(m) if m.user.id == user)
-                    }
+                let user = || match &p.socket.auth {
+                    Auth::Connected(m) => Some(m.user.id),
+                    _ => None,
                 };
-                if excepted {
+                if is_except(broadcast, core.id, slot, p.generation, user) {
                     continue;
                 }
                 let packet = crate::protocol::polling::frame_payload(&broadcast.frame);
@@ -415,7 +417,9 @@ impl Shard {
                 continue;
             };
             if conn.closing.is_some()
-                || is_except(broadcast, core, slot, conn)
+                || is_except(broadcast, core.id, slot, conn.generation, || {
+                    conn.user().map(|u| u.id)
+                })
                 || broadcast
                     .offset
                     .is_some_and(|o| o <= conn.delivered_through)
