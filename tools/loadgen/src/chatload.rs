@@ -13,7 +13,9 @@ use serde_json::json;
 use crate::admin::{self, Admin};
 use crate::client::{ConnPlan, Mode, Shared, PH_DRAIN, PH_PUBLISH, PH_STOP};
 use crate::report::{self, merge, snap};
-use crate::scenario::{connect_packet, join, provision, settle, spawn, wait_connected, SpawnOpts};
+use crate::scenario::{
+    connect_and_publish, connect_packet, join, provision, spawn, Published, SpawnOpts,
+};
 use crate::stats::{judge, judge_typing, percentiles_json, percentiles_line};
 use crate::Cli;
 
@@ -101,24 +103,15 @@ pub fn broadcast(
         typing_publishers: if typing { p.publishers } else { 0 },
         ..SpawnOpts::new(prov.channels.clone())
     };
-    let (shared, handles) = spawn(cli, addr, host, plans, &opts)?;
-    let connect_time = wait_connected(cli, &shared, p.users);
-    let connected = shared.established.load(Relaxed);
-    if connected == 0 {
-        shared.phase.store(PH_STOP, Relaxed);
-        let m = merge(join(handles)?);
-        report::print_reasons(&m);
-        return Err("no user connected; nothing to measure".into());
-    }
-    settle();
-    let before = snap(cli.server_pid);
-    shared.phase.store(PH_PUBLISH, Relaxed);
-    eprintln!(
-        "publishing {} events/s from {} publishers for {}s...",
-        p.rate, p.publishers, p.duration
-    );
-    std::thread::sleep(Duration::from_secs_f64(p.duration));
-    shared.phase.store(PH_DRAIN, Relaxed);
+    let Published {
+        shared,
+        handles,
+        connect_time,
+        connected,
+        before,
+    } = connect_and_publish(
+        cli, addr, host, plans, &opts, p.users, "user", "events/s", p.duration,
+    )?;
     drain(&shared, p.drain, !typing);
     let after = snap(cli.server_pid);
     shared.phase.store(PH_STOP, Relaxed);

@@ -284,6 +284,61 @@ impl SpawnOpts {
     }
 }
 
+/// What the publishing phase leaves for the drain and the report.
+pub struct Published {
+    /// Counters shared with the workers.
+    pub shared: Arc<Shared>,
+    /// The workers, to join after the drain.
+    pub handles: Vec<Worker>,
+    /// Time until every planned socket connected (or gave up).
+    pub connect_time: Duration,
+    /// Sockets that connected.
+    pub connected: usize,
+    /// Server and loadgen resources when publishing began.
+    pub before: report::Snap,
+}
+
+/// Starts the workers, waits for the `expected` sockets (`who` in messages), publishes for
+/// `duration` seconds, then switches the workers to draining. Fails when nobody connected.
+#[allow(clippy::too_many_arguments)]
+pub fn connect_and_publish(
+    cli: &Cli,
+    addr: SocketAddr,
+    host: String,
+    plans: Vec<ConnPlan>,
+    opts: &SpawnOpts,
+    expected: usize,
+    who: &str,
+    unit: &str,
+    duration: f64,
+) -> Result<Published, String> {
+    let (shared, handles) = spawn(cli, addr, host, plans, opts)?;
+    let connect_time = wait_connected(cli, &shared, expected);
+    let connected = shared.established.load(Relaxed);
+    if connected == 0 {
+        shared.phase.store(PH_STOP, Relaxed);
+        let m = merge(join(handles)?);
+        report::print_reasons(&m);
+        return Err(format!("no {who} connected; nothing to measure"));
+    }
+    settle();
+    let before = snap(cli.server_pid);
+    shared.phase.store(PH_PUBLISH, Relaxed);
+    eprintln!(
+        "publishing {} {unit} from {} publishers for {duration}s...",
+        opts.total_rate, opts.publishers
+    );
+    std::thread::sleep(Duration::from_secs_f64(duration));
+    shared.phase.store(PH_DRAIN, Relaxed);
+    Ok(Published {
+        shared,
+        handles,
+        connect_time,
+        connected,
+        before,
+    })
+}
+
 /// Starts `cli.threads` workers; plan `i` goes to thread `i % threads`.
 pub fn spawn(
     cli: &Cli,
@@ -497,25 +552,15 @@ fn fanout(
         pad: p.size,
         ..SpawnOpts::new(vec![prov.channel_id.clone()])
     };
-    let (shared, handles) = spawn(cli, addr, host, plans, &opts)?;
-    let connect_time = wait_connected(cli, &shared, p.members);
-    let connected = shared.established.load(Relaxed);
-    if connected == 0 {
-        shared.phase.store(PH_STOP, Relaxed);
-        let m = merge(join(handles)?);
-        report::print_reasons(&m);
-        return Err("no member connected; nothing to measure".into());
-    }
-
-    settle();
-    let before = snap(cli.server_pid);
-    shared.phase.store(PH_PUBLISH, Relaxed);
-    eprintln!(
-        "publishing {} msg/s from {} publishers for {}s...",
-        p.rate, p.publishers, p.duration
-    );
-    std::thread::sleep(Duration::from_secs_f64(p.duration));
-    shared.phase.store(PH_DRAIN, Relaxed);
+    let Published {
+        shared,
+        handles,
+        connect_time,
+        connected,
+        before,
+    } = connect_and_publish(
+        cli, addr, host, plans, &opts, p.members, "member", "msg/s", p.duration,
+    )?;
     // Drain until every ack is in and deliveries have been quiet for 500 ms, or the limit.
     let drain_end = Instant::now() + Duration::from_secs_f64(p.drain);
     let (mut last_del, mut quiet_since) = (shared.deliveries.load(Relaxed), Instant::now());
