@@ -87,6 +87,7 @@ fn run(method: InsertMethod, n: usize) -> (f64, Duration, Duration) {
                         content: format!("message {sent} with some ordinary chat text"),
                         client_msg_id: Some(format!("b-{sent}")),
                     },
+                    received: Instant::now(),
                 })
                 .unwrap();
             sent += 1;

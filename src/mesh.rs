@@ -319,6 +319,8 @@ pub enum StoreCommand {
         ack: Option<u64>,
         /// The message.
         message: NewMessage,
+        /// When the shard read the event (the start of `ocomms_send_ack_seconds`).
+        received: Instant,
     },
     /// `message:delete` (author only, soft delete).
     Delete {

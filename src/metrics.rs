@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
 
 /// One shard's counters.
 #[derive(Debug, Default)]
@@ -48,6 +49,54 @@ pub struct StoreMetrics {
     pub inbox_depth: AtomicI64,
     /// The database as last seen: `store::pg::status::OK` (also: no database) or `DOWN`.
     pub db_status: AtomicU8,
+    /// Time from a shard reading a socket's `message:send` to the store answering it.
+    pub send_ack: Histogram,
+}
+
+/// Upper bounds of [`Histogram`]'s buckets, in microseconds (500 µs to 10 s).
+pub const BUCKETS_MICROS: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram in Prometheus' shape (cumulative `le` buckets in seconds, `_sum`,
+/// `_count`), kept as one relaxed counter per bucket so that recording takes no lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_MICROS.len() + 1],
+    /// Sum of the observations in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Writes the histogram as metric `name` with its `# HELP` and `# TYPE` lines.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            match BUCKETS_MICROS.get(i) {
+                Some(&bound) => {
+                    let le = bound as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 /// All counters of the node.
@@ -167,6 +216,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_total Time spent committing batches.\n# TYPE ocomms_store_batch_seconds_total counter\nocomms_store_batch_seconds_total {}", s.batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_batch_max Largest batch committed.\n# TYPE ocomms_store_batch_max gauge\nocomms_store_batch_max {}", s.max_batch.load(Relaxed));
         let _ = writeln!(out, "# HELP ocomms_store_inbox_depth Commands waiting for the store.\n# TYPE ocomms_store_inbox_depth gauge\nocomms_store_inbox_depth {}", s.inbox_depth.load(Relaxed));
+        s.send_ack.render(
+            &mut out,
+            "ocomms_send_ack_seconds",
+            "Time from a shard reading a message:send to the store answering it (stored, published), seconds.",
+        );
         out
     }
 }
@@ -185,5 +239,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE ocomms_connections gauge"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_micros(501));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let mut text = String::new();
+        h.render(&mut text, "t", "help");
+        for line in [
+            "t_bucket{le=\"0.0005\"} 1",
+            "t_bucket{le=\"0.001\"} 2",
+            "t_bucket{le=\"0.0025\"} 2",
+            "t_bucket{le=\"0.005\"} 3",
+            "t_bucket{le=\"10\"} 3",
+            "t_bucket{le=\"+Inf\"} 4",
+            "t_count 4",
+            "t_sum 60.004001",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(text.contains("# TYPE t histogram"));
     }
 }

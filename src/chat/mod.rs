@@ -286,6 +286,7 @@ fn message_send(
             content,
             client_msg_id,
         },
+        received: ctx.now,
     }));
     Ok(())
 }

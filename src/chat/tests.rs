@@ -46,6 +46,7 @@ fn send_goes_to_the_store_with_the_socket_scope() {
             ack: Some(3),
             message,
             asker,
+            ..
         })] => {
             assert_eq!(message.client_msg_id.as_deref(), Some("c1"));
             assert_eq!(message.workspace, Some(asker.workspace));

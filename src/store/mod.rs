@@ -349,8 +349,14 @@ struct PendingSend {
 
 /// Who asked for a send: a socket (`Sent` reply) or the admin API (`Admin` reply).
 enum Origin {
-    Socket { asker: Asker, ack: Option<u64> },
-    Admin { from: ConnectionId },
+    Socket {
+        asker: Asker,
+        ack: Option<u64>,
+        received: Instant,
+    },
+    Admin {
+        from: ConnectionId,
+    },
 }
 
 impl<B: Backend> Store<B> {
@@ -401,8 +407,13 @@ impl<B: Backend> Store<B> {
                 asker,
                 ack,
                 message,
+                received,
             } => self.pending.push(PendingSend {
-                origin: Origin::Socket { asker, ack },
+                origin: Origin::Socket {
+                    asker,
+                    ack,
+                    received,
+                },
                 message,
             }),
             StoreCommand::Admin {
@@ -502,13 +513,20 @@ impl<B: Backend> Store<B> {
                 }
             }
             match origin {
-                Origin::Socket { asker, ack } => self.mesh.reply(
-                    asker.from,
-                    StoreReply::Sent {
-                        ack,
-                        result: result.map(|s| s.message),
-                    },
-                ),
+                Origin::Socket {
+                    asker,
+                    ack,
+                    received,
+                } => {
+                    self.mesh.reply(
+                        asker.from,
+                        StoreReply::Sent {
+                            ack,
+                            result: result.map(|s| s.message),
+                        },
+                    );
+                    self.metrics.store.send_ack.observe(received.elapsed());
+                }
                 Origin::Admin { from } => {
                     let reply = match result {
                         Ok(stored) => admin::json(201, &stored.message.to_json()),

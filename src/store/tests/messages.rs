@@ -27,6 +27,7 @@ fn a_retried_send_returns_the_original_without_a_second_broadcast() {
         asker: h.asker(w.ann),
         ack: Some(3),
         message: message.clone(),
+        received: std::time::Instant::now(),
     });
     let (_, name, _) = h.broadcast();
     assert_eq!(name, "message:new");
@@ -203,6 +204,7 @@ fn queued_sends_form_one_batch_and_authentication_may_overtake_them() {
                 asker,
                 ack: Some(i),
                 message: new_message(w.ann, w.ws, Target::Channel(w.general), "batched"),
+                received: std::time::Instant::now(),
             })
             .collect();
         commands.insert(

@@ -240,6 +240,7 @@ impl Harness {
             asker: self.asker(message.author),
             ack: Some(3),
             message,
+            received: std::time::Instant::now(),
         });
         match self.reply() {
             StoreReply::Sent { ack, result } => {
@@ -256,6 +257,7 @@ impl Harness {
             asker: self.asker(author),
             ack: None,
             message: new_message(author, self.w.ws, target, text),
+            received: std::time::Instant::now(),
         });
         let (room, name, data) = self.broadcast();
         assert_eq!((room, name.as_str()), (target.room(), "message:new"));
