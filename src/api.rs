@@ -1,5 +1,6 @@
 //! HTTP routes other than the Socket.IO endpoint (contract §6): `/healthz`, `/metrics` and
-//! the admin API under `/api/v1`.
+//! the admin API under `/api/v1` (which also serves both of the former, behind the admin
+//! token, as `/api/v1/healthz` and `/api/v1/metrics`).
 //!
 //! [`route`] only decides: it checks the admin token, parses and validates the JSON body
 //! into an [`AdminRequest`], and answers every mistake at once with a JSON `{"error"}` that
@@ -62,6 +63,13 @@ pub fn route(
         ["api", "v1", rest @ ..] => {
             if let Err(refusal) = authorise(head, admin_token) {
                 return refusal;
+            }
+            // The same bodies as `/healthz` and `/metrics`, behind the admin token: the
+            // dashboard reads these, so it keeps working where the balancer closes the others.
+            match rest {
+                ["healthz"] => return only_get(head).unwrap_or(Route::Health),
+                ["metrics"] => return only_get(head).unwrap_or(Route::Metrics),
+                _ => {}
             }
             let Some(allowed) = admin_method(rest) else {
                 return not_found(head);

@@ -79,6 +79,34 @@ fn health_and_metrics_need_no_token() {
 }
 
 #[test]
+fn health_and_metrics_under_the_admin_api_need_the_token() {
+    let call = |method: &str, path: &str, token: Option<&str>| {
+        route(&head(method, path, token), b"", Some(TOKEN), MAX_CHARS)
+    };
+    assert!(matches!(
+        call("GET", "/api/v1/healthz", Some(TOKEN)),
+        Route::Health
+    ));
+    assert!(matches!(
+        call("GET", "/api/v1/metrics", Some(TOKEN)),
+        Route::Metrics
+    ));
+    assert_eq!(refused(call("GET", "/api/v1/metrics", None)).0, 401);
+    assert_eq!(
+        refused(call("GET", "/api/v1/healthz", Some("wrong"))).0,
+        401
+    );
+    assert_eq!(refused(call("POST", "/api/v1/metrics", Some(TOKEN))).0, 405);
+    let disabled = route(
+        &head("GET", "/api/v1/metrics", Some(TOKEN)),
+        b"",
+        None,
+        MAX_CHARS,
+    );
+    assert_eq!(refused(disabled).0, 503);
+}
+
+#[test]
 fn unknown_paths_are_404() {
     for path in [
         "/",
