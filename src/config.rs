@@ -113,6 +113,16 @@ pub struct Args {
     /// comma-separated (e.g. `https://app.example.com,http://localhost:5173`); empty: none.
     #[arg(long = "cors-origins", env = "CHAT_CORS_ORIGINS", default_value = "")]
     cors_origins: String,
+    /// Demo mode: seed the embedded store with a demo workspace and serve the demo chat page
+    /// and its sign-in (`--demo`, or CHAT_DEMO=1). Refused with DATABASE_URL.
+    #[arg(
+        long = "demo",
+        env = "CHAT_DEMO",
+        num_args = 0..=1,
+        default_missing_value = "1",
+        default_value = "0"
+    )]
+    demo: String,
 }
 
 /// Subcommands.
@@ -155,6 +165,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Origins answered with CORS headers (exact `scheme://host[:port]` matches).
     pub cors_origins: Vec<String>,
+    /// Demo mode (only with the embedded store).
+    pub demo: bool,
 }
 
 /// Engine.IO timing and size settings, sent to clients in the open packet.
@@ -214,6 +226,19 @@ where
         return Err(bad(format!("out of range; use one from {min} to {max}")));
     }
     Ok(n)
+}
+
+/// A yes/no setting: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case).
+fn switch(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError {
+            variable,
+            value: value.to_string(),
+            problem: "not a yes/no value; use 1 or 0 (true/false, yes/no, on/off)".into(),
+        }),
+    }
 }
 
 fn millis(variable: &'static str, value: &str, min: u64) -> Result<Duration, ConfigError> {
@@ -292,9 +317,22 @@ impl Config {
             ping_timeout: millis("CHAT_PING_TIMEOUT_MS", &args.ping_timeout_ms, 50)?,
             max_payload: number("CHAT_MAX_PAYLOAD", &args.max_payload, 64usize, 64 << 20)?,
         };
+        let database_url = non_empty("DATABASE_URL", args.database_url)?;
+        let demo = switch("CHAT_DEMO", &args.demo)?;
+        if demo && database_url.is_some() {
+            // The demo seeds made-up users and signs anyone in as them: never into a real
+            // database, and never silently off when it was asked for.
+            return Err(ConfigError {
+                variable: "CHAT_DEMO",
+                value: args.demo,
+                problem: "demo mode runs on the embedded store only, and DATABASE_URL is set; \
+                          unset DATABASE_URL to run the demo, or unset CHAT_DEMO (drop --demo)"
+                    .into(),
+            });
+        }
         Ok(Config {
             listen,
-            database_url: non_empty("DATABASE_URL", args.database_url)?,
+            database_url,
             redis_url: non_empty("REDIS_URL", args.redis_url)?,
             jwt_secret,
             admin_token: non_empty("CHAT_ADMIN_TOKEN", args.admin_token)?,
@@ -328,6 +366,7 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            demo,
         })
     }
 }
@@ -366,6 +405,22 @@ mod tests {
             !short.to_string().contains("short\""),
             "the secret is never printed"
         );
+    }
+
+    #[test]
+    fn demo_is_off_unless_asked_and_never_with_a_database() {
+        assert!(!parse(&[]).unwrap().demo);
+        assert!(parse(&["--demo"]).unwrap().demo);
+        assert!(parse(&["--demo", "yes"]).unwrap().demo);
+        assert!(!parse(&["--demo", "0"]).unwrap().demo);
+        assert_eq!(
+            parse(&["--demo", "maybe"]).unwrap_err().variable,
+            "CHAT_DEMO"
+        );
+        let db = parse(&["--demo", "--database-url", "postgres://db/x"]).unwrap_err();
+        assert_eq!(db.variable, "CHAT_DEMO");
+        assert!(db.problem.contains("DATABASE_URL"), "{db}");
+        assert!(!parse(&["--database-url", "postgres://db/x"]).unwrap().demo);
     }
 
     #[test]
