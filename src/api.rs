@@ -40,6 +40,8 @@ pub enum Route {
         /// JSON body.
         body: String,
     },
+    /// Answer now with this complete HTTP response (a page or file of [`crate::web`]).
+    Raw(Vec<u8>),
 }
 
 /// Decides what to do with a request that is not for `/socket.io/`.
@@ -304,7 +306,8 @@ fn not_found(head: &RequestHead) -> Route {
     error(404, &format!("no route for {} {}", head.method, head.path))
 }
 
-fn method_not_allowed(head: &RequestHead, allowed: &str) -> Route {
+/// 405 naming the method to use.
+pub(crate) fn method_not_allowed(head: &RequestHead, allowed: &str) -> Route {
     error(
         405,
         &format!(

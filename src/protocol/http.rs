@@ -313,7 +313,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn write_response(
+/// A complete response with `extra_headers` before the content headers.
+pub fn write_response(
     status: u16,
     extra_headers: &[(&str, &str)],
     content_type: &str,

@@ -69,6 +69,7 @@ impl Shard {
                 );
                 self.respond(slot, bytes, keep_alive, now);
             }
+            Route::Raw(bytes) => self.respond(slot, bytes, keep_alive, now),
             Route::Respond { status, body } => {
                 let bytes = http::response(status, "application/json", body.as_bytes(), keep_alive);
                 self.respond(slot, bytes, keep_alive, now);
