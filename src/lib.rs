@@ -19,8 +19,8 @@
 //! and return output, so they are tested with strings.
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`protocol`],
-//! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`store`], [`presence`], [`shard`],
-//! [`node`]. A long-polling session lives in its shard like a WebSocket connection does, and
+//! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`web`], [`store`], [`presence`],
+//! [`shard`], [`node`]. A long-polling session lives in its shard like a WebSocket connection does, and
 //! moves to the WebSocket's shard at the upgrade; connections never move.
 #![warn(missing_docs)]
 
@@ -38,3 +38,4 @@ pub mod protocol;
 pub mod shard;
 pub mod store;
 pub mod transport;
+pub mod web;
