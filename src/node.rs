@@ -89,6 +89,7 @@ impl Node {
             store: StoreHandle::new(store_tx),
             broker,
         };
+        let mut demo = None;
         let (store, store_kind) = match &config.database_url {
             Some(url) => (
                 crate::store::pg::spawn_postgres(
@@ -101,11 +102,20 @@ impl Node {
                 .map_err(|e| format!("PostgreSQL (DATABASE_URL): {e}"))?,
                 "postgres",
             ),
-            None => (
-                crate::store::spawn(store_rx, mesh.clone(), Arc::clone(&metrics))
-                    .map_err(|e| format!("cannot start the store thread: {e}"))?,
-                "memory",
-            ),
+            None => {
+                let mut backend = crate::store::MemoryBackend::new();
+                if config.demo {
+                    demo = Some(
+                        crate::web::demo::seed(&mut backend, chrono::Utc::now())
+                            .map_err(|e| format!("cannot seed the demo workspace: {e}"))?,
+                    );
+                }
+                (
+                    crate::store::spawn_with(backend, store_rx, mesh.clone(), Arc::clone(&metrics))
+                        .map_err(|e| format!("cannot start the store thread: {e}"))?,
+                    "memory",
+                )
+            }
         };
         let presence = crate::presence::spawn(presence_rx, mesh.clone())
             .map_err(|e| format!("cannot start the presence thread: {e}"))?;
@@ -118,6 +128,7 @@ impl Node {
             store_kind,
             started: Instant::now(),
             config: config.clone(),
+            demo,
         });
         let mut threads = Vec::with_capacity(shards);
         for (i, ((poll, listener), inbox)) in
@@ -150,8 +161,17 @@ impl Node {
             tls = tls_on,
             jwt = config.jwt_secret.is_some(),
             admin_api = config.admin_token.is_some(),
+            demo = config.demo,
             "ocomms-rt started"
         );
+        if config.demo {
+            let port = local_addr.port();
+            tracing::warn!(
+                "demo mode: open http://localhost:{port}/ in two browser tabs and sign in as two \
+                 demo users; anyone who can reach this port may sign in as a demo user, and the \
+                 data lives in memory only"
+            );
+        }
         Ok(Node {
             local_addr,
             mesh,

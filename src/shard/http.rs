@@ -1,5 +1,5 @@
 //! The HTTP phase of a connection: request heads (with limits), the WebSocket upgrade on
-//! `/socket.io/`, `/healthz`, `/metrics` and the admin API.
+//! `/socket.io/`, `/healthz`, `/metrics`, the admin API and the web pages.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -43,12 +43,16 @@ impl Shard {
             return total;
         }
         let keep_alive = head.keep_alive;
-        let route = api::route(
-            &head,
-            &buf[head_len..total],
-            config.admin_token.as_deref(),
-            config.max_message_chars,
-        );
+        let body = &buf[head_len..total];
+        let route =
+            crate::web::route(&head, body, self.core.shared.demo.as_ref()).unwrap_or_else(|| {
+                api::route(
+                    &head,
+                    body,
+                    config.admin_token.as_deref(),
+                    config.max_message_chars,
+                )
+            });
         match route {
             Route::Health => {
                 let body = self.health();

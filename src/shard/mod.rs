@@ -62,6 +62,8 @@ pub struct Shared {
     pub store_kind: &'static str,
     /// When the node started.
     pub started: Instant,
+    /// The demo workspace, in demo mode.
+    pub demo: Option<crate::web::Demo>,
 }
 
 /// A shard: its poll, listener, inbox and connections.
