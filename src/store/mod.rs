@@ -198,19 +198,11 @@ pub trait Backend {
     ) -> Result<(), StoreError>;
 }
 
-/// Starts the store thread with the embedded in-memory backend (no `DATABASE_URL`).
+/// Starts the store thread over `backend` (the embedded [`MemoryBackend`] when there is no
+/// `DATABASE_URL`).
 ///
 /// The thread is named `store`. It exits after [`StoreCommand::Shutdown`], once it has
 /// answered everything queued before it, or when every sender of `inbox` is gone.
-pub fn spawn(
-    inbox: Receiver<StoreCommand>,
-    mesh: Mesh,
-    metrics: Arc<Metrics>,
-) -> io::Result<JoinHandle<()>> {
-    spawn_with(MemoryBackend::new(), inbox, mesh, metrics)
-}
-
-/// Starts the store thread with any backend (see [`spawn`]).
 pub fn spawn_with<B: Backend + Send + 'static>(
     backend: B,
     inbox: Receiver<StoreCommand>,
