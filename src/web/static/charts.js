@@ -56,15 +56,19 @@ export class LineChart {
     g.fillText(this.title, pad.left, 16);
     g.font = "12px system-ui, sans-serif";
     let x = pad.left;
+    const labels = [];
     [...this.series].forEach(([name, data], i) => {
       const latest = [...data].reverse().find((v) => v !== null);
       const label = `${name}: ${latest === undefined ? "–" : this.format(latest)}`;
+      labels.push(label);
       g.fillStyle = COLOURS[i % COLOURS.length];
       g.fillRect(x, 25, 10, 10);
       g.fillStyle = "#374151";
       g.fillText(label, x + 14, 34);
       x += g.measureText(label).width + 28;
     });
+    // What the chart shows now, for screen readers (and tests).
+    this.canvas.setAttribute("aria-label", `${this.title}. ${labels.join(", ")}`);
 
     // Axis: zero, half and max.
     g.strokeStyle = "#e5e7eb";
