@@ -216,13 +216,35 @@ impl Metrics {
         let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_total Time spent committing batches.\n# TYPE ocomms_store_batch_seconds_total counter\nocomms_store_batch_seconds_total {}", s.batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_batch_max Largest batch committed.\n# TYPE ocomms_store_batch_max gauge\nocomms_store_batch_max {}", s.max_batch.load(Relaxed));
         let _ = writeln!(out, "# HELP ocomms_store_inbox_depth Commands waiting for the store.\n# TYPE ocomms_store_inbox_depth gauge\nocomms_store_inbox_depth {}", s.inbox_depth.load(Relaxed));
+        let up = u8::from(s.db_status.load(Relaxed) == crate::store::pg::status::OK);
+        let _ = writeln!(out, "# HELP ocomms_store_up 1 while the store answers (the embedded store always does), 0 while PostgreSQL is unreachable.\n# TYPE ocomms_store_up gauge\nocomms_store_up {up}");
         s.send_ack.render(
             &mut out,
             "ocomms_send_ack_seconds",
             "Time from a shard reading a message:send to the store answering it (stored, published), seconds.",
         );
+        process(&mut out);
         out
     }
+}
+
+/// The process's resident memory and open-file limit, in the names Prometheus' client
+/// libraries use, read from `/proc/self` (a few hundred bytes; skipped where it is missing).
+fn process(out: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kib) = proc_field(&status, "VmRSS:") {
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", kib * 1024);
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = proc_field(&limits, "Max open files") {
+        let _ = writeln!(out, "# HELP process_max_fds Maximum number of open file descriptors.\n# TYPE process_max_fds gauge\nprocess_max_fds {max}");
+    }
+}
+
+/// The first number after `label` on its line of a `/proc` file.
+fn proc_field(text: &str, label: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(label))?;
+    line[label.len()..].split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -239,6 +261,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE ocomms_connections gauge"));
+    }
+
+    #[test]
+    fn store_status_and_process_figures_are_rendered() {
+        let m = Metrics::new(1);
+        assert!(m.render().contains("\nocomms_store_up 1\n"));
+        m.store
+            .db_status
+            .store(crate::store::pg::status::DOWN, Relaxed);
+        let text = m.render();
+        assert!(text.contains("\nocomms_store_up 0\n"), "{text}");
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(rss.is_some_and(|b| b > 1 << 20), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("process_max_fds ")));
+        assert_eq!(
+            proc_field("Max open files  20000  20000  files", "Max open files"),
+            Some(20000)
+        );
+        assert_eq!(
+            proc_field("Max open files  unlimited", "Max open files"),
+            None
+        );
     }
 
     #[test]
