@@ -510,6 +510,8 @@ impl<B: Backend> Store<B> {
                     ack,
                     received,
                 } => {
+                    // Counted before the reply, so a client that saw its ack sees it counted.
+                    self.metrics.store.send_ack.observe(received.elapsed());
                     self.mesh.reply(
                         asker.from,
                         StoreReply::Sent {
@@ -517,7 +519,6 @@ impl<B: Backend> Store<B> {
                             result: result.map(|s| s.message),
                         },
                     );
-                    self.metrics.store.send_ack.observe(received.elapsed());
                 }
                 Origin::Admin { from } => {
                     let reply = match result {
