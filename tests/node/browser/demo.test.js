@@ -60,6 +60,8 @@ describe("demo chat page", { skip: browserMissing ?? false }, () => {
 
     await ada.type("#input", "Loud and cl", { delay: 20 });
     await grace.waitForSelector('#typing:text-is("Ada is typing…")');
+    await grace.mouse.move(0, 0);
+    await grace.screenshot({ path: screenshotPath("demo-chat.png") });
     await ada.type("#input", "ear");
     await ada.press("#input", "Enter");
     await grace.waitForSelector(messageNamed("Loud and clear"));
@@ -68,7 +70,6 @@ describe("demo chat page", { skip: browserMissing ?? false }, () => {
     // Both see the same messages in the same order.
     const read = (page) => page.$$eval("#messages li.message:not(.pending) p", (ps) => ps.map((p) => p.textContent));
     assert.deepEqual(await read(ada), await read(grace));
-    await grace.screenshot({ path: screenshotPath("demo-chat.png") });
   });
 
   test("a reload brings the history back", async () => {
@@ -90,6 +91,7 @@ describe("demo chat page", { skip: browserMissing ?? false }, () => {
     const sequences = await ada.$$eval("#messages li.message:not(.pending)", (lis) => lis.map((li) => Number(li.dataset.seq)));
     assert.deepEqual(sequences, [...sequences].sort((a, b) => a - b), "in sequence order");
     assert.equal(new Set(sequences).size, sequences.length, "nothing twice");
+    await ada.mouse.move(0, 0);
     await ada.screenshot({ path: screenshotPath("demo-recovered.png") });
   });
 
