@@ -20,9 +20,9 @@
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`protocol`],
 //! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`web`], [`store`], [`presence`],
-//! [`shard`], [`node`]. A long-polling session lives in its shard like a WebSocket connection does, and
-//! moves to the WebSocket's shard at the upgrade; connections never move. [`web`] holds the
-//! demo chat page and the dashboard, compiled into the binary.
+//! [`shard`], [`node`]. A long-polling session lives in its shard like a WebSocket connection
+//! does, and moves to the WebSocket's shard at the upgrade; connections never move. [`web`]
+//! holds the demo chat page and the dashboard, compiled into the binary.
 #![warn(missing_docs)]
 
 pub mod api;

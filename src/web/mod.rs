@@ -36,32 +36,23 @@ const CSS: &str = "text/css; charset=utf-8";
 const CHAT_PAGE: &str = include_str!("static/index.html");
 const DASHBOARD_PAGE: &str = include_str!("static/dashboard.html");
 
+/// An [`Asset`] from `static/`, compiled in.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("static/", $name)),
+        }
+    };
+}
+
 const ASSETS: [Asset; 5] = [
-    Asset {
-        name: "socket.js",
-        content_type: JS,
-        body: include_str!("static/socket.js"),
-    },
-    Asset {
-        name: "chat.js",
-        content_type: JS,
-        body: include_str!("static/chat.js"),
-    },
-    Asset {
-        name: "dashboard.js",
-        content_type: JS,
-        body: include_str!("static/dashboard.js"),
-    },
-    Asset {
-        name: "charts.js",
-        content_type: JS,
-        body: include_str!("static/charts.js"),
-    },
-    Asset {
-        name: "style.css",
-        content_type: CSS,
-        body: include_str!("static/style.css"),
-    },
+    asset!("socket.js", JS),
+    asset!("chat.js", JS),
+    asset!("dashboard.js", JS),
+    asset!("charts.js", JS),
+    asset!("style.css", CSS),
 ];
 
 /// Headers of every page and file: only this origin's scripts, styles and connections (the
