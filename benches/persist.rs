@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ocomms_rt::ids::{ConnectionId, ShardId, Target};
 use ocomms_rt::mesh::{
-    Asker, BrokerHandle, Mesh, NewMessage, ShardCommand, ShardHandle, StoreCommand, StoreHandle,
-    StoreReply,
+    Asker, BrokerHandle, Mesh, ShardCommand, ShardHandle, StoreCommand, StoreHandle, StoreReply,
 };
 use ocomms_rt::metrics::Metrics;
 use ocomms_rt::store::pg::testing::TestDb;
 use ocomms_rt::store::pg::{migrate, InsertMethod, PgBackend};
-use ocomms_rt::store::{spawn_with, Backend};
+use ocomms_rt::store::{spawn_with, Backend, NewMessage};
 
 /// Sends in flight (`PERSIST_WINDOW`, default 256), as many sockets on many shards would keep.
 fn window() -> usize {

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::chat::validate::{history_limit, validate_client_msg_id, validate_content};
 use crate::ids::{ChannelId, ConversationId, Target, UserId, WorkspaceId};
-use crate::mesh::{AdminRequest, HistoryQuery, NewMessage};
 use crate::protocol::http::RequestHead;
+use crate::store::request::{HistoryQuery, NewMessage};
 
 /// Default lifetime of a session made by `POST /api/v1/sessions`: one day.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
@@ -39,6 +39,77 @@ pub enum Route {
         /// JSON body.
         body: String,
     },
+}
+
+/// The admin API of contract §6, parsed and validated.
+#[derive(Clone, Debug)]
+pub enum AdminRequest {
+    /// `POST /api/v1/users`
+    CreateUser {
+        /// `name`
+        name: String,
+        /// `email`
+        email: Option<String>,
+    },
+    /// `POST /api/v1/workspaces`
+    CreateWorkspace {
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+    },
+    /// `POST /api/v1/workspaces/{id}/members`
+    AddWorkspaceMember {
+        /// Path id.
+        workspace: WorkspaceId,
+        /// `userId`
+        user: UserId,
+        /// `role`
+        role: Option<String>,
+    },
+    /// `POST /api/v1/channels`
+    CreateChannel {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+        /// `isPrivate`
+        is_private: bool,
+    },
+    /// `POST /api/v1/channels/{id}/members`
+    AddChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// `userId`
+        user: UserId,
+    },
+    /// `DELETE /api/v1/channels/{id}/members/{userId}`
+    RemoveChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// Path user id.
+        user: UserId,
+    },
+    /// `POST /api/v1/conversations`
+    CreateConversation {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `participantIds`
+        participants: Vec<UserId>,
+    },
+    /// `POST /api/v1/sessions`
+    CreateSession {
+        /// `userId`
+        user: UserId,
+        /// `ttlSeconds` (default one day)
+        ttl_seconds: u64,
+    },
+    /// `POST /api/v1/messages`: server-side publish.
+    Publish(NewMessage),
+    /// `GET /api/v1/{channels|conversations}/{id}/messages`
+    History(HistoryQuery),
 }
 
 /// Decides what to do with a request that is not for `/socket.io/`.

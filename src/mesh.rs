@@ -13,8 +13,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::ids::{ChannelId, ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
-use crate::model::{Grant, Message};
+use crate::api::AdminRequest;
+use crate::chat::auth::Credential;
+use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
+use crate::model::{Grant, MembershipChange, Message};
+use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 /// A frame encoded once and fanned out to every local member of a room.
 #[derive(Debug)]
@@ -218,75 +221,6 @@ pub enum PollCommand {
     },
 }
 
-/// A membership added or removed (admin API, or the web app writing the tables).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MembershipChange {
-    /// Whose membership.
-    pub user: UserId,
-    /// The workspace the room belongs to; only sockets scoped to it are affected.
-    pub workspace: WorkspaceId,
-    /// The channel or DM room.
-    pub room: Room,
-    /// `true`: join, `false`: leave at once.
-    pub joined: bool,
-}
-
-/// How the socket proved who it is, as far as the shard could check on its own.
-/// `Debug` never prints a session token.
-#[derive(Clone)]
-pub enum Credential {
-    /// A JWT whose signature and expiry the shard verified; the user still has to exist.
-    Jwt {
-        /// `sub`
-        user: UserId,
-        /// `name`, if the token carried one.
-        name: Option<String>,
-    },
-    /// An opaque session token, looked up in `sessions`.
-    Session(String),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credential::Jwt { user, name } => f
-                .debug_struct("Jwt")
-                .field("user", user)
-                .field("name", name)
-                .finish(),
-            Credential::Session(_) => f.write_str("Session(<hidden>)"),
-        }
-    }
-}
-
-/// A message to store (socket `message:send` or `POST /api/v1/messages`).
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    /// The author.
-    pub author: UserId,
-    /// The workspace the sending socket is scoped to (`None` for the admin API).
-    pub workspace: Option<WorkspaceId>,
-    /// Channel or DM.
-    pub target: Target,
-    /// Validated content.
-    pub content: String,
-    /// Idempotency key.
-    pub client_msg_id: Option<String>,
-}
-
-/// `message:history` and `GET …/messages`.
-#[derive(Clone, Copy, Debug)]
-pub struct HistoryQuery {
-    /// Channel or DM.
-    pub target: Target,
-    /// Only sequences below this.
-    pub before: Option<i64>,
-    /// Only sequences above this.
-    pub after: Option<i64>,
-    /// 1..=100.
-    pub limit: u32,
-}
-
 /// Who asks the store for something on a socket: the connection, the user it authenticated
 /// as, and its workspace scope.
 #[derive(Clone, Copy, Debug)]
@@ -356,122 +290,6 @@ pub enum StoreCommand {
     },
     /// Finish what is queued, then exit.
     Shutdown,
-}
-
-/// The admin API of contract §6, parsed and validated.
-#[derive(Clone, Debug)]
-pub enum AdminRequest {
-    /// `POST /api/v1/users`
-    CreateUser {
-        /// `name`
-        name: String,
-        /// `email`
-        email: Option<String>,
-    },
-    /// `POST /api/v1/workspaces`
-    CreateWorkspace {
-        /// `slug`
-        slug: String,
-        /// `name`
-        name: String,
-    },
-    /// `POST /api/v1/workspaces/{id}/members`
-    AddWorkspaceMember {
-        /// Path id.
-        workspace: WorkspaceId,
-        /// `userId`
-        user: UserId,
-        /// `role`
-        role: Option<String>,
-    },
-    /// `POST /api/v1/channels`
-    CreateChannel {
-        /// `workspaceId`
-        workspace: WorkspaceId,
-        /// `slug`
-        slug: String,
-        /// `name`
-        name: String,
-        /// `isPrivate`
-        is_private: bool,
-    },
-    /// `POST /api/v1/channels/{id}/members`
-    AddChannelMember {
-        /// Path id.
-        channel: ChannelId,
-        /// `userId`
-        user: UserId,
-    },
-    /// `DELETE /api/v1/channels/{id}/members/{userId}`
-    RemoveChannelMember {
-        /// Path id.
-        channel: ChannelId,
-        /// Path user id.
-        user: UserId,
-    },
-    /// `POST /api/v1/conversations`
-    CreateConversation {
-        /// `workspaceId`
-        workspace: WorkspaceId,
-        /// `participantIds`
-        participants: Vec<UserId>,
-    },
-    /// `POST /api/v1/sessions`
-    CreateSession {
-        /// `userId`
-        user: UserId,
-        /// `ttlSeconds` (default one day)
-        ttl_seconds: u64,
-    },
-    /// `POST /api/v1/messages`: server-side publish.
-    Publish(NewMessage),
-    /// `GET /api/v1/{channels|conversations}/{id}/messages`
-    History(HistoryQuery),
-}
-
-/// Why the store refused a request; the text names the bad value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreError {
-    /// Malformed or out of range (HTTP 400).
-    Invalid(String),
-    /// Not allowed for this user (HTTP 403).
-    Forbidden(String),
-    /// No such row (HTTP 404).
-    NotFound(String),
-    /// Clashes with an existing row (HTTP 409).
-    Conflict(String),
-    /// The database cannot answer now (HTTP 503).
-    Unavailable(String),
-}
-
-impl StoreError {
-    /// The HTTP status that fits.
-    pub fn status(&self) -> u16 {
-        match self {
-            StoreError::Invalid(_) => 400,
-            StoreError::Forbidden(_) => 403,
-            StoreError::NotFound(_) => 404,
-            StoreError::Conflict(_) => 409,
-            StoreError::Unavailable(_) => 503,
-        }
-    }
-
-    /// The reason, for a person.
-    pub fn message(&self) -> &str {
-        match self {
-            StoreError::Invalid(m)
-            | StoreError::Forbidden(m)
-            | StoreError::NotFound(m)
-            | StoreError::Conflict(m)
-            | StoreError::Unavailable(m) => m,
-        }
-    }
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
-    }
 }
 
 /// The store's answer to one [`StoreCommand`], routed back to the asking connection.

@@ -11,11 +11,9 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
-use crate::mesh::{
-    Asker, Broadcast, HistoryQuery, NewMessage, PresenceCommand, StoreCommand, StoreError,
-    StoreReply,
-};
+use crate::mesh::{Asker, Broadcast, PresenceCommand, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
+use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 /// What a handler asks the shard to do.
 #[derive(Debug)]

@@ -13,8 +13,9 @@ use super::polling::socket_of;
 use super::{Core, Shard};
 use crate::chat::{self, ChatState};
 use crate::ids::{ConnectionId, ShardId};
-use crate::mesh::{Detached, PresenceCommand, ShardCommand, StoreCommand, StoreError};
+use crate::mesh::{Detached, PresenceCommand, ShardCommand, StoreCommand};
 use crate::model::Grant;
+use crate::store::request::StoreError;
 
 /// Random hex digits after the shard prefix of a sid or pid.
 const RANDOM_DIGITS: usize = 20;

@@ -19,6 +19,7 @@
 mod admin;
 pub mod memory;
 pub mod pg;
+pub mod request;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,15 +30,15 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::api::AdminRequest;
+use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{
-    AdminRequest, Asker, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage,
-    StoreCommand, StoreError, StoreHandle, StoreReply,
-};
+use crate::mesh::{Asker, Mesh, StoreCommand, StoreHandle, StoreReply};
 use crate::metrics::Metrics;
-use crate::model::{timestamp, Grant, Message};
+use crate::model::{timestamp, Grant, MembershipChange, Message};
 
 pub use memory::MemoryBackend;
+pub use request::{HistoryQuery, NewMessage, StoreError};
 
 /// Most messages one history page returns (contract §3: "a `limit` over 100 is capped at 100").
 pub const MAX_HISTORY_LIMIT: u32 = 100;

@@ -9,8 +9,9 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use super::*;
+use crate::api::AdminRequest;
 use crate::ids::{Room, ShardId};
-use crate::mesh::{AdminRequest, BrokerHandle, ShardCommand, ShardHandle};
+use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle};
 
 mod admin;
 mod connect;
