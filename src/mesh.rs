@@ -50,7 +50,9 @@ impl Broadcast {
         Broadcast {
             room,
             except,
-            frame: crate::protocol::frame::event(event, data, None),
+            frame: crate::transport::websocket::text(&crate::protocol::packet::event_text(
+                event, data, None,
+            )),
             offset: None,
         }
     }
@@ -432,7 +434,11 @@ impl BrokerHandle {
         Broadcast {
             room,
             except: Except::Nobody,
-            frame: crate::protocol::frame::event(event, data, text.as_deref()),
+            frame: crate::transport::websocket::text(&crate::protocol::packet::event_text(
+                event,
+                data,
+                text.as_deref(),
+            )),
             offset,
         }
     }

@@ -1,9 +1,9 @@
 //! Wire formats and the per-socket state machine, free of IO: Engine.IO v4, Socket.IO v5,
-//! WebSocket frame encoding and the HTTP request head.
+//! long-polling payloads and the HTTP request head. (WebSocket framing is
+//! `transport::websocket`.)
 
 pub mod engine;
 pub mod error;
-pub mod frame;
 pub mod http;
 pub mod packet;
 pub mod polling;

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use super::engine::push_json_str;
@@ -265,6 +266,24 @@ pub fn encode(packet: &Packet) -> String {
     out
 }
 
+/// The Engine.IO + Socket.IO text of an event on the main namespace:
+/// `42["name",data]`, or `42["name",data,"offset"]` when connection state recovery tags it.
+pub fn event_text(name: &str, data: &impl Serialize, offset: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"42[");
+    // Serialising a str or a Serialize value into a Vec cannot fail unless the value's own
+    // Serialize impl fails, which ours never do.
+    serde_json::to_writer(&mut out, name).expect("event name serialises");
+    out.push(b',');
+    serde_json::to_writer(&mut out, data).expect("event data serialises");
+    if let Some(offset) = offset {
+        out.push(b',');
+        serde_json::to_writer(&mut out, offset).expect("offset serialises");
+    }
+    out.push(b']');
+    out
+}
+
 /// Packet type names from the spec's table, indexed by type digit.
 const TYPE_NAMES: [&str; 7] = [
     "CONNECT",
@@ -516,6 +535,12 @@ mod tests {
         assert!(reason("1{}").contains("DISCONNECT carries no payload"));
         assert!(reason("4").contains("CONNECT_ERROR packet without a payload"));
         assert!(reason("4[]").contains("object or a string"));
+    }
+
+    #[test]
+    fn offset_is_the_last_argument() {
+        let t = event_text("message:new", &1, Some("abc"));
+        assert_eq!(t, br#"42["message:new",1,"abc"]"#);
     }
 
     #[test]

@@ -164,7 +164,7 @@ mod tests {
     fn frame_payload_strips_each_header_size() {
         for len in [5usize, 200, 70_000] {
             let text = "4".repeat(len);
-            let frame = crate::protocol::frame::text(text.as_bytes());
+            let frame = crate::transport::websocket::text(text.as_bytes());
             let payload = frame_payload(&frame);
             assert_eq!(payload.len(), len);
             assert_eq!(

@@ -274,7 +274,7 @@ impl Session {
     }
 
     /// Sends an event to this socket: queues `42["event",data]`. Dropped once closed.
-    /// (Broadcasts are encoded once with [`super::frame::event`] instead.)
+    /// (Broadcasts are encoded once with [`super::packet::event_text`] instead.)
     pub fn emit(&mut self, event: &str, data: &impl Serialize) {
         if self.phase == Phase::Closed {
             return;

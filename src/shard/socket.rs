@@ -206,7 +206,7 @@ impl Shard {
                 };
                 let mut over = false;
                 while let Some(text) = socket.session.poll_transmit() {
-                    let frame = crate::protocol::frame::text(text.as_bytes());
+                    let frame = websocket::text(text.as_bytes());
                     let m = self.core.metrics();
                     m.frames_out.fetch_add(1, Relaxed);
                     m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);

@@ -149,8 +149,7 @@ impl Shard {
         match frame.opcode {
             Opcode::Text if frame.fin && payload == b"2probe" => {
                 let (owner, sid) = (up.owner, up.sid.to_string());
-                self.core
-                    .queue(conn, crate::protocol::frame::text(b"3probe"));
+                self.core.queue(conn, websocket::text(b"3probe"));
                 self.mark(slot);
                 self.send_poll(owner, PollCommand::Probe { sid }, now);
             }
@@ -301,7 +300,7 @@ impl Shard {
         let had: HashSet<usize> = seen.iter().map(|b| b.as_ptr() as usize).collect();
         let shadow = std::mem::take(&mut up.shadow);
         for packet in &queue {
-            self.core.queue(conn, crate::protocol::frame::text(packet));
+            self.core.queue(conn, websocket::text(packet));
         }
         let user = match &socket.auth {
             Auth::Connected(member) => Some(member.user.id),
