@@ -58,14 +58,8 @@ fn encode(c: &mut Criterion) {
         "deletedAt": null,
         "author": {"id": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d", "name": "Ada Lovelace"}
     });
-    c.bench_function("event_text + websocket::text message:new", |b| {
-        b.iter(|| {
-            websocket::text(&packet::event_text(
-                "message:new",
-                black_box(&message),
-                None,
-            ))
-        })
+    c.bench_function("packet::event + websocket::text message:new", |b| {
+        b.iter(|| websocket::text(&packet::event("message:new", black_box(&message), None)))
     });
 }
 

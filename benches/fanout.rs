@@ -50,10 +50,10 @@ fn ws_frames(c: &mut Criterion) {
 fn message_json(c: &mut Criterion) {
     let m = message();
     c.bench_function(
-        "message:new frame (Message::to_json + event_text + websocket::text)",
+        "message:new frame (Message::to_json + packet::event + websocket::text)",
         |b| {
             b.iter(|| {
-                websocket::text(&packet::event_text(
+                websocket::text(&packet::event(
                     "message:new",
                     &black_box(&m).to_json(),
                     None,
@@ -63,7 +63,7 @@ fn message_json(c: &mut Criterion) {
     );
     c.bench_function("message:new frame with recovery offset", |b| {
         b.iter(|| {
-            websocket::text(&packet::event_text(
+            websocket::text(&packet::event(
                 "message:new",
                 &black_box(&m).to_json(),
                 Some("0190a1b2-0001"),
@@ -99,7 +99,7 @@ fn broadcast(c: &mut Criterion) {
     let mut g = c.benchmark_group("broadcast to 10k recipients on one shard");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("hub members + push shared Bytes", |b| {
-        let frame = websocket::text(&packet::event_text("message:new", &m.to_json(), None));
+        let frame = websocket::text(&packet::event("message:new", &m.to_json(), None));
         b.iter(|| {
             for slot in hub.members(black_box(&room)) {
                 let q = &mut queues[slot as usize];
@@ -116,7 +116,7 @@ fn broadcast(c: &mut Criterion) {
     });
     g.bench_function("encode once + hub members + push", |b| {
         b.iter(|| {
-            let frame = websocket::text(&packet::event_text(
+            let frame = websocket::text(&packet::event(
                 "message:new",
                 &black_box(&m).to_json(),
                 None,

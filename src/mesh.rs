@@ -50,7 +50,7 @@ impl Broadcast {
         Broadcast {
             room,
             except,
-            frame: crate::transport::websocket::text(&crate::protocol::packet::event_text(
+            frame: crate::transport::websocket::text(&crate::protocol::packet::event(
                 event, data, None,
             )),
             offset: None,
@@ -434,7 +434,7 @@ impl BrokerHandle {
         Broadcast {
             room,
             except: Except::Nobody,
-            frame: crate::transport::websocket::text(&crate::protocol::packet::event_text(
+            frame: crate::transport::websocket::text(&crate::protocol::packet::event(
                 event,
                 data,
                 text.as_deref(),

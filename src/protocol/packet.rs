@@ -4,12 +4,11 @@
 //! The text here is what follows the Engine.IO message type `4`.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::engine::push_json_str;
 use super::error::ProtocolError;
 
 /// The main namespace, which a packet without a namespace part addresses.
@@ -221,67 +220,134 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
 
 /// Encodes `packet` as Socket.IO text, without the Engine.IO `4` in front.
 pub fn encode(packet: &Packet) -> String {
-    let mut out = String::with_capacity(32);
     let (kind, nsp, attachments, id) = match packet {
-        Packet::Connect { nsp, .. } => ('0', nsp, None, None),
-        Packet::Disconnect { nsp } => ('1', nsp, None, None),
-        Packet::Event { nsp, id, .. } => ('2', nsp, None, *id),
-        Packet::Ack { nsp, id, .. } => ('3', nsp, None, Some(*id)),
-        Packet::ConnectError { nsp, .. } => ('4', nsp, None, None),
+        Packet::Connect { nsp, .. } => (b'0', nsp, None, None),
+        Packet::Disconnect { nsp } => (b'1', nsp, None, None),
+        Packet::Event { nsp, id, .. } => (b'2', nsp, None, *id),
+        Packet::Ack { nsp, id, .. } => (b'3', nsp, None, Some(*id)),
+        Packet::ConnectError { nsp, .. } => (b'4', nsp, None, None),
         Packet::BinaryEvent {
             nsp,
             attachments,
             id,
             ..
-        } => ('5', nsp, Some(*attachments), *id),
+        } => (b'5', nsp, Some(*attachments), *id),
         Packet::BinaryAck {
             nsp,
             attachments,
             id,
             ..
-        } => ('6', nsp, Some(*attachments), Some(*id)),
+        } => (b'6', nsp, Some(*attachments), Some(*id)),
     };
-    out.push(kind);
-    // Writing into a String cannot fail.
-    if let Some(n) = attachments {
-        let _ = write!(out, "{n}-");
-    }
-    if nsp != MAIN_NAMESPACE {
-        out.push_str(nsp);
-        out.push(',');
-    }
-    if let Some(id) = id {
-        let _ = write!(out, "{id}");
-    }
+    let mut out = Vec::with_capacity(32);
+    write_head(&mut out, kind, nsp, attachments, id);
     match packet {
         Packet::Connect { data: Some(v), .. } | Packet::ConnectError { data: v, .. } => {
-            push_json(&mut out, v)
+            write_json(&mut out, v)
         }
         Packet::Event { data, .. }
         | Packet::Ack { data, .. }
         | Packet::BinaryEvent { data, .. }
-        | Packet::BinaryAck { data, .. } => push_json(&mut out, data),
+        | Packet::BinaryAck { data, .. } => write_json(&mut out, data),
         Packet::Connect { data: None, .. } | Packet::Disconnect { .. } => {}
     }
-    out
+    into_text(out)
 }
 
-/// The Engine.IO + Socket.IO text of an event on the main namespace:
-/// `42["name",data]`, or `42["name",data,"offset"]` when connection state recovery tags it.
-pub fn event_text(name: &str, data: &impl Serialize, offset: Option<&str>) -> Vec<u8> {
+/// An event on the main namespace as an Engine.IO message: `42["name",data]`, or
+/// `42["name",data,"offset"]` when connection state recovery tags it. Built straight from
+/// `data`, without a `Value` in between: every emit and broadcast is made here.
+pub fn event(name: &str, data: &(impl Serialize + ?Sized), offset: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(b"42[");
-    // Serialising a str or a Serialize value into a Vec cannot fail unless the value's own
-    // Serialize impl fails, which ours never do.
-    serde_json::to_writer(&mut out, name).expect("event name serialises");
+    out.push(b'4');
+    write_head(&mut out, b'2', MAIN_NAMESPACE, None, None);
+    out.push(b'[');
+    write_json(&mut out, name);
     out.push(b',');
-    serde_json::to_writer(&mut out, data).expect("event data serialises");
+    write_json(&mut out, data);
     if let Some(offset) = offset {
         out.push(b',');
-        serde_json::to_writer(&mut out, offset).expect("offset serialises");
+        write_json(&mut out, offset);
     }
     out.push(b']');
     out
+}
+
+/// The answer to the client's event `id` as an Engine.IO message: `43<id>[data]`, so the
+/// client's callback receives `data` as its one argument.
+pub fn ack(id: u64, data: &(impl Serialize + ?Sized)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'4');
+    write_head(&mut out, b'3', MAIN_NAMESPACE, None, Some(id));
+    out.push(b'[');
+    write_json(&mut out, data);
+    out.push(b']');
+    out
+}
+
+/// The server's CONNECT answer as an Engine.IO message: `40{"sid":…}`, with `"pid"` when
+/// connection state recovery is on.
+pub fn connect(sid: &str, pid: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.push(b'4');
+    write_head(&mut out, b'0', MAIN_NAMESPACE, None, None);
+    out.extend_from_slice(b"{\"sid\":");
+    write_json(&mut out, sid);
+    if let Some(pid) = pid {
+        out.extend_from_slice(b",\"pid\":");
+        write_json(&mut out, pid);
+    }
+    out.push(b'}');
+    out
+}
+
+/// A refused CONNECT as an Engine.IO message: `44{"message":…}` (on another namespace
+/// `44/nsp,{…}`), which socket.io-client raises as `connect_error` with that message.
+pub fn connect_error(nsp: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + nsp.len() + message.len());
+    out.push(b'4');
+    write_head(&mut out, b'4', nsp, None, None);
+    out.extend_from_slice(b"{\"message\":");
+    write_json(&mut out, message);
+    out.push(b'}');
+    out
+}
+
+/// The head of a packet: type digit, `n-` for binary attachments, `nsp,` unless it is the
+/// main namespace, then the ack id.
+fn write_head(out: &mut Vec<u8>, kind: u8, nsp: &str, attachments: Option<usize>, id: Option<u64>) {
+    out.push(kind);
+    // Writing into a Vec cannot fail.
+    if let Some(n) = attachments {
+        let _ = write!(out, "{n}-");
+    }
+    if nsp != MAIN_NAMESPACE {
+        out.extend_from_slice(nsp.as_bytes());
+        out.push(b',');
+    }
+    if let Some(id) = id {
+        let _ = write!(out, "{id}");
+    }
+}
+
+/// Appends `value` as JSON. Our payload types always serialise (no maps with non-string
+/// keys); should one fail, `null` replaces what it wrote, keeping the packet valid rather
+/// than ending the shard.
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        debug_assert!(false, "payload failed to serialise: {e}");
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Text built from ASCII and serde_json output, both UTF-8.
+pub(crate) fn into_text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| {
+        debug_assert!(false, "serde_json wrote invalid UTF-8: {e}");
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })
 }
 
 /// Packet type names from the spec's table, indexed by type digit.
@@ -323,21 +389,6 @@ fn json_kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-fn push_json(out: &mut String, value: &impl serde::Serialize) {
-    // A serde_json::Value (or Vec of them) always serialises: its map keys are strings.
-    match serde_json::to_string(value) {
-        Ok(json) => out.push_str(&json),
-        Err(_) => out.push_str("null"),
-    }
-}
-
-/// Appends `{"message":…}`, the CONNECT_ERROR payload socket.io-client turns into an Error.
-pub(crate) fn push_error_message(out: &mut String, message: &str) {
-    out.push_str("{\"message\":");
-    push_json_str(out, message);
-    out.push('}');
 }
 
 #[cfg(test)]
@@ -539,7 +590,7 @@ mod tests {
 
     #[test]
     fn offset_is_the_last_argument() {
-        let t = event_text("message:new", &1, Some("abc"));
+        let t = event("message:new", &1, Some("abc"));
         assert_eq!(t, br#"42["message:new",1,"abc"]"#);
     }
 

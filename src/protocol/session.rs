@@ -11,7 +11,6 @@
 //! waiting to ping and waiting for the pong.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,9 +18,9 @@ use serde_json::Value;
 
 use crate::config::EngineLimits;
 
-use super::engine::{self, push_json_str, EnginePacket};
+use super::engine::{self, EnginePacket};
 use super::error::ProtocolError;
-use super::packet::{self, push_error_message, Packet, MAIN_NAMESPACE};
+use super::packet::{self, Packet, MAIN_NAMESPACE};
 
 /// What the client did, for the application to act on (see [`Session::poll_event`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -234,15 +233,7 @@ impl Session {
         if !matches!(self.phase, Phase::Handshake | Phase::Pending) {
             return;
         }
-        let mut out = String::with_capacity(48);
-        out.push_str("40{\"sid\":");
-        push_json_str(&mut out, socket_sid);
-        if let Some(pid) = pid {
-            out.push_str(",\"pid\":");
-            push_json_str(&mut out, pid);
-        }
-        out.push('}');
-        self.transmit.push_back(out);
+        self.push(packet::connect(socket_sid, pid));
         self.phase = Phase::Connected;
     }
 
@@ -252,10 +243,7 @@ impl Session {
         if !matches!(self.phase, Phase::Handshake | Phase::Pending) {
             return;
         }
-        let mut out = String::with_capacity(16 + message.len());
-        out.push_str("44");
-        push_error_message(&mut out, message);
-        self.transmit.push_back(out);
+        self.push(packet::connect_error(MAIN_NAMESPACE, message));
         self.phase = Phase::Handshake;
     }
 
@@ -265,27 +253,16 @@ impl Session {
         if self.phase == Phase::Closed {
             return;
         }
-        let mut out = Vec::with_capacity(64);
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "43{id}[");
-        write_json(&mut out, data);
-        out.push(b']');
-        self.push_json_text(out);
+        self.push(packet::ack(id, data));
     }
 
     /// Sends an event to this socket: queues `42["event",data]`. Dropped once closed.
-    /// (Broadcasts are encoded once with [`super::packet::event_text`] instead.)
+    /// (Broadcasts are encoded once with [`packet::event`] and framed by each shard.)
     pub fn emit(&mut self, event: &str, data: &impl Serialize) {
         if self.phase == Phase::Closed {
             return;
         }
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(b"42[");
-        write_json(&mut out, event);
-        out.push(b',');
-        write_json(&mut out, data);
-        out.push(b']');
-        self.push_json_text(out);
+        self.push(packet::event(event, data, None));
     }
 
     /// Ends the socket from the server side: queues `41` (Socket.IO DISCONNECT, which
@@ -299,12 +276,9 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
-    /// Queues a packet built as bytes from ASCII and serde_json output, both UTF-8.
-    fn push_json_text(&mut self, out: Vec<u8>) {
-        match String::from_utf8(out) {
-            Ok(text) => self.transmit.push_back(text),
-            Err(e) => debug_assert!(false, "serde_json wrote invalid UTF-8: {e}"),
-        }
+    /// Queues a packet built by [`packet`].
+    fn push(&mut self, out: Vec<u8>) {
+        self.transmit.push_back(packet::into_text(out));
     }
 
     fn ping_interval(&self) -> Duration {
@@ -359,12 +333,7 @@ impl Session {
         match packet::decode(message)? {
             Packet::Connect { nsp, .. } if nsp != MAIN_NAMESPACE => {
                 // What the reference server answers for a namespace it does not have.
-                let mut out = String::with_capacity(24 + nsp.len() + 32);
-                out.push_str("44");
-                out.push_str(&nsp);
-                out.push(',');
-                push_error_message(&mut out, "Invalid namespace");
-                self.transmit.push_back(out);
+                self.push(packet::connect_error(&nsp, "Invalid namespace"));
                 Ok(())
             }
             Packet::Connect { data, .. } => {
@@ -435,18 +404,6 @@ fn string_field(data: &Option<Value>, key: &str) -> Option<String> {
     match data.as_ref()?.get(key)? {
         Value::String(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// Appends `value` as JSON, straight into the packet buffer. Our payload types always
-/// serialise (no maps with non-string keys); should one fail, `null` replaces what it wrote,
-/// keeping the packet valid rather than ending the shard.
-fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, value) {
-        debug_assert!(false, "payload failed to serialise: {e}");
-        out.truncate(start);
-        out.extend_from_slice(b"null");
     }
 }
 
