@@ -10,4 +10,4 @@ pub mod polling;
 pub mod session;
 
 pub use error::ProtocolError;
-pub use session::{Session, SessionEvent};
+pub use session::{CloseReason, Session, SessionEvent};

@@ -48,9 +48,29 @@ pub enum SessionEvent {
     },
     /// The client ended the socket: a Socket.IO DISCONNECT on `/` or an Engine.IO close.
     Closed {
-        /// The Socket.IO disconnect reason: `"client namespace disconnect"` or `"transport close"`.
-        reason: String,
+        /// Which of the two.
+        reason: CloseReason,
     },
+}
+
+/// How the client ended its socket, with the Socket.IO disconnect reason of each
+/// (`socket.on("disconnect", (reason) => …)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A Socket.IO DISCONNECT on `/`: the client said goodbye (`"client namespace disconnect"`).
+    ClientDisconnect,
+    /// An Engine.IO close: the transport ended, and a reconnect may follow (`"transport close"`).
+    TransportClose,
+}
+
+impl CloseReason {
+    /// The Socket.IO name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientDisconnect => "client namespace disconnect",
+            CloseReason::TransportClose => "transport close",
+        }
+    }
 }
 
 /// One socket's Engine.IO + Socket.IO state. Kept small (128 bytes on 64-bit targets), as
@@ -318,7 +338,7 @@ impl Session {
                 Ok(())
             }
             EnginePacket::Close => {
-                self.close("transport close");
+                self.close(CloseReason::TransportClose);
                 Ok(())
             }
             EnginePacket::Open => Err(ProtocolError::Malformed(
@@ -355,7 +375,7 @@ impl Session {
                 // "No response is expected from the other side." One for a namespace this
                 // socket never joined changes nothing.
                 if nsp == MAIN_NAMESPACE {
-                    self.close("client namespace disconnect");
+                    self.close(CloseReason::ClientDisconnect);
                 }
                 Ok(())
             }
@@ -391,11 +411,9 @@ impl Session {
         }
     }
 
-    fn close(&mut self, reason: &str) {
+    fn close(&mut self, reason: CloseReason) {
         self.phase = Phase::Closed;
-        self.events.push_back(SessionEvent::Closed {
-            reason: reason.to_owned(),
-        });
+        self.events.push_back(SessionEvent::Closed { reason });
     }
 }
 

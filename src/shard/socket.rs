@@ -15,7 +15,7 @@ use crate::chat::{self, typing, Context, Effect};
 use crate::ids::{Room, ShardId, UserId};
 use crate::mesh::{Broadcast, Except, PresenceCommand, StoreReply};
 use crate::model::MembershipChange;
-use crate::protocol::session::SessionEvent;
+use crate::protocol::session::{CloseReason, SessionEvent};
 use crate::protocol::ProtocolError;
 use crate::transport::websocket::{self, Opcode};
 
@@ -232,10 +232,10 @@ impl Shard {
                     self.on_event(slot, &name, args, ack, now)
                 }
                 SessionEvent::Closed { reason } => {
-                    tracing::trace!(slot, reason, "client ended the session");
+                    tracing::trace!(slot, reason = reason.as_str(), "client ended the session");
                     // A Socket.IO DISCONNECT is a goodbye: nothing to recover. A bare
                     // transport close may be followed by a reconnect.
-                    let goodbye = reason != "transport close";
+                    let goodbye = reason == CloseReason::ClientDisconnect;
                     self.close_socket(slot, goodbye);
                     return;
                 }
