@@ -1,7 +1,6 @@
-//! Engine.IO v4 HTTP long-polling, the sans-IO parts: which shard owns a session id, how
-//! packets are joined into and split out of a payload, the answers of the protocol (with
-//! CORS headers for browser apps), and how a broadcast's WebSocket frame becomes a polling
-//! packet without a copy.
+//! Engine.IO v4 HTTP long-polling, the sans-IO parts: how packets are joined into and split
+//! out of a payload, the answers of the protocol (with CORS headers for browser apps), and
+//! how a broadcast's WebSocket frame becomes a polling packet without a copy.
 //!
 //! "With the HTTP long-polling transport, the client sends multiple packets in a single
 //! payload, separated by the record separator (`\x1e`)" — both directions use that form.
@@ -17,21 +16,6 @@ pub const SEPARATOR: u8 = 0x1e;
 
 /// Content type of every polling payload and of the `ok` answer to a POST.
 pub const TEXT_PLAIN: &str = "text/plain; charset=UTF-8";
-
-/// Random hex digits after the shard prefix in a session id (see `shard::http::new_sid`).
-const SID_RANDOM_DIGITS: usize = 20;
-
-/// The shard that owns session `sid`: its id starts with the shard number in hex, followed
-/// by 20 random hex digits. `None` when the id cannot be one of ours (wrong length, not hex,
-/// or a shard this node does not have), which the caller answers "Session ID unknown".
-pub fn sid_shard(sid: &str, shards: usize) -> Option<u16> {
-    if sid.len() <= SID_RANDOM_DIGITS || !sid.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let prefix = &sid[..sid.len() - SID_RANDOM_DIGITS];
-    let shard = u16::from_str_radix(prefix, 16).ok()?;
-    (usize::from(shard) < shards).then_some(shard)
-}
 
 /// The packets of a POST body, in order. Empty packets (a trailing separator) are skipped.
 pub fn split_payload(body: &str) -> impl Iterator<Item = &str> {
@@ -122,9 +106,9 @@ pub fn preflight(head: &RequestHead, origin: Option<&str>, keep_alive: bool) -> 
     out.into_bytes()
 }
 
-/// An Engine.IO error answer: 400 with `{"code":…,"message":…}` as the reference server
-/// sends (codes: 0 transport unknown, 1 session id unknown, 2 bad handshake method, 3 bad
-/// request, 5 unsupported protocol version).
+/// An Engine.IO error answer on `/socket.io/`, whichever the transport: 400 with
+/// `{"code":…,"message":…}` as the reference server sends (codes: 0 transport unknown, 1
+/// session id unknown, 2 bad handshake method, 3 bad request, 5 unsupported protocol version).
 pub fn engine_error(code: u8, message: &str, origin: Option<&str>) -> Vec<u8> {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     response(400, "application/json", body.as_bytes(), false, origin)
@@ -133,21 +117,6 @@ pub fn engine_error(code: u8, message: &str, origin: Option<&str>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sid_shard_reads_the_hex_prefix() {
-        assert_eq!(sid_shard("0aaaaabbbbbcccccddddd", 2), Some(0));
-        assert_eq!(sid_shard("1aaaaabbbbbcccccddddd", 2), Some(1));
-        assert_eq!(sid_shard("1faaaaabbbbbcccccddddd", 32), Some(31));
-        assert_eq!(
-            sid_shard("1faaaaabbbbbcccccddddd", 31),
-            None,
-            "no such shard"
-        );
-        assert_eq!(sid_shard("aaaaabbbbbcccccddddd", 2), None, "no prefix");
-        assert_eq!(sid_shard("0aaaaabbbbbcccccdddd-", 2), None, "not hex");
-        assert_eq!(sid_shard("", 2), None);
-    }
 
     #[test]
     fn split_and_join_use_the_record_separator() {

@@ -12,26 +12,10 @@ use super::connection::{Auth, Member, Recovery};
 use super::polling::socket_of;
 use super::{Core, Shard};
 use crate::chat::{self, ChatState};
-use crate::ids::{ConnectionId, ShardId};
+use crate::ids::{new_session_id, session_shard, ConnectionId};
 use crate::mesh::{Detached, PresenceCommand, ShardCommand, StoreCommand};
 use crate::model::Grant;
 use crate::store::request::StoreError;
-
-/// Random hex digits after the shard prefix of a sid or pid.
-const RANDOM_DIGITS: usize = 20;
-
-/// A random session id: hex shard number, then 20 random hex digits. The prefix lets any shard
-/// find the one that owns the session.
-pub(super) fn new_sid(shard: ShardId) -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{:x}{}", shard.0, &random[..RANDOM_DIGITS])
-}
-
-/// The shard a sid or pid was made on.
-pub(super) fn shard_of(id: &str) -> Option<ShardId> {
-    let prefix = id.get(..id.len().checked_sub(RANDOM_DIGITS)?)?;
-    u16::from_str_radix(prefix, 16).ok().map(ShardId)
-}
 
 impl Core {
     /// Keeps a socket that went away for the recovery window.
@@ -44,10 +28,8 @@ impl Core {
             };
             // A session that moved here with a WebSocket upgrade keeps the pid of the shard
             // that made it, where a reconnect will look for it.
-            match shard_of(&pid) {
-                Some(owner)
-                    if owner != self.id && usize::from(owner.0) < self.mesh.shards.len() =>
-                {
+            match session_shard(&pid, self.mesh.shards.len()) {
+                Some(owner) if owner != self.id => {
                     let command = crate::mesh::PollCommand::Detach { pid, session };
                     self.mesh.shards[usize::from(owner.0)]
                         .send(ShardCommand::Polling(Box::new(command)));
@@ -143,12 +125,12 @@ impl Shard {
             self.admit(slot, grant, None, now);
             return;
         };
-        match shard_of(&recover.pid) {
+        match session_shard(&recover.pid, self.core.mesh.shards.len()) {
             Some(owner) if owner == self.core.id => {
                 let found = self.core.recovery.take(now, &recover.pid);
                 self.admit(slot, grant, found.map(|d| (recover, d)), now);
             }
-            Some(owner) if usize::from(owner.0) < self.core.mesh.shards.len() => {
+            Some(owner) => {
                 let pid = recover.pid.clone();
                 socket.auth = Auth::Recovering(grant, recover);
                 self.core.mesh.shards[usize::from(owner.0)]
@@ -201,7 +183,7 @@ impl Shard {
         });
         let pid = match &recovered {
             Some((pid, _)) => Some(pid.clone()),
-            None if self.core.recovery.enabled() => Some(new_sid(self.core.id)),
+            None if self.core.recovery.enabled() => Some(new_session_id(self.core.id)),
             None => None,
         };
         for room in &grant.rooms {
@@ -210,7 +192,7 @@ impl Shard {
         let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
             return;
         };
-        let sid = new_sid(self.core.id);
+        let sid = new_session_id(self.core.id);
         socket.session.accept(&sid, pid.as_deref());
         self.core.mesh.broker.presence(PresenceCommand::Connected {
             user: grant.user.id,
@@ -252,20 +234,5 @@ impl Shard {
             }
             self.mark(slot);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sids_name_their_shard() {
-        for shard in [0u16, 9, 10, 255, 1023] {
-            let sid = new_sid(ShardId(shard));
-            assert_eq!(shard_of(&sid), Some(ShardId(shard)), "{sid}");
-        }
-        assert_eq!(shard_of("short"), None);
-        assert_eq!(shard_of("zz0123456789abcdef0123"), None);
     }
 }

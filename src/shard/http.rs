@@ -11,6 +11,7 @@ use super::{Close, Shard};
 use crate::api::{self, Route};
 use crate::mesh::StoreCommand;
 use crate::protocol::http::{self, RequestHead};
+use crate::protocol::polling;
 use crate::protocol::session::Session;
 
 impl Shard {
@@ -145,14 +146,10 @@ impl Shard {
 
     /// `/socket.io/`: Engine.IO's handshake. Errors use Engine.IO's JSON codes.
     fn engine_request(&mut self, slot: u32, head: RequestHead, body: &[u8], now: Instant) {
-        let engine_error = |code: u8, message: &str| {
-            let body = json!({"code": code, "message": message}).to_string();
-            http::response(400, "application/json", body.as_bytes(), false)
-        };
         if head.query_param("EIO").as_deref() != Some("4") {
             self.respond(
                 slot,
-                engine_error(5, "Unsupported protocol version"),
+                polling::engine_error(5, "Unsupported protocol version", None),
                 false,
                 now,
             );
@@ -165,14 +162,19 @@ impl Shard {
                 return;
             }
             _ => {
-                self.respond(slot, engine_error(0, "Transport unknown"), false, now);
+                self.respond(
+                    slot,
+                    polling::engine_error(0, "Transport unknown", None),
+                    false,
+                    now,
+                );
                 return;
             }
         }
         let Some(key) = head.websocket_key.as_deref() else {
             self.respond(
                 slot,
-                engine_error(3, "Bad request: a WebSocket upgrade was expected"),
+                polling::engine_error(3, "Bad request: a WebSocket upgrade was expected", None),
                 false,
                 now,
             );
@@ -186,7 +188,7 @@ impl Shard {
         let bearer = head.bearer_token().map(Box::from);
         let cookie = crate::chat::auth::session_cookie(&head).map(Box::from);
         let accept = http::websocket_accept(key);
-        let sid = super::connect::new_sid(self.core.id);
+        let sid = crate::ids::new_session_id(self.core.id);
         let session = Session::new(now, sid, self.core.shared.config.engine);
         let conn = &mut self.conns[slot as usize];
         self.core.queue(conn, accept.into());

@@ -14,11 +14,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::connect::new_sid;
 use super::connection::{socket_at, Auth, Connection, Credentials, Phase, Socket};
 use super::timers::Due;
 use super::Shard;
-use crate::ids::ConnectionId;
+use crate::ids::{new_session_id, session_shard, ConnectionId};
 use crate::mesh::{PollCommand, ShardCommand};
 use crate::protocol::http::RequestHead;
 use crate::protocol::polling::{self, TEXT_PLAIN};
@@ -191,7 +190,7 @@ impl Shard {
                 return;
             }
         };
-        let Some(owner) = polling::sid_shard(&sid, self.core.shared.config.shards) else {
+        let Some(owner) = session_shard(&sid, self.core.shared.config.shards) else {
             let bytes = polling::engine_error(1, "Session ID unknown", origin.as_deref());
             self.respond(slot, bytes, false, now);
             return;
@@ -212,7 +211,7 @@ impl Shard {
             origin,
             keep_alive,
         };
-        self.send_poll(owner, command, now);
+        self.send_poll(owner.0, command, now);
     }
 
     /// Input on `slot` waits until the pending answer is written.
@@ -239,7 +238,7 @@ impl Shard {
     ) {
         let bearer = head.bearer_token().map(Box::from);
         let cookie = crate::chat::auth::session_cookie(head).map(Box::from);
-        let sid = new_sid(self.core.id);
+        let sid = new_session_id(self.core.id);
         let session = Session::with_upgrades(
             now,
             sid.clone(),

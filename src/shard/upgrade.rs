@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::connection::{Auth, Phase, Upgrading};
 use super::polling::Handover;
 use super::{Close, Shard};
-use crate::ids::{ConnectionId, Room};
+use crate::ids::{session_shard, ConnectionId, Room};
 use crate::mesh::{Except, PollCommand};
 use crate::protocol::http;
 use crate::protocol::polling;
@@ -33,7 +33,7 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 impl Shard {
     /// A WebSocket opened with the `sid` of a polling session, on connection `slot`.
     pub(super) fn websocket_upgrade(&mut self, slot: u32, key: &str, sid: String, now: Instant) {
-        let Some(owner) = polling::sid_shard(&sid, self.core.shared.config.shards) else {
+        let Some(owner) = session_shard(&sid, self.core.shared.config.shards).map(|s| s.0) else {
             let bytes = polling::engine_error(1, "Session ID unknown", None);
             self.respond(slot, bytes, false, now);
             return;

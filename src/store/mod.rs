@@ -40,8 +40,8 @@ use crate::model::{timestamp, Grant, MembershipChange, Message};
 pub use memory::MemoryBackend;
 pub use request::{HistoryQuery, NewMessage, StoreError};
 
-/// Most messages one history page returns (contract §3: "a `limit` over 100 is capped at 100").
-pub const MAX_HISTORY_LIMIT: u32 = 100;
+/// Most messages one history page returns (the rule is `chat::validate`'s).
+pub use crate::chat::validate::MAX_HISTORY_LIMIT;
 
 /// Most commands taken from the inbox in one turn, which bounds a send batch and the time
 /// before the loop looks at the inbox depth again.
