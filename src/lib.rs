@@ -29,6 +29,7 @@ pub mod chat;
 pub mod config;
 pub mod hub;
 pub mod ids;
+pub mod json;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

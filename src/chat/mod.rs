@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
+use crate::ids::{ConnectionId, MessageId, Room, UserId, WorkspaceId};
+use crate::json::{self, Fields};
 use crate::mesh::{Asker, Broadcast, PresenceCommand, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
@@ -214,50 +215,8 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
 }
 
 /// The event's data as a JSON object, or an error naming the event.
-fn object(event: &str, data: Value) -> Result<Map<String, Value>, String> {
-    match data {
-        Value::Object(map) => Ok(map),
-        other => Err(format!(
-            "{event} expects an object as its data, got {}",
-            kind(&other)
-        )),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn string<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
-    match map.get(field) {
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("{field} must be a string, got {}", kind(other))),
-        None => Err(format!("{field} is missing")),
-    }
-}
-
-fn optional_sequence(map: &Map<String, Value>, field: &str) -> Result<Option<i64>, String> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(v) if v >= 0 => Ok(Some(v)),
-            _ => Err(format!(
-                "{field} must be a whole number of 0 or more, got {n}"
-            )),
-        },
-        Some(other) => Err(format!("{field} must be a number, got {}", kind(other))),
-    }
-}
-
-fn target(map: &Map<String, Value>, id_field: &str, type_field: &str) -> Result<Target, String> {
-    Target::parse(string(map, type_field)?, string(map, id_field)?)
+fn object(event: &str, data: Value) -> Result<Fields, String> {
+    Fields::object(data, format_args!("the data of {event}"))
 }
 
 fn message_send(
@@ -266,13 +225,12 @@ fn message_send(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:send", data)?;
-    let target = target(&map, "targetId", "targetType")?;
-    let content = validate::validate_content(string(&map, "content")?, ctx.max_message_chars)?;
-    let client_msg_id = match map.get("clientMsgId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(validate::validate_client_msg_id(s)?),
-        Some(other) => return Err(format!("clientMsgId must be a string, got {}", kind(other))),
+    let fields = object("message:send", data)?;
+    let target = fields.target("targetId", "targetType")?;
+    let content = validate::validate_content(fields.raw_text("content")?, ctx.max_message_chars)?;
+    let client_msg_id = match fields.opt_raw_text("clientMsgId")? {
+        Some(id) => Some(validate::validate_client_msg_id(id)?),
+        None => None,
     };
     out.push(Effect::Store(StoreCommand::Send {
         asker: ctx.asker(),
@@ -294,11 +252,7 @@ fn message_delete(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:delete", data)?;
-    let id = string(&map, "messageId")?;
-    let message: MessageId = id
-        .parse()
-        .map_err(|_| format!("messageId {id:?} is not a uuid"))?;
+    let message: MessageId = object("message:delete", data)?.id("messageId")?;
     out.push(Effect::Store(StoreCommand::Delete {
         asker: ctx.asker(),
         ack,
@@ -313,24 +267,30 @@ fn message_history(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:history", data)?;
-    let target = target(&map, "targetId", "targetType")?;
-    let limit = match map.get("limit") {
-        None | Some(Value::Null) => validate::history_limit(None)?,
+    let fields = object("message:history", data)?;
+    let target = fields.target("targetId", "targetType")?;
+    let limit = match fields.get("limit") {
+        None => validate::history_limit(None)?,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) => validate::history_limit(Some(v))?,
             None => {
                 return Err(format!(
-                    "limit must be a whole number from 1 to 100, got {n}"
+                    "field \"limit\" must be a whole number from 1 to {}, got {n}",
+                    validate::MAX_HISTORY_LIMIT
                 ))
             }
         },
-        Some(other) => return Err(format!("limit must be a number, got {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "field \"limit\" must be a number, got {}",
+                json::kind(other)
+            ))
+        }
     };
     let query = HistoryQuery {
         target,
-        before: optional_sequence(&map, "beforeSequence")?,
-        after: optional_sequence(&map, "afterSequence")?,
+        before: fields.opt_sequence("beforeSequence")?,
+        after: fields.opt_sequence("afterSequence")?,
         limit,
     };
     out.push(Effect::Store(StoreCommand::History {
@@ -347,8 +307,7 @@ fn room_join(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("room:join", data)?;
-    let target = target(&map, "roomId", "roomType")?;
+    let target = object("room:join", data)?.target("roomId", "roomType")?;
     out.push(Effect::Store(StoreCommand::CheckMember {
         asker: ctx.asker(),
         ack,
@@ -358,8 +317,7 @@ fn room_join(
 }
 
 fn room_leave(data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
-    let map = object("room:leave", data)?;
-    let target = target(&map, "roomId", "roomType")?;
+    let target = object("room:leave", data)?.target("roomId", "roomType")?;
     out.push(Effect::Leave(target.room()));
     if let Some(id) = ack {
         out.push(Effect::Ack(id, json!({"success": true})));
@@ -382,8 +340,7 @@ fn typing_event(
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
     let name = if start { "typing:start" } else { "typing:stop" };
-    let map = object(name, data)?;
-    let target = target(&map, "targetId", "targetType")?;
+    let target = object(name, data)?.target("targetId", "targetType")?;
     if !(ctx.in_room)(target.room()) {
         // Contract §3: typing in a room the user is not a member of is ignored.
         ok(ack, out);
@@ -437,12 +394,8 @@ fn presence_query(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("presence:query", data)?;
-    let ids = match map.get("userIds") {
-        Some(Value::Array(ids)) => ids,
-        Some(other) => return Err(format!("userIds must be an array, got {}", kind(other))),
-        None => return Err("userIds is missing".into()),
-    };
+    let fields = object("presence:query", data)?;
+    let ids = fields.array("userIds")?;
     if ids.len() > MAX_PRESENCE_QUERY {
         return Err(format!(
             "userIds has {} entries; ask about at most {MAX_PRESENCE_QUERY} at a time",
@@ -457,7 +410,7 @@ fn presence_query(
                 .map_err(|_| format!("userIds entry {s:?} is not a uuid")),
             other => Err(format!(
                 "userIds entries must be strings, got {}",
-                kind(other)
+                json::kind(other)
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;

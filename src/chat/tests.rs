@@ -1,5 +1,5 @@
 use super::*;
-use crate::ids::{ChannelId, ShardId};
+use crate::ids::{ChannelId, ShardId, Target};
 
 fn user() -> User {
     User {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ProtocolError;
+use crate::json;
 
 /// The main namespace, which a packet without a namespace part addresses.
 pub const MAIN_NAMESPACE: &str = "/";
@@ -168,7 +169,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 None | Some(Value::Object(_)) => Ok(Packet::Connect { nsp, data }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "CONNECT payload must be an object such as {{\"token\":\"…\"}}, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
             }
         }
@@ -178,7 +179,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 None => Ok(Packet::Disconnect { nsp }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "DISCONNECT carries no payload, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
             }
         }
@@ -188,7 +189,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 Some(Value::String(_)) => Ok(Packet::Event { nsp, data, id }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "EVENT name must be a string, got {}",
-                    json_kind(other)
+                    json::kind(other)
                 ))),
                 None => Err(malformed(
                     "EVENT payload is an empty array; it must start with the event name",
@@ -210,7 +211,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 }
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "CONNECT_ERROR payload must be an object or a string, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
                 None => Err(malformed("CONNECT_ERROR packet without a payload")),
             }
@@ -371,23 +372,11 @@ fn array(kind_name: &str, data: Option<Value>) -> Result<Vec<Value>, ProtocolErr
         Some(Value::Array(items)) => Ok(items),
         Some(other) => Err(ProtocolError::Malformed(format!(
             "{kind_name} payload must be an array, got {}",
-            json_kind(&other)
+            json::kind(&other)
         ))),
         None => Err(ProtocolError::Malformed(format!(
             "{kind_name} packet without a payload (after the namespace's comma, if any)"
         ))),
-    }
-}
-
-/// A JSON value's kind, for error messages that must not echo client data at length.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
