@@ -17,20 +17,30 @@ use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
 use crate::model::{Grant, MembershipChange, Message};
+use crate::protocol::packet;
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
-/// A frame encoded once and fanned out to every local member of a room.
+/// An event for every socket of a room but those it skips, as a publisher (a chat handler,
+/// the presence keeper, the store) hands it to the broker.
 #[derive(Debug)]
-pub struct Broadcast {
+pub struct Publication {
     /// Who receives it.
     pub room: Room,
     /// Sockets left out.
     pub except: Except,
-    /// The whole WebSocket frame (header and Socket.IO packet), shared by every recipient.
-    pub frame: Bytes,
-    /// Connection state recovery offset (durable events only), replayed to sockets that
-    /// reconnect having missed it.
-    pub offset: Option<u64>,
+    /// The Engine.IO packet, `42["event",data]`, encoded once.
+    pub packet: Bytes,
+}
+
+impl Publication {
+    /// `event` with `data` to every member of `room` but `except`.
+    pub fn event(room: Room, event: &str, data: &impl serde::Serialize, except: Except) -> Self {
+        Publication {
+            room,
+            except,
+            packet: Bytes::from(packet::event(event, data, None)),
+        }
+    }
 }
 
 /// Who a broadcast skips.
@@ -44,18 +54,28 @@ pub enum Except {
     User(UserId),
 }
 
-impl Broadcast {
-    /// A broadcast of `event` to every member of `room`, without a recovery offset.
-    pub fn event(room: Room, event: &str, data: &impl serde::Serialize, except: Except) -> Self {
-        Broadcast {
-            room,
-            except,
-            frame: crate::transport::websocket::text(&crate::protocol::packet::event(
-                event, data, None,
-            )),
-            offset: None,
-        }
-    }
+/// Names one broadcast among all those of this node, so a shard can tell whether a socket
+/// already had it (at a transport upgrade, two shards see the same broadcasts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BroadcastId(pub u64);
+
+/// A publication on its way to every shard, with its id and, for a durable event, its
+/// offset. This is what the broker carries (and what would travel between nodes): the
+/// Socket.IO packet, not a frame. Each shard frames it once for its WebSocket members;
+/// polling sessions queue the packet itself.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Unique on this node.
+    pub id: BroadcastId,
+    /// Who receives it.
+    pub room: Room,
+    /// Sockets left out.
+    pub except: Except,
+    /// Connection state recovery offset (durable events only), replayed to sockets that
+    /// reconnect having missed it.
+    pub offset: Option<u64>,
+    /// The Engine.IO packet, shared by every recipient on every shard.
+    pub packet: Bytes,
 }
 
 /// What a shard's event loop is asked to do by other threads.
@@ -395,10 +415,9 @@ impl StoreHandle {
 pub struct BrokerHandle {
     shards: Vec<ShardHandle>,
     presence: Option<Sender<PresenceCommand>>,
-    /// Next offset of a durable event. Every durable event gets one: shards log them for
-    /// connection state recovery and for handing a session over at a transport upgrade.
-    offsets: Arc<AtomicU64>,
-    /// Whether offsets also go on the wire (connection state recovery is on).
+    /// The next broadcast id. Ids only need to differ, so any thread may take one.
+    ids: Arc<AtomicU64>,
+    /// Whether durable events carry their offset on the wire (connection state recovery).
     recovery: bool,
 }
 
@@ -408,7 +427,7 @@ impl BrokerHandle {
         BrokerHandle {
             shards,
             presence: None,
-            offsets: Arc::new(AtomicU64::new(1)),
+            ids: Arc::new(AtomicU64::new(1)),
             recovery: false,
         }
     }
@@ -425,27 +444,21 @@ impl BrokerHandle {
         self
     }
 
-    /// A durable event (`message:new`, `message:deleted`) to a room, with the next offset.
-    /// With recovery on, Socket.IO carries the offset as the event's last argument. Offsets
-    /// must be taken in publication order, so only one thread (the store) calls this.
-    pub fn durable(&self, room: Room, event: &str, data: &impl serde::Serialize) -> Broadcast {
-        let offset = Some(self.offsets.fetch_add(1, Relaxed));
-        let text = offset.filter(|_| self.recovery).map(|o| o.to_string());
-        Broadcast {
-            room,
-            except: Except::Nobody,
-            frame: crate::transport::websocket::text(&crate::protocol::packet::event(
-                event,
-                data,
-                text.as_deref(),
-            )),
-            offset,
-        }
+    /// Publishes an ephemeral event (typing, presence): no offset, nothing to replay.
+    pub fn publish(&self, publication: Publication) {
+        self.fan_out(publication, None);
     }
 
-    /// Fans a broadcast out to every shard of this node (each keeps only its members).
-    pub fn publish(&self, broadcast: Broadcast) {
-        let broadcast = Arc::new(broadcast);
+    /// Gives the publication an id and hands it to every shard of this node (each keeps
+    /// only its members).
+    fn fan_out(&self, publication: Publication, offset: Option<u64>) {
+        let broadcast = Arc::new(Broadcast {
+            id: BroadcastId(self.ids.fetch_add(1, Relaxed)),
+            room: publication.room,
+            except: publication.except,
+            offset,
+            packet: publication.packet,
+        });
         for shard in &self.shards {
             shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
         }
@@ -463,6 +476,38 @@ impl BrokerHandle {
         if let Some(inbox) = &self.presence {
             let _ = inbox.send(command);
         }
+    }
+}
+
+/// The publisher of durable events (`message:new`, `message:deleted`) and the one owner of
+/// their offsets. Shards log durable events by offset for connection state recovery and to
+/// hand a session over at a transport upgrade, so offsets must rise in publication order:
+/// the store thread, which publishes every durable event after its commit, owns the only
+/// one. It is not `Clone`, and needs no atomics.
+#[derive(Debug)]
+pub struct DurablePublisher {
+    broker: BrokerHandle,
+    next: u64,
+}
+
+impl DurablePublisher {
+    /// The publisher of a node's durable events, through `broker`.
+    pub fn new(broker: BrokerHandle) -> Self {
+        DurablePublisher { broker, next: 1 }
+    }
+
+    /// Publishes `event` to every member of `room` with the next offset. With recovery on,
+    /// Socket.IO carries the offset as the event's last argument.
+    pub fn publish(&mut self, room: Room, event: &str, data: &impl serde::Serialize) {
+        let offset = self.next;
+        self.next += 1;
+        let text = self.broker.recovery.then(|| offset.to_string());
+        let publication = Publication {
+            room,
+            except: Except::Nobody,
+            packet: Bytes::from(packet::event(event, data, text.as_deref())),
+        };
+        self.broker.fan_out(publication, Some(offset));
     }
 }
 

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use serde_json::json;
 
 use crate::ids::{Room, UserId, WorkspaceId};
-use crate::mesh::{Broadcast, Except, Mesh, PresenceCommand, StoreReply};
+use crate::mesh::{Except, Mesh, PresenceCommand, Publication, StoreReply};
 
 /// A user's status in a workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +153,7 @@ pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<Jo
                 };
                 if let Some(status) = book.apply(workspace, user, change) {
                     let data = json!({"userId": user, "status": status.as_str()});
-                    mesh.broker.publish(Broadcast::event(
+                    mesh.broker.publish(Publication::event(
                         Room::Workspace(workspace),
                         "presence:update",
                         &data,

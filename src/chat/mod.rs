@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::ids::{ConnectionId, MessageId, Room, UserId, WorkspaceId};
 use crate::json::{self, Fields};
-use crate::mesh::{Asker, Broadcast, PresenceCommand, StoreCommand, StoreReply};
+use crate::mesh::{Asker, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
@@ -25,8 +25,8 @@ pub enum Effect {
     Emit(&'static str, Value),
     /// Ask the store thread.
     Store(StoreCommand),
-    /// Fan a frame out to a room through the broker.
-    Publish(Broadcast),
+    /// Fan an event out to a room through the broker.
+    Publish(Publication),
     /// Join a room on this shard.
     Join(Room),
     /// Leave a room on this shard.

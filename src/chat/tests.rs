@@ -94,7 +94,7 @@ fn typing_reaches_the_room_except_the_typist_and_only_when_a_member() {
         [Effect::Publish(b)] => {
             assert_eq!(b.except, crate::mesh::Except::User(user().id));
             assert_eq!(b.room, member_of(5).room());
-            assert!(String::from_utf8_lossy(&b.frame).contains("\"isTyping\":true"));
+            assert!(String::from_utf8_lossy(&b.packet).contains("\"isTyping\":true"));
         }
         other => panic!("{other:?}"),
     }

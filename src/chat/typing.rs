@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::ids::Target;
-use crate::mesh::{Broadcast, Except};
+use crate::mesh::{Except, Publication};
 use crate::model::User;
 
 /// A user who stops sending `typing:start` is shown as not typing after this long.
@@ -126,14 +126,14 @@ impl Typing {
 
 /// `typing:update {userId, userName, targetId, isTyping}` to the target's room, skipping
 /// every socket of the typing user.
-pub fn update(user: &User, target: Target, is_typing: bool) -> Broadcast {
+pub fn update(user: &User, target: Target, is_typing: bool) -> Publication {
     let data = json!({
         "userId": user.id,
         "userName": user.name,
         "targetId": target.uuid(),
         "isTyping": is_typing,
     });
-    Broadcast::event(target.room(), "typing:update", &data, Except::User(user.id))
+    Publication::event(target.room(), "typing:update", &data, Except::User(user.id))
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Engine.IO v4 HTTP long-polling, the sans-IO parts: how packets are joined into and split
-//! out of a payload, the answers of the protocol (with CORS headers for browser apps), and
-//! how a broadcast's WebSocket frame becomes a polling packet without a copy.
+//! out of a payload, and the answers of the protocol (with CORS headers for browser apps).
 //!
 //! "With the HTTP long-polling transport, the client sends multiple packets in a single
 //! payload, separated by the record separator (`\x1e`)" — both directions use that form.
@@ -32,18 +31,6 @@ pub fn join_payload<'a>(packets: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8>
         body.extend_from_slice(packet);
     }
     body
-}
-
-/// The Engine.IO packet inside a server-sent WebSocket text frame (`[header][payload]`),
-/// sharing the frame's buffer. Server frames are unmasked, so the header is 2 bytes, or 4
-/// when the length byte says 126 (16-bit length), or 10 when it says 127 (64-bit length).
-pub fn frame_payload(frame: &Bytes) -> Bytes {
-    let header = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.slice(header.min(frame.len())..)
 }
 
 /// The origin to echo in `Access-Control-Allow-Origin`, when the request's `Origin` is one
@@ -127,21 +114,6 @@ mod tests {
         assert_eq!(join_payload(&q), b"2\x1e42[\"b\"]");
         assert_eq!(join_payload(&q[..1]), b"2");
         assert!(join_payload(&[]).is_empty());
-    }
-
-    #[test]
-    fn frame_payload_strips_each_header_size() {
-        for len in [5usize, 200, 70_000] {
-            let text = "4".repeat(len);
-            let frame = crate::transport::websocket::text(text.as_bytes());
-            let payload = frame_payload(&frame);
-            assert_eq!(payload.len(), len);
-            assert_eq!(
-                payload.as_ptr(),
-                frame[frame.len() - len..].as_ptr(),
-                "shares the frame's buffer"
-            );
-        }
     }
 
     #[test]

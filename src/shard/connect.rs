@@ -225,8 +225,10 @@ impl Shard {
                 _ => Vec::new(),
             };
             let mut over = false;
-            for frame in self.core.recovery.replay(after, &rooms) {
-                over |= self.core.queue(conn, frame.clone());
+            for broadcast in self.core.recovery.replay(after, &rooms) {
+                over |= self
+                    .core
+                    .queue(conn, crate::transport::websocket::text(&broadcast.packet));
             }
             if over {
                 self.slow_consumer(slot);

@@ -18,7 +18,7 @@ use super::connection::{socket_at, Auth, Connection, Credentials, Phase, Socket}
 use super::timers::Due;
 use super::Shard;
 use crate::ids::{new_session_id, session_shard, ConnectionId};
-use crate::mesh::{PollCommand, ShardCommand};
+use crate::mesh::{BroadcastId, PollCommand, ShardCommand};
 use crate::protocol::http::RequestHead;
 use crate::protocol::polling::{self, TEXT_PLAIN};
 use crate::protocol::session::Session;
@@ -54,11 +54,10 @@ pub(super) struct PollSession {
     /// A WebSocket probed this session: GETs are answered at once (with `6` if nothing is
     /// queued) so the client can pause polling and send `5`.
     pub upgrading: bool,
-    /// While a WebSocket takes the session over (from its upgrade request on): every
-    /// broadcast packet queued here, so the WebSocket's shard can tell which of the
-    /// broadcasts it kept aside this session already had. Holding the `Bytes` keeps their
-    /// buffers, and so their addresses, unique meanwhile.
-    pub seen: Option<Vec<Bytes>>,
+    /// While a WebSocket takes the session over (from its upgrade request on): the id of
+    /// every broadcast queued here, so the WebSocket's shard can tell which of the
+    /// broadcasts it kept aside this session already had.
+    pub seen: Option<Vec<BroadcastId>>,
     /// The rooms the upgrading WebSocket's shard was told to join (it keeps their
     /// broadcasts aside); the handover waits until they cover the session's rooms.
     pub told: Vec<crate::ids::Room>,
@@ -78,7 +77,7 @@ pub(super) struct HeldGet {
 pub struct Handover {
     pub(super) socket: Box<Socket>,
     pub(super) queue: VecDeque<Bytes>,
-    pub(super) seen: Vec<Bytes>,
+    pub(super) seen: Vec<BroadcastId>,
     /// The newest durable offset the owner had delivered when it let go: every durable event
     /// of the session's rooms after it is the new shard's to deliver.
     pub(super) newest: u64,
@@ -560,10 +559,9 @@ impl Shard {
             Auth::Connected(member) => member.rooms.clone(),
             _ => return,
         };
-        for frame in self.core.recovery.replay(after, &rooms) {
-            let packet = polling::frame_payload(frame);
-            p.queued += packet.len();
-            p.queue.push_back(packet);
+        for broadcast in self.core.recovery.replay(after, &rooms) {
+            p.queued += broadcast.packet.len();
+            p.queue.push_back(broadcast.packet.clone());
         }
         if p.queued > self.core.shared.config.max_outbound_bytes {
             self.slow_consumer(slot);

@@ -388,6 +388,9 @@ impl Shard {
         let core = &mut self.core;
         let max = core.shared.config.max_outbound_bytes;
         let mut delivered = 0u64;
+        // Made on the first WebSocket member, once for all of them.
+        let mut frame: Option<Bytes> = None;
+        let mut framed = 0i64;
         let mut over = Vec::new();
         let mut polled = Vec::new();
         for slot in core.hub.members(&broadcast.room) {
@@ -404,12 +407,11 @@ impl Shard {
                 if is_except(broadcast, core.id, slot, p.generation, user) {
                     continue;
                 }
-                let packet = crate::protocol::polling::frame_payload(&broadcast.frame);
-                p.queued += packet.len();
+                p.queued += broadcast.packet.len();
                 if let Some(seen) = &mut p.seen {
-                    seen.push(packet.clone());
+                    seen.push(broadcast.id);
                 }
-                p.queue.push_back(packet);
+                p.queue.push_back(broadcast.packet.clone());
                 delivered += 1;
                 polled.push(slot);
                 continue;
@@ -432,7 +434,9 @@ impl Shard {
                 up.shadow.push(Arc::clone(broadcast));
                 continue;
             }
-            conn.out.push(broadcast.frame.clone());
+            let frame = frame.get_or_insert_with(|| websocket::text(&broadcast.packet));
+            conn.out.push(frame.clone());
+            framed += 1;
             delivered += 1;
             if !conn.dirty {
                 conn.dirty = true;
@@ -445,8 +449,10 @@ impl Shard {
         let m = core.metrics();
         m.deliveries.fetch_add(delivered, Relaxed);
         m.frames_out.fetch_add(delivered, Relaxed);
-        m.queued_bytes
-            .fetch_add(delivered as i64 * broadcast.frame.len() as i64, Relaxed);
+        if let Some(frame) = &frame {
+            m.queued_bytes
+                .fetch_add(framed * frame.len() as i64, Relaxed);
+        }
         for slot in over {
             self.slow_consumer(slot);
         }

@@ -11,8 +11,8 @@
 //!    the packets polling did not send over ([`PollCommand::Adopt`]). Store replies still
 //!    addressed to the old session are forwarded here for a while.
 //! 4. Adoption writes the handed packets, then the shadowed broadcasts the owner had not
-//!    queued itself (a frame the owner queued is the same buffer, so it is recognised by
-//!    address), so nothing is lost or repeated across the switch.
+//!    queued itself (the owner lists the ids of those it queued), so nothing is lost or
+//!    repeated across the switch.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,7 +22,7 @@ use super::connection::{Auth, Phase, Upgrading};
 use super::polling::Handover;
 use super::{Close, Shard};
 use crate::ids::{session_shard, ConnectionId, Room};
-use crate::mesh::{Except, PollCommand};
+use crate::mesh::{BroadcastId, Except, PollCommand};
 use crate::protocol::http;
 use crate::protocol::polling;
 use crate::transport::websocket::{self, Opcode};
@@ -297,7 +297,7 @@ impl Shard {
             self.core.metrics().sockets.fetch_add(1, Relaxed);
         }
         // Everything the owner queued since the upgrade began, sent by polling or not.
-        let had: HashSet<usize> = seen.iter().map(|b| b.as_ptr() as usize).collect();
+        let had: HashSet<BroadcastId> = seen.into_iter().collect();
         let shadow = std::mem::take(&mut up.shadow);
         for packet in &queue {
             self.core.queue(conn, websocket::text(packet));
@@ -311,9 +311,9 @@ impl Shard {
         // rooms, so the shadow alone could miss it. Whatever this shard has not handled yet
         // arrives live, now that the session is in its rooms here.
         if self.core.recovery.can_replay(newest) {
-            for frame in self.core.recovery.replay(newest, target) {
-                if !had.contains(&(polling::frame_payload(frame).as_ptr() as usize)) {
-                    self.core.queue(conn, frame.clone());
+            for broadcast in self.core.recovery.replay(newest, target) {
+                if !had.contains(&broadcast.id) {
+                    self.core.queue(conn, websocket::text(&broadcast.packet));
                 }
             }
         }
@@ -321,14 +321,13 @@ impl Shard {
             if broadcast.offset.is_some() && self.core.recovery.can_replay(newest) {
                 continue;
             }
-            let payload = polling::frame_payload(&broadcast.frame);
-            if had.contains(&(payload.as_ptr() as usize)) {
+            if had.contains(&broadcast.id) {
                 continue;
             }
             if matches!(broadcast.except, Except::User(u) if Some(u) == user) {
                 continue;
             }
-            self.core.queue(conn, broadcast.frame.clone());
+            self.core.queue(conn, websocket::text(&broadcast.packet));
         }
         // If this shard is behind the owner, durable events up to the owner's newest will
         // still come through this shard's inbox: the owner delivered them already.

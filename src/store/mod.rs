@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{Asker, Mesh, StoreCommand, StoreHandle, StoreReply};
+use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreHandle, StoreReply};
 use crate::metrics::Metrics;
 use crate::model::{timestamp, Grant, MembershipChange, Message};
 
@@ -336,6 +336,8 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
 pub struct Store<B> {
     backend: B,
     mesh: Mesh,
+    /// `message:new` and `message:deleted`, with their offsets.
+    durable: DurablePublisher,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSend>,
     /// The reader pool's queue, when there is one.
@@ -359,6 +361,7 @@ impl<B: Backend> Store<B> {
     pub fn new(backend: B, mesh: Mesh, metrics: Arc<Metrics>) -> Self {
         Store {
             backend,
+            durable: DurablePublisher::new(mesh.broker.clone()),
             mesh,
             metrics,
             pending: Vec::new(),
@@ -547,13 +550,13 @@ impl<B: Backend> Store<B> {
     }
 
     /// `message:new` to the message's room (contract §4).
-    fn publish_new(&self, message: &Message) {
-        let broker = &self.mesh.broker;
-        broker.publish(broker.durable(message.room(), "message:new", &message.to_json()));
+    fn publish_new(&mut self, message: &Message) {
+        self.durable
+            .publish(message.room(), "message:new", &message.to_json());
     }
 
     /// `message:deleted {messageId, deletedAt, channelId, conversationId, sequence}` (§4).
-    fn publish_deleted(&self, message: &Message) {
+    fn publish_deleted(&mut self, message: &Message) {
         let (channel, conversation) = match message.target {
             Target::Channel(c) => (Some(c), None),
             Target::Dm(d) => (None, Some(d)),
@@ -565,8 +568,8 @@ impl<B: Backend> Store<B> {
             "conversationId": conversation,
             "sequence": message.sequence,
         });
-        let broker = &self.mesh.broker;
-        broker.publish(broker.durable(message.room(), "message:deleted", &data));
+        self.durable
+            .publish(message.room(), "message:deleted", &data);
     }
 }
 

@@ -197,7 +197,7 @@ impl Harness {
     fn broadcast(&self) -> (Room, String, Value) {
         match self.next() {
             ShardCommand::Deliver(b) => {
-                let (name, data) = event_of(&b.frame);
+                let (name, data) = event_of(&b.packet);
                 (b.room, name, data)
             }
             other => panic!("expected a broadcast, got {other:?}"),
@@ -319,14 +319,9 @@ impl Harness {
     }
 }
 
-/// `(name, data)` of a `42["name",data]` event inside an unmasked WebSocket text frame.
-fn event_of(frame: &[u8]) -> (String, Value) {
-    let header = match frame[1] {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    let text = std::str::from_utf8(&frame[header..]).unwrap();
+/// `(name, data)` of a `42["name",data]` event packet.
+fn event_of(packet: &[u8]) -> (String, Value) {
+    let text = std::str::from_utf8(packet).unwrap();
     let packet: Value = serde_json::from_str(text.strip_prefix("42").unwrap()).unwrap();
     (packet[0].as_str().unwrap().to_owned(), packet[1].clone())
 }
