@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
-use crate::model::{Grant, MembershipChange, Message};
+use crate::model::{Grant, MembershipChange, Message, PresenceStatus};
 use crate::protocol::packet;
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
@@ -353,8 +353,8 @@ pub enum StoreReply {
     Presence {
         /// Ack id to answer.
         ack: Option<u64>,
-        /// `(user, "active" | "away" | "offline")`.
-        statuses: Vec<(UserId, &'static str)>,
+        /// Each user asked about, with their presence in the asker's workspace.
+        statuses: Vec<(UserId, PresenceStatus)>,
     },
     /// Answer to an admin request: status and JSON body.
     Admin {

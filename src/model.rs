@@ -95,6 +95,28 @@ impl Message {
     }
 }
 
+/// A user's presence in a workspace (contract §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceStatus {
+    /// At least one socket is active.
+    Active,
+    /// Every socket is away.
+    Away,
+    /// No socket.
+    Offline,
+}
+
+impl PresenceStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceStatus::Active => "active",
+            PresenceStatus::Away => "away",
+            PresenceStatus::Offline => "offline",
+        }
+    }
+}
+
 /// A membership added or removed (admin API, or the web app writing the tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MembershipChange {

@@ -201,7 +201,7 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
             if let Some(id) = ack {
                 let presence: Map<String, Value> = statuses
                     .into_iter()
-                    .map(|(user, status)| (user.to_string(), Value::from(status)))
+                    .map(|(user, status)| (user.to_string(), Value::from(status.as_str())))
                     .collect();
                 out.push(Effect::Ack(
                     id,
