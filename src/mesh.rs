@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
+use crate::chat::state::Detached;
 use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
 use crate::model::{Grant, MembershipChange, Message, PresenceStatus};
 use crate::protocol::packet;
@@ -109,20 +110,6 @@ pub enum ShardCommand {
         /// When unfinished writes are abandoned.
         deadline: Instant,
     },
-}
-
-/// A socket that went away without saying goodbye, kept for the recovery window so that a
-/// reconnect with its `pid` gets its rooms and missed events back. The rooms come from the
-/// reconnect's fresh authentication, so a membership removed meanwhile stays removed.
-#[derive(Clone, Copy, Debug)]
-pub struct Detached {
-    /// Who it was.
-    pub user: UserId,
-    /// Its workspace.
-    pub workspace: WorkspaceId,
-    /// The newest offset its shard had seen when it connected (replay starts after it when
-    /// the client received no offset at all).
-    pub since_offset: u64,
 }
 
 /// What the shards tell the presence keeper (contract §5: presence per user and workspace,

@@ -3,16 +3,19 @@
 //! socket, a clock or another thread.
 
 pub mod auth;
+pub mod state;
 pub mod typing;
 pub mod validate;
+
+pub use state::{Auth, ChatState, Credentials, Detached, Member, Recovery};
 
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::ids::{ConnectionId, MessageId, Room, UserId, WorkspaceId};
+use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
 use crate::json::{self, Fields};
-use crate::mesh::{Asker, PresenceCommand, Publication, StoreCommand, StoreReply};
+use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
@@ -37,25 +40,6 @@ pub enum Effect {
 
 /// Most users one `presence:query` may ask about.
 pub const MAX_PRESENCE_QUERY: usize = 1000;
-
-/// A connected socket's own chat state.
-#[derive(Debug)]
-pub struct ChatState {
-    /// Where it is typing.
-    pub typing: typing::Typing,
-    /// `presence:setAway` was its last word (until `presence:setActive`).
-    pub away: bool,
-}
-
-impl ChatState {
-    /// A socket that just connected: active, not typing.
-    pub fn new(now: Instant) -> Self {
-        ChatState {
-            typing: typing::Typing::new(now),
-            away: false,
-        }
-    }
-}
 
 /// What a handler may read about the socket.
 #[derive(Clone, Copy)]
@@ -348,7 +332,7 @@ fn typing_event(
     }
     match state.typing.handle(ctx.now, target, start) {
         typing::Outcome::Update(is_typing) => {
-            out.push(Effect::Publish(typing::update(ctx.user, target, is_typing)));
+            out.push(Effect::Publish(typing_update(ctx.user, target, is_typing)));
         }
         typing::Outcome::Quiet => {}
         typing::Outcome::Throttled(first) => {
@@ -420,6 +404,18 @@ fn presence_query(
         users,
     }));
     Ok(())
+}
+
+/// `typing:update {userId, userName, targetId, isTyping}` to the target's room, skipping
+/// every socket of the typing user.
+pub fn typing_update(user: &User, target: Target, is_typing: bool) -> Publication {
+    let data = json!({
+        "userId": user.id,
+        "userName": user.name,
+        "targetId": target.uuid(),
+        "isTyping": is_typing,
+    });
+    Publication::event(target.room(), "typing:update", &data, Except::User(user.id))
 }
 
 #[cfg(test)]

@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::connection::{Auth, Member, Recovery};
 use super::polling::socket_of;
 use super::{Core, Shard};
-use crate::chat::{self, ChatState};
+use crate::chat::{self, Auth, ChatState, Detached, Member, Recovery};
 use crate::ids::{new_session_id, session_shard, ConnectionId};
-use crate::mesh::{Detached, PresenceCommand, ShardCommand, StoreCommand};
+use crate::mesh::{PresenceCommand, ShardCommand, StoreCommand};
 use crate::model::Grant;
 use crate::store::request::StoreError;
 

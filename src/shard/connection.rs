@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use mio::Interest;
 
-use crate::chat::ChatState;
-use crate::ids::{Room, WorkspaceId};
-use crate::model::{Grant, User};
+use crate::chat::Auth;
+use crate::ids::Room;
+use crate::model::User;
 use crate::protocol::session::Session;
 use crate::transport::Stream;
 
@@ -99,67 +99,9 @@ pub struct Socket {
     pub fragment: Option<Vec<u8>>,
 }
 
-/// Authentication of a socket.
-#[derive(Debug)]
-pub enum Auth {
-    /// No CONNECT accepted yet; credentials the upgrade request carried, kept until then.
-    Pending(Credentials),
-    /// A CONNECT is with the store.
-    Checking(Credentials, Option<Recovery>),
-    /// Authenticated; waiting for another shard to hand over the detached session it asked
-    /// to recover.
-    Recovering(Grant, Recovery),
-    /// Authenticated.
-    Connected(Member),
-}
-
-impl Auth {
-    /// Takes the state out, leaving `Pending` with no credentials (for transitions that use
-    /// up the old state).
-    pub fn take(&mut self) -> Auth {
-        std::mem::replace(self, Auth::Pending(Credentials::default()))
-    }
-}
-
 /// The socket of the connection in `slot`, if it is a WebSocket connection.
 pub fn socket_at(conns: &mut slab::Slab<Connection>, slot: u32) -> Option<&mut Socket> {
     conns.get_mut(slot as usize).and_then(Connection::socket)
-}
-
-/// What the upgrade request carried, for a CONNECT without a token in its payload.
-#[derive(Debug, Default)]
-pub struct Credentials {
-    /// `Authorization: Bearer` value.
-    pub bearer: Option<Box<str>>,
-    /// `better-auth.session_token` cookie value.
-    pub cookie: Option<Box<str>>,
-}
-
-/// A CONNECT that asks to recover a session (socket.io-client's `pid` and `offset`).
-#[derive(Debug)]
-pub struct Recovery {
-    /// The session's private id.
-    pub pid: String,
-    /// The last offset the client received, if any.
-    pub offset: Option<u64>,
-}
-
-/// An authenticated socket: who it is, where, and its own chat state.
-#[derive(Debug)]
-pub struct Member {
-    /// Who.
-    pub user: User,
-    /// Workspace scope.
-    pub workspace: WorkspaceId,
-    /// Rooms joined in the shard's hub, for leaving them on close.
-    pub rooms: Vec<Room>,
-    /// Typing and away state.
-    pub chat: ChatState,
-    /// Private session id for connection state recovery (when it is on).
-    pub pid: Option<Box<str>>,
-    /// The newest recovery offset this shard had seen when the socket connected: a recovering
-    /// client that received no offset has missed everything after it.
-    pub since_offset: u64,
 }
 
 impl Connection {

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::connection::{Auth, Credentials, Phase, Socket};
+use super::connection::{Phase, Socket};
 use super::{Close, Shard};
 use crate::api::{self, Route};
+use crate::chat::{Auth, Credentials};
 use crate::mesh::StoreCommand;
 use crate::protocol::http::{self, RequestHead};
 use crate::protocol::polling;

@@ -14,9 +14,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::connection::{socket_at, Auth, Connection, Credentials, Phase, Socket};
+use super::connection::{socket_at, Connection, Phase, Socket};
 use super::timers::Due;
 use super::Shard;
+use crate::chat::{Auth, Credentials};
 use crate::ids::{new_session_id, session_shard, ConnectionId};
 use crate::mesh::{BroadcastId, PollCommand, ShardCommand};
 use crate::protocol::http::RequestHead;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use crate::chat::Detached;
 use crate::ids::Room;
-use crate::mesh::{Broadcast, Detached};
+use crate::mesh::Broadcast;
 
 /// Broadcasts kept per shard at most, whatever the window: bounds memory under a flood.
 const MAX_LOG: usize = 200_000;

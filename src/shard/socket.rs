@@ -8,10 +8,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Member, Phase, Socket};
+use super::connection::{Connection, Phase, Socket};
 use super::polling::{is_poll, socket_of, POLL_BIT};
 use super::{Close, Core, Shard};
-use crate::chat::{self, typing, Context, Effect};
+use crate::chat::{self, Auth, Context, Effect, Member};
 use crate::ids::{Room, ShardId, UserId};
 use crate::mesh::{Broadcast, Except, PresenceCommand, StoreReply};
 use crate::model::MembershipChange;
@@ -42,7 +42,7 @@ impl Core {
         for target in member.chat.typing.stop_all() {
             self.mesh
                 .broker
-                .publish(typing::update(&member.user, target, false));
+                .publish(chat::typing_update(&member.user, target, false));
         }
         self.mesh.broker.presence(PresenceCommand::Disconnected {
             user: member.user.id,
@@ -351,7 +351,7 @@ impl Shard {
                 self.core
                     .mesh
                     .broker
-                    .publish(typing::update(&member.user, target, false));
+                    .publish(chat::typing_update(&member.user, target, false));
             }
         }
     }
@@ -503,7 +503,7 @@ fn leave(core: &mut Core, slot: u32, member: &mut Member, room: Room) {
         if member.chat.typing.stop(target) {
             core.mesh
                 .broker
-                .publish(typing::update(&member.user, target, false));
+                .publish(chat::typing_update(&member.user, target, false));
         }
     }
 }

@@ -18,9 +18,10 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::connection::{Auth, Phase, Upgrading};
+use super::connection::{Phase, Upgrading};
 use super::polling::Handover;
 use super::{Close, Shard};
+use crate::chat::Auth;
 use crate::ids::{session_shard, ConnectionId, Room};
 use crate::mesh::{BroadcastId, Except, PollCommand};
 use crate::protocol::http;
