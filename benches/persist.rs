@@ -60,7 +60,7 @@ fn run(method: InsertMethod, n: usize) -> (f64, Duration, Duration) {
     let asker = Asker {
         from: ConnectionId {
             shard: ShardId(0),
-            slot: 1,
+            slot: ocomms_rt::ids::SocketRef::Conn(1),
             generation: 1,
         },
         user,

@@ -9,15 +9,28 @@ use uuid::Uuid;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 
-/// A connection on a shard. The slot indexes the shard's slab; slab keys are reused, so the
-/// generation makes a command aimed at a closed connection miss instead of hitting its successor.
+/// Where a socket lives on its shard: in the slab of connections (a TCP connection, speaking
+/// HTTP and then perhaps WebSocket) or in the slab of long-polling sessions (a session
+/// outlives the HTTP requests that carry it). The room index, the timers and store replies
+/// name both kinds with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SocketRef {
+    /// A connection's key.
+    Conn(u32),
+    /// A long-polling session's key.
+    Poll(u32),
+}
+
+/// A connection or polling session on a shard, as other threads name it. Slab keys are
+/// reused, so the generation makes a command aimed at a closed one miss instead of hitting
+/// its successor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId {
-    /// Shard that owns the socket.
+    /// Shard that owns it.
     pub shard: ShardId,
-    /// Key in that shard's slab.
-    pub slot: u32,
-    /// Generation of the slot when the connection was accepted.
+    /// Which slab, and the key in it.
+    pub slot: SocketRef,
+    /// Generation of the slot when it was made.
     pub generation: u32,
 }
 

@@ -3,9 +3,13 @@
 //! Threads share nothing but these inboxes (crossbeam channels). A shard's inbox is paired
 //! with its `mio::Waker`, so a command wakes the shard's event loop. Reading this file gives
 //! the whole diagram: shards ask the store ([`StoreCommand`]), the store answers the asking
-//! shard ([`ShardCommand::Reply`]) and publishes what it committed through the broker, and the
-//! broker hands every shard a [`Broadcast`] to fan out ([`ShardCommand::Deliver`]).
+//! shard ([`ShardCommand::Reply`]) and publishes what it committed ([`DurablePublisher`]),
+//! and the broker ([`BrokerHandle`]) hands every shard a [`Broadcast`] to fan out
+//! ([`ShardCommand::Deliver`]). Shards talk to each other for polling sessions
+//! ([`PollCommand`]) and connection state recovery. The records these commands carry belong
+//! to the modules that make them (`store::request`, `chat`, `api`, `model`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,10 +19,10 @@ use crossbeam_channel::Sender;
 
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
-use crate::chat::state::Detached;
+use crate::chat::state::{Auth, Detached};
 use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
 use crate::model::{Grant, MembershipChange, Message, PresenceStatus};
-use crate::protocol::packet;
+use crate::protocol::{packet, Session};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 /// An event for every socket of a room but those it skips, as a publisher (a chat handler,
@@ -79,16 +83,18 @@ pub struct Broadcast {
     pub packet: Bytes,
 }
 
-/// What a shard's event loop is asked to do by other threads.
+/// What a shard's event loop is asked to do by other threads (and by itself: a command
+/// a shard addresses to itself is handled later in the same loop turn).
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Queue `frame` on every local member of `room`.
+    /// Queue the broadcast on every local member of its room.
     Deliver(Arc<Broadcast>),
-    /// The store answered a request made by one of this shard's connections.
+    /// The store (or the presence keeper) answered a request of one of this shard's sockets.
     Reply(ConnectionId, StoreReply),
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     Membership(MembershipChange),
-    /// Another shard asks for a detached session (connection state recovery) by its `pid`.
+    /// Connection state recovery: a reconnected socket (`to`) asks the shard that made `pid`
+    /// for the session detached under it.
     Recover {
         /// The session's private id.
         pid: String,
@@ -99,8 +105,16 @@ pub enum ShardCommand {
     Recovered {
         /// The reconnected socket.
         to: ConnectionId,
-        /// What the old socket was in.
+        /// What the old socket was.
         session: Option<Detached>,
+    },
+    /// To the shard that made `pid`: keep this session that went away for the recovery
+    /// window, where a reconnect will look for it.
+    Detach {
+        /// The session's private id.
+        pid: Box<str>,
+        /// What the socket was.
+        session: Detached,
     },
     /// Engine.IO long-polling and the upgrade: between the shard that owns a TCP connection
     /// and the shard that owns the polling session it speaks for.
@@ -155,7 +169,9 @@ pub enum PresenceCommand {
 }
 
 /// What crosses shards for a long-polling session. The session lives on the shard whose id
-/// starts its `sid`; its HTTP requests and its WebSocket upgrade may arrive on any shard.
+/// starts its `sid` (the owner); its HTTP requests and its WebSocket upgrade may arrive on
+/// any shard, which is named by the connection's id. The upgrade's steps are explained in
+/// `shard::upgrade`.
 #[derive(Debug)]
 pub enum PollCommand {
     /// To the owner: a GET (long-poll) or POST (packets) of session `sid`.
@@ -180,54 +196,36 @@ pub enum PollCommand {
         /// Keep the connection for the next request.
         keep_alive: bool,
     },
-    /// To the owner: a WebSocket asks to take over session `sid` (`transport=websocket&sid=`).
-    Upgrade {
-        /// The WebSocket connection (its 101 is not sent yet).
-        from: ConnectionId,
-        /// Session id.
-        sid: String,
-    },
-    /// To the WebSocket's shard: the session exists (with the rooms it is in now, to join
-    /// while the probe runs) or not (`None`: answer "Session ID unknown").
-    Upgradable {
-        /// The WebSocket connection.
-        to: ConnectionId,
-        /// Rooms of the session.
-        rooms: Option<Vec<Room>>,
-    },
-    /// To the owner: the client probed the WebSocket (`2probe`); release a pending GET.
-    Probe {
-        /// Session id.
-        sid: String,
-    },
-    /// To the owner: the WebSocket closed before the switch; polling goes on as before.
-    Cancel {
-        /// Session id.
-        sid: String,
-    },
-    /// To the owner: the client sent `5`; hand the session over.
-    Switch {
-        /// The WebSocket connection that takes the session.
-        from: ConnectionId,
-        /// Session id.
-        sid: String,
-    },
-    /// To the shard named by a detached session's `pid`, from the shard the session had moved
-    /// to (by an upgrade): keep it for recovery there, where a reconnect looks for it.
-    Detach {
-        /// The session's private id.
-        pid: Box<str>,
-        /// What the socket was.
-        session: Detached,
-    },
-    /// To the WebSocket's shard: the session's state and its packets not yet sent by
-    /// polling (`None`: it closed meanwhile).
-    Adopt {
-        /// The WebSocket connection.
-        to: ConnectionId,
-        /// The state.
-        handover: Option<Box<crate::shard::Handover>>,
-    },
+    /// To the owner: WebSocket `from` (its `101` not sent yet) asks to take over session
+    /// `sid` (`transport=websocket&sid=…`).
+    Upgrade(ConnectionId, String),
+    /// To the WebSocket's shard: the session exists, with the rooms it is in now (to join
+    /// while the probe runs), or not (`None`: answer "Session ID unknown").
+    Upgradable(ConnectionId, Option<Vec<Room>>),
+    /// To the owner: the client probed the WebSocket of session `sid` (`2probe`).
+    Probe(String),
+    /// To the owner: the WebSocket of session `sid` closed before the switch.
+    Cancel(String),
+    /// To the owner: the client sent `5` on WebSocket `from`: hand session `sid` over.
+    Switch(ConnectionId, String),
+    /// To the WebSocket's shard: the session (`None`: it closed meanwhile).
+    Adopt(ConnectionId, Option<Box<Handover>>),
+}
+
+/// A polling session on its way to the shard of the WebSocket that took it over.
+#[derive(Debug)]
+pub struct Handover {
+    /// The Engine.IO / Socket.IO state.
+    pub session: Session,
+    /// Where its authentication stands, and who it is once connected.
+    pub auth: Auth,
+    /// Packets polling had not sent, oldest first.
+    pub packets: VecDeque<Bytes>,
+    /// The broadcasts the owner queued since the upgrade began, sent by polling or not.
+    pub seen: Vec<BroadcastId>,
+    /// The newest durable offset the owner had delivered when it let go: every durable event
+    /// of the session's rooms after it is the new shard's to deliver.
+    pub newest: u64,
 }
 
 /// Who asks the store for something on a socket: the connection, the user it authenticated

@@ -1,8 +1,10 @@
-//! What each client event means (contract §2–§5). Handlers take the socket's identity and
-//! the event's data and return [`Effect`]s for the shard to carry out; they never touch a
-//! socket, a clock or another thread.
+//! What each client event means (contract §2–§5), and the rest of a socket's life as chat
+//! sees it ([`connect`]: CONNECT, admission, what ends with the socket). Handlers take the
+//! socket's identity, state and input and return [`Effect`]s for the shard to carry out;
+//! they never touch a socket, a clock or another thread.
 
 pub mod auth;
+pub mod connect;
 pub mod state;
 pub mod typing;
 pub mod validate;
@@ -36,6 +38,21 @@ pub enum Effect {
     Leave(Room),
     /// Tell the presence keeper.
     Presence(PresenceCommand),
+    /// Refuse the CONNECT with this reason (`44{"message":…}`); the client may try again.
+    Refuse(String),
+    /// Accept the CONNECT (`40{"sid":…,"pid":…}`): the socket is now a member.
+    Accept {
+        /// Its recovery pid, when connection state recovery is on.
+        pid: Option<Box<str>>,
+    },
+    /// Fetch the detached session with this pid (from the shard that made the pid), then
+    /// hand it to [`connect::recovered`].
+    Recover(String),
+    /// Send the durable events after this offset to the socket's rooms, after what the
+    /// session has queued (the CONNECT answer).
+    Replay(u64),
+    /// Keep this session for the recovery window, on the shard that made its pid.
+    Detach(Box<str>, Detached),
 }
 
 /// Most users one `presence:query` may ask about.
@@ -96,7 +113,7 @@ pub fn handle_event(
         "message:delete" => message_delete(ctx, data, ack, out),
         "message:history" => message_history(ctx, data, ack, out),
         "room:join" => room_join(ctx, data, ack, out),
-        "room:leave" => room_leave(data, ack, out),
+        "room:leave" => room_leave(ctx, state, data, ack, out),
         "typing:start" => typing_event(ctx, state, data, true, ack, out),
         "typing:stop" => typing_event(ctx, state, data, false, ack, out),
         "presence:setAway" => set_away(ctx, state, true, ack, out),
@@ -300,9 +317,15 @@ fn room_join(
     Ok(())
 }
 
-fn room_leave(data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
+fn room_leave(
+    ctx: &Context<'_>,
+    state: &mut ChatState,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
     let target = object("room:leave", data)?.target("roomId", "roomType")?;
-    out.push(Effect::Leave(target.room()));
+    connect::leave(ctx.user, state, target.room(), out);
     if let Some(id) = ack {
         out.push(Effect::Ack(id, json!({"success": true})));
     }
@@ -408,7 +431,7 @@ fn presence_query(
 
 /// `typing:update {userId, userName, targetId, isTyping}` to the target's room, skipping
 /// every socket of the typing user.
-pub fn typing_update(user: &User, target: Target, is_typing: bool) -> Publication {
+fn typing_update(user: &User, target: Target, is_typing: bool) -> Publication {
     let data = json!({
         "userId": user.id,
         "userName": user.name,

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::ids::{Room, UserId, WorkspaceId};
 use crate::model::{Grant, User};
+use crate::protocol::http::RequestHead;
 
 use super::typing;
 
@@ -38,6 +39,17 @@ pub struct Credentials {
     pub bearer: Option<Box<str>>,
     /// `better-auth.session_token` cookie value.
     pub cookie: Option<Box<str>>,
+}
+
+impl Credentials {
+    /// What an upgrade or handshake request carries: its `Authorization: Bearer` token and
+    /// its better-auth session cookie.
+    pub fn from_head(head: &RequestHead) -> Self {
+        Credentials {
+            bearer: head.bearer_token().map(Box::from),
+            cookie: super::auth::session_cookie(head).map(Box::from),
+        }
+    }
 }
 
 /// A CONNECT that asks to recover a session (socket.io-client's `pid` and `offset`).

@@ -19,7 +19,7 @@ fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<
     let ctx = Context {
         conn: ConnectionId {
             shard: ShardId(0),
-            slot: 1,
+            slot: crate::ids::SocketRef::Conn(1),
             generation: 1,
         },
         user: &u,

@@ -103,7 +103,7 @@ pub(super) fn new_message(
 
 const CONN: ConnectionId = ConnectionId {
     shard: ShardId(0),
-    slot: 7,
+    slot: crate::ids::SocketRef::Conn(7),
     generation: 1,
 };
 
