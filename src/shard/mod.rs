@@ -21,6 +21,11 @@ mod timers;
 mod upgrade;
 mod ws;
 
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;

@@ -163,6 +163,12 @@ impl Polling {
         index
     }
 
+    /// How many sessions this shard owns.
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The key of session `sid`.
     pub fn find(&self, sid: &str) -> Option<u32> {
         self.sids.get(sid).copied()

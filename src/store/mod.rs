@@ -386,16 +386,22 @@ impl<B: Backend> Store<B> {
                 .store
                 .inbox_depth
                 .store(inbox.len() as i64, Relaxed);
-            let mut stopping = false;
-            for command in commands.drain(..) {
-                stopping |= self.handle(command);
-            }
-            self.flush();
             // Shutdown came after everything queued before it, all of which is now answered.
-            if stopping {
+            if self.turn(commands.drain(..)) {
                 return;
             }
         }
+    }
+
+    /// Handles one batch of commands (the sends among them are stored together) and
+    /// answers them all; returns `true` when the batch held `Shutdown`.
+    pub fn turn(&mut self, commands: impl IntoIterator<Item = StoreCommand>) -> bool {
+        let mut stopping = false;
+        for command in commands {
+            stopping |= self.handle(command);
+        }
+        self.flush();
+        stopping
     }
 
     /// Takes one command; returns `true` for `Shutdown`.
