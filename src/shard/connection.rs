@@ -11,7 +11,6 @@ use bytes::{Buf, Bytes};
 use mio::Interest;
 
 use super::socket::Socket;
-use super::timers::earliest;
 use super::upgrade::Upgrading;
 use crate::metrics::ShardMetrics;
 use crate::transport::Stream;
@@ -118,9 +117,13 @@ impl Connection {
         }
     }
 
-    /// The earliest deadline this connection has.
+    /// The earliest deadline this connection has; once it is closing, only the end of its
+    /// grace.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let phase = match &self.phase {
+        if self.closing.is_some() {
+            return self.closing;
+        }
+        match &self.phase {
             Phase::Http {
                 deadline,
                 waiting: false,
@@ -129,8 +132,7 @@ impl Connection {
             Phase::Http { waiting: true, .. } => None,
             Phase::Socket(socket) => socket.deadline(),
             Phase::Upgrading(up) => Some(up.deadline),
-        };
-        earliest(phase, self.closing)
+        }
     }
 
     /// The socket state, if this is a WebSocket connection.
