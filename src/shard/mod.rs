@@ -405,7 +405,7 @@ impl Shard {
     fn dispatch(&mut self, command: ShardCommand, now: Instant) {
         let (sockets, core) = (&mut self.sockets, &mut self.core);
         match command {
-            ShardCommand::Deliver(broadcast) => sockets.deliver(core, &broadcast, now),
+            ShardCommand::Deliver(broadcast) => socket::deliver(sockets, core, &broadcast, now),
             ShardCommand::Reply(to, reply) => sockets.reply(core, to, reply, now),
             ShardCommand::Membership(change) => sockets.membership(core, change, now),
             ShardCommand::Recover { pid, to } => {

@@ -1,9 +1,10 @@
 //! A socket, whichever transport carries it: its Socket.IO state ([`Socket`]) and where its
 //! packets leave ([`Outlet`]: a WebSocket connection's outbound queue, as frames, or a
 //! polling session's queue, which its held GET takes). Driving a socket (moving its packets
-//! out, handing what the client did to `chat`, carrying out the effects) and replaying
-//! missed broadcasts are each written once here, for both transports; delivering a
-//! broadcast to a room is `sockets.rs`, on the same [`Outlet`].
+//! out, handing what the client did to `chat`, carrying out the effects), delivering a
+//! broadcast to the members of a room ([`deliver`], the hot path of a fan-out) and
+//! replaying missed broadcasts ([`replay`]) are each written once here, for both
+//! transports.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -11,8 +12,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::connection::Outbound;
+use std::sync::Arc;
+
+use super::connection::{Outbound, Phase};
 use super::polling::Packets;
+use super::sockets::Sockets;
 use super::timers::earliest;
 use super::Core;
 use crate::chat::{self, connect, Auth, Context, Credentials, Detached, Effect};
@@ -289,6 +293,75 @@ impl Outlet<'_> {
     }
 }
 
+/// Queues a broadcast on every local member of its room: each WebSocket gets the frame
+/// this shard makes once, each polling session the packet. Members whose queue passes
+/// the bound are dropped afterwards. The hot path of a fan-out.
+pub fn deliver(sockets: &mut Sockets, core: &mut Core, broadcast: &Arc<Broadcast>, now: Instant) {
+    core.recovery.remember(now, broadcast);
+    let max = core.shared.config.max_outbound_bytes;
+    let mut frame: Option<Bytes> = None;
+    let (mut delivered, mut framed) = (0u64, 0usize);
+    let mut over = Vec::new();
+    for socket in core.hub.members(&broadcast.room) {
+        match socket {
+            SocketRef::Conn(key) => {
+                let Some(conn) = sockets.conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let user = || match &conn.phase {
+                    Phase::Socket(ws) => ws.user(),
+                    _ => None,
+                };
+                if conn.closing.is_some()
+                    || is_except(broadcast, core.id, socket, conn.generation, user)
+                    || broadcast
+                        .offset
+                        .is_some_and(|o| o <= conn.delivered_through)
+                {
+                    continue;
+                }
+                if let Phase::Upgrading(up) = &mut conn.phase {
+                    // Kept aside until the session arrives from its polling shard.
+                    up.shadow.push(Arc::clone(broadcast));
+                    continue;
+                }
+                framed += Outlet::WebSocket(&mut conn.out).broadcast(broadcast, &mut frame);
+                if !conn.dirty {
+                    conn.dirty = true;
+                    core.dirty.push(socket);
+                }
+                if conn.out.bytes() > max {
+                    over.push(socket);
+                }
+            }
+            SocketRef::Poll(index) => {
+                let Some(p) = sockets.polls.session(index) else {
+                    continue;
+                };
+                if is_except(broadcast, core.id, socket, p.generation, || p.socket.user()) {
+                    continue;
+                }
+                Outlet::Polling(&mut p.packets).broadcast(broadcast, &mut frame);
+                if !p.dirty {
+                    p.dirty = true;
+                    core.dirty.push(socket);
+                }
+                if p.packets.bytes() > max {
+                    over.push(socket);
+                }
+            }
+        }
+        delivered += 1;
+    }
+    let m = core.metrics();
+    m.deliveries.fetch_add(delivered, Relaxed);
+    m.frames_out.fetch_add(delivered, Relaxed);
+    m.queued_bytes.fetch_add(framed as i64, Relaxed);
+    for socket in over {
+        sockets.slow_consumer(core, socket, now);
+    }
+}
+
 /// Queues on `outlet`, in order, the durable broadcasts after offset `after` to any of
 /// `rooms`, but those `skip` names.
 pub fn replay(
@@ -315,7 +388,7 @@ pub fn replay(
 /// Whether a broadcast skips socket `socket` of shard `shard`. `user` is asked only for
 /// `Except::User`, so the common case touches no socket state.
 #[inline]
-pub fn is_except(
+fn is_except(
     broadcast: &Broadcast,
     shard: ShardId,
     socket: SocketRef,

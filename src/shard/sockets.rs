@@ -1,24 +1,22 @@
 //! The shard's sockets, both kinds ([`Sockets`]): connections (keyed by mio token, in any
-//! phase) and long-polling sessions. Everything that reaches a socket by its
-//! [`SocketRef`] goes through here: a broadcast to a room's members (the hot path of a
-//! fan-out), a store reply, a membership change, a deadline, a close.
+//! phase) and long-polling sessions. What reaches a socket by its [`SocketRef`] comes in
+//! here (a store reply, a membership change, a deadline, a close) and is run on the
+//! socket's [`Socket`] and [`Outlet`].
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
 use super::polling::Polling;
-use super::socket::{is_except, Close, Flow, Outlet, Socket};
+use super::socket::{Close, Flow, Outlet, Socket};
 use super::timers::Due;
 use super::upgrade::Step;
 use super::{http, Core};
 use crate::chat::{self, connect, Auth, Detached, Effect};
 use crate::ids::{ConnectionId, Room, SocketRef};
-use crate::mesh::{Broadcast, ShardCommand, StoreReply};
+use crate::mesh::{ShardCommand, StoreReply};
 use crate::model::MembershipChange;
 use crate::transport::websocket;
 
@@ -126,75 +124,6 @@ impl Sockets {
         core.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
         tracing::debug!(?socket, "dropping a client that does not read");
         self.close(core, socket, Close::Now("slow consumer"), now);
-    }
-
-    /// Queues a broadcast on every local member of its room: each WebSocket gets the frame
-    /// this shard makes once, each polling session the packet. Members whose queue passes
-    /// the bound are dropped afterwards. The hot path of a fan-out.
-    pub fn deliver(&mut self, core: &mut Core, broadcast: &Arc<Broadcast>, now: Instant) {
-        core.recovery.remember(now, broadcast);
-        let max = core.shared.config.max_outbound_bytes;
-        let mut frame: Option<Bytes> = None;
-        let (mut delivered, mut framed) = (0u64, 0usize);
-        let mut over = Vec::new();
-        for socket in core.hub.members(&broadcast.room) {
-            match socket {
-                SocketRef::Conn(key) => {
-                    let Some(conn) = self.conns.get_mut(key as usize) else {
-                        continue;
-                    };
-                    let user = || match &conn.phase {
-                        Phase::Socket(ws) => ws.user(),
-                        _ => None,
-                    };
-                    if conn.closing.is_some()
-                        || is_except(broadcast, core.id, socket, conn.generation, user)
-                        || broadcast
-                            .offset
-                            .is_some_and(|o| o <= conn.delivered_through)
-                    {
-                        continue;
-                    }
-                    if let Phase::Upgrading(up) = &mut conn.phase {
-                        // Kept aside until the session arrives from its polling shard.
-                        up.shadow.push(Arc::clone(broadcast));
-                        continue;
-                    }
-                    framed += Outlet::WebSocket(&mut conn.out).broadcast(broadcast, &mut frame);
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        core.dirty.push(socket);
-                    }
-                    if conn.out.bytes() > max {
-                        over.push(socket);
-                    }
-                }
-                SocketRef::Poll(index) => {
-                    let Some(p) = self.polls.session(index) else {
-                        continue;
-                    };
-                    if is_except(broadcast, core.id, socket, p.generation, || p.socket.user()) {
-                        continue;
-                    }
-                    Outlet::Polling(&mut p.packets).broadcast(broadcast, &mut frame);
-                    if !p.dirty {
-                        p.dirty = true;
-                        core.dirty.push(socket);
-                    }
-                    if p.packets.bytes() > max {
-                        over.push(socket);
-                    }
-                }
-            }
-            delivered += 1;
-        }
-        let m = core.metrics();
-        m.deliveries.fetch_add(delivered, Relaxed);
-        m.frames_out.fetch_add(delivered, Relaxed);
-        m.queued_bytes.fetch_add(framed as i64, Relaxed);
-        for socket in over {
-            self.slow_consumer(core, socket, now);
-        }
     }
 
     /// A store (or presence) reply for one of this shard's sockets.

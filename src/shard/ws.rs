@@ -101,7 +101,7 @@ fn text(sockets: &mut Sockets, core: &mut Core, key: u32, payload: &[u8], now: I
         fail(conn, core, key, 1007, "text frame is not valid UTF-8", now);
         return;
     };
-    let Some(socket) = conn.socket() else {
+    let Phase::Socket(socket) = &mut conn.phase else {
         return;
     };
     let result = socket.session.handle_text(now, text);
