@@ -1,15 +1,16 @@
 //! One `mio` event loop per shard thread: the only owner of its sockets. [`Shard`] is the
 //! loop and the dispatch: it accepts on its own `SO_REUSEPORT` listener, reads bytes and
-//! hands them to the connection's phase ([`http`], [`ws`], [`upgrade`]), hands commands from
-//! other threads to their handlers, fires deadlines, and at the end of each turn writes
+//! hands them to the connection's phase (`http.rs`, `ws.rs`, `upgrade.rs`), hands commands
+//! from other threads to their handlers, fires deadlines, and at the end of each turn writes
 //! every connection's queue once with vectored writes (so a burst of broadcasts costs one
 //! `writev` per recipient) and answers the polling sessions that have packets.
 //!
-//! The rest is split by concern: [`socket`] is a socket's Socket.IO state and where its
-//! packets leave (drive, deliver, replay), [`polling`] the long-polling sessions, [`upgrade`]
-//! the move of a session from polling to WebSocket, [`recovery`] the log of durable events.
-//! Chat rules are not here: they are `crate::chat` handlers, whose effects the shard
-//! carries out.
+//! The rest is split by concern: `socket.rs` is a socket's Socket.IO state and where its
+//! packets leave (drive, deliver, replay), `sockets.rs` the table of both kinds of socket,
+//! `polling.rs` the long-polling sessions, `upgrade.rs` the move of a session from polling
+//! to WebSocket, `recovery.rs` the log of durable events. Chat rules are not here: they are
+//! `crate::chat` handlers, whose effects the shard carries out. `docs/architecture.md` walks
+//! through it.
 
 mod connection;
 mod http;
