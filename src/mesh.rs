@@ -435,7 +435,8 @@ impl BrokerHandle {
     }
 
     /// Gives the publication an id and hands it to every shard of this node (each keeps
-    /// only its members).
+    /// only its members). Every publication leaves through here: where one would also go to
+    /// other nodes.
     fn fan_out(&self, publication: Publication, offset: Option<u64>) {
         let broadcast = Arc::new(Broadcast {
             id: BroadcastId(self.ids.fetch_add(1, Relaxed)),

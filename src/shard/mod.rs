@@ -128,6 +128,12 @@ impl Core {
         }
     }
 
+    /// Counts and logs a client dropped because its queue passed the bound.
+    fn slow_consumer(&self, socket: SocketRef) {
+        self.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
+        tracing::debug!(?socket, "dropping a client that does not read");
+    }
+
     /// Sends a command to `shard`; to this shard, it is handled later in this turn.
     fn send_to(&mut self, shard: ShardId, command: ShardCommand) {
         if shard == self.id {

@@ -239,8 +239,7 @@ impl Polling {
         match p.socket.update(outlet, core, id, now, f) {
             Flow::Open => core.mark(socket, &mut p.dirty),
             Flow::Over => {
-                core.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
-                tracing::debug!(index, "dropping a polling client that does not read");
+                core.slow_consumer(socket);
                 self.close(core, index, "slow consumer", now);
             }
             Flow::Ended => self.close(core, index, "client ended the session", now),

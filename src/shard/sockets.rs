@@ -121,8 +121,7 @@ impl Sockets {
 
     /// Drops a client whose queue passed the bound; nobody else waits for it.
     pub fn slow_consumer(&mut self, core: &mut Core, socket: SocketRef, now: Instant) {
-        core.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
-        tracing::debug!(?socket, "dropping a client that does not read");
+        core.slow_consumer(socket);
         self.close(core, socket, Close::Now("slow consumer"), now);
     }
 
