@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod hub;
