@@ -21,5 +21,8 @@
 pub mod codec;
 pub mod config;
 pub mod interest;
+pub mod link;
+pub mod metrics;
 pub mod names;
 pub mod sequencer;
+pub mod testing;
