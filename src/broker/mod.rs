@@ -24,5 +24,14 @@ pub mod interest;
 pub mod link;
 pub mod metrics;
 pub mod names;
+pub mod presence;
 pub mod sequencer;
 pub mod testing;
+
+/// Microseconds since the Unix epoch on this node's clock (publication send times, for the
+/// lag metric only: nothing orders by it).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}

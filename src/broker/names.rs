@@ -95,6 +95,11 @@ impl Names {
         format!("{}:n:{node}", self.presence())
     }
 
+    /// What [`Names::node_users`] puts before the node id (for scripts that build it).
+    pub fn node_users_prefix(&self) -> String {
+        format!("{}:n:", self.presence())
+    }
+
     /// The lock of whoever sweeps a dead node's presence.
     pub fn sweep_lock(&self, node: NodeId) -> String {
         format!("{}:sweep:{node}", self.presence())
