@@ -10,7 +10,7 @@
 //!                    └───────────────────────────────────────────────────────┘
 //!  store        : StoreCommand ─► batch ─► memory or PostgreSQL ─► StoreReply + Broadcast
 //!  presence     : PresenceCommand ─► per-user socket counts ─► presence:update
-//!  broker       : Broadcast ─► ShardCommand::Deliver on every shard (and other nodes)
+//!  broker       : Broadcast ─► ShardCommand::Deliver on every shard (other nodes: docs/cluster.md)
 //! ```
 //!
 //! Each shard owns its sockets in a slab and its room index ([`hub::Hub`]); nothing on the
@@ -20,7 +20,8 @@
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`protocol`],
 //! [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`store`], [`presence`], [`shard`],
-//! [`node`]. A long-polling session lives in its shard like a WebSocket connection does, and
+//! [`node`]. [`broker`] holds the parts of the cluster over Redis that stand alone (its
+//! design is `docs/cluster.md`); the node does not start it yet. A long-polling session lives in its shard like a WebSocket connection does, and
 //! moves to the WebSocket's shard at the upgrade; connections never move.
 #![warn(missing_docs)]
 

@@ -285,6 +285,11 @@ fn a_dead_nodes_users_are_corrected_after_its_heartbeat_expires() {
         );
     };
     assert_eq!(dead, vec![na]);
+    assert_eq!(
+        b.expired(&mut con).unwrap(),
+        vec![na],
+        "the check between beats agrees"
+    );
     assert!(
         died.elapsed() >= Duration::from_millis(500),
         "not before the TTL"

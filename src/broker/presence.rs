@@ -11,8 +11,8 @@
 //! user's updates in the order they happened.
 //!
 //! Nodes beat into a sorted set of live nodes (expiry on Redis's clock, so node clocks never
-//! matter). A beat returns the nodes whose expiry has passed; a node that sees one takes a sweep
-//! lock and removes the dead node's fields user by user through another script, which publishes
+//! matter). Every node looks for expired nodes every second ([`Registry::expired`]; a beat
+//! reports them too); a node that sees one takes a sweep lock and removes the dead node's fields user by user through another script, which publishes
 //! `offline` for users it was the last node of (and nothing for users still online elsewhere).
 //! Every key and channel shares one hash tag, so in a Redis Cluster the scripts may touch them
 //! all and publish with `SPUBLISH`.
@@ -68,6 +68,7 @@ pub struct Registry {
     set: Script,
     sweep: Script,
     beat: Script,
+    expired: Script,
     /// Publication ids of this node's presence updates.
     next_id: u64,
 }
@@ -141,6 +142,7 @@ impl Registry {
             set: Script::new(include_str!("presence/set.lua")),
             sweep: Script::new(include_str!("presence/sweep.lua")),
             beat: Script::new(include_str!("presence/beat.lua")),
+            expired: Script::new(include_str!("presence/expired.lua")),
             next_id: 1,
         }
     }
@@ -209,6 +211,16 @@ impl Registry {
             .filter(|n| *n != self.node)
             .collect();
         Ok(Beat { rejoined, dead })
+    }
+
+    /// The other nodes whose heartbeat expired (checked every second, between beats).
+    pub fn expired(&self, con: &mut Connection) -> redis::RedisResult<Vec<NodeId>> {
+        let ids: Vec<String> = self.expired.key(self.names.nodes()).invoke(con)?;
+        Ok(ids
+            .iter()
+            .filter_map(|s| NodeId::parse(s))
+            .filter(|n| *n != self.node)
+            .collect())
     }
 
     /// Removes a dead node's presence, publishing the transitions that follow. Returns how
