@@ -229,7 +229,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn number<T>(variable: &'static str, value: &str, min: T, max: T) -> Result<T, ConfigError>
+/// Parses a whole number in `min..=max`; the error names the variable and the range.
+pub(crate) fn number<T>(
+    variable: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 
-use crate::config::ConfigError;
+use crate::config::{number, ConfigError};
 
 /// Default prefix of every Redis key and channel.
 pub const DEFAULT_PREFIX: &str = "ocomms";
@@ -111,19 +111,7 @@ fn millis(
     min: u64,
     max: u64,
 ) -> Result<Duration, ConfigError> {
-    let bad = |problem: String| ConfigError {
-        variable,
-        value: value.to_string(),
-        problem,
-    };
-    let n: u64 = value
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("not a whole number; use one from {min} to {max}")))?;
-    if !(min..=max).contains(&n) {
-        return Err(bad(format!("out of range; use one from {min} to {max}")));
-    }
-    Ok(Duration::from_millis(n))
+    number(variable, value, min, max).map(Duration::from_millis)
 }
 
 impl RedisConfig {

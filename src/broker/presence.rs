@@ -12,8 +12,9 @@
 //!
 //! Nodes beat into a sorted set of live nodes (expiry on Redis's clock, so node clocks never
 //! matter). Every node looks for expired nodes every second ([`Registry::expired`]; a beat
-//! reports them too); a node that sees one takes a sweep lock and removes the dead node's fields user by user through another script, which publishes
-//! `offline` for users it was the last node of (and nothing for users still online elsewhere).
+//! reports them too); a node that sees one takes a sweep lock and removes the dead node's
+//! fields user by user through the same script in its sweep form, which publishes `offline`
+//! for users it was the last node of (and nothing for users still online elsewhere).
 //! Every key and channel shares one hash tag, so in a Redis Cluster the scripts may touch them
 //! all and publish with `SPUBLISH`.
 
@@ -66,11 +67,19 @@ pub struct Registry {
     node: NodeId,
     ttl: Duration,
     set: Script,
-    sweep: Script,
     beat: Script,
     expired: Script,
     /// Publication ids of this node's presence updates.
     next_id: u64,
+}
+
+/// What a call of `set.lua` does.
+#[derive(Clone, Copy)]
+enum Call {
+    /// A node's own share is now this.
+    Set(Status),
+    /// A dead node's share goes.
+    Sweep,
 }
 
 fn status_word(s: &str) -> Status {
@@ -140,7 +149,6 @@ impl Registry {
             node,
             ttl,
             set: Script::new(include_str!("presence/set.lua")),
-            sweep: Script::new(include_str!("presence/sweep.lua")),
             beat: Script::new(include_str!("presence/beat.lua")),
             expired: Script::new(include_str!("presence/expired.lua")),
             next_id: 1,
@@ -148,6 +156,41 @@ impl Registry {
     }
 
     /// The publication a script completes: header, then the packet around the status word.
+    /// The keys and arguments of `set.lua` for `node`'s share of (`workspace`, `user`):
+    /// set to `code` (`Set`), or a dead node's share removed (`Sweep`).
+    fn script_call(
+        &mut self,
+        mode: Mode,
+        workspace: WorkspaceId,
+        user: UserId,
+        node: NodeId,
+        call: Call,
+    ) -> ([String; 3], Vec<Vec<u8>>) {
+        let (header, prefix) = self.update(workspace, user);
+        let (code, form) = match call {
+            Call::Set(status) => (code(status), "set"),
+            Call::Sweep => ("", "sweep"),
+        };
+        let keys = [
+            self.names.user(workspace, user),
+            self.names.nodes(),
+            self.names.node_users(node),
+        ];
+        let args = vec![
+            node.to_string().into_bytes(),
+            code.into(),
+            member(workspace, user).into_bytes(),
+            self.names.workspace(workspace).into_bytes(),
+            mode.publish().into(),
+            header,
+            prefix.into_bytes(),
+            br#""}]"#.to_vec(),
+            self.names.node_users_prefix().into_bytes(),
+            form.into(),
+        ];
+        (keys, args)
+    }
+
     fn update(&mut self, workspace: WorkspaceId, user: UserId) -> (Vec<u8>, String) {
         let header = Header {
             kind: Kind::Presence,
@@ -176,22 +219,8 @@ impl Registry {
         user: UserId,
         status: Status,
     ) -> redis::RedisResult<Transition> {
-        let (header, prefix) = self.update(workspace, user);
-        let reply: Vec<String> = self
-            .set
-            .key(self.names.user(workspace, user))
-            .key(self.names.nodes())
-            .key(self.names.node_users(self.node))
-            .arg(self.node.to_string())
-            .arg(code(status))
-            .arg(member(workspace, user))
-            .arg(self.names.workspace(workspace))
-            .arg(mode.publish())
-            .arg(header)
-            .arg(prefix)
-            .arg(r#""}]"#)
-            .arg(self.names.node_users_prefix())
-            .invoke(con)?;
+        let (keys, args) = self.script_call(mode, workspace, user, self.node, Call::Set(status));
+        let reply: Vec<String> = self.set.key(&keys[..]).arg(args).invoke(con)?;
         transition(reply).ok_or_else(|| bad_reply("the presence script"))
     }
 
@@ -244,7 +273,7 @@ impl Registry {
             return Ok(None);
         }
         let index = self.names.node_users(dead);
-        let sha = self.sweep.load(con)?;
+        let sha = self.set.load(con)?;
         let mut swept = 0;
         loop {
             let members: Vec<String> = redis::cmd("SRANDMEMBER")
@@ -260,20 +289,12 @@ impl Registry {
                     pipe.cmd("SREM").arg(&index).arg(m);
                     continue;
                 };
-                let (header, prefix) = self.update(workspace, user);
+                let (keys, args) = self.script_call(mode, workspace, user, dead, Call::Sweep);
                 pipe.cmd("EVALSHA")
                     .arg(&sha)
-                    .arg(3)
-                    .arg(self.names.user(workspace, user))
-                    .arg(self.names.nodes())
-                    .arg(&index)
-                    .arg(dead.to_string())
-                    .arg(m)
-                    .arg(self.names.workspace(workspace))
-                    .arg(mode.publish())
-                    .arg(header)
-                    .arg(prefix)
-                    .arg(r#""}]"#);
+                    .arg(keys.len())
+                    .arg(&keys[..])
+                    .arg(args);
             }
             let replies: Vec<Value> = pipe.query(con)?;
             let came_back = replies

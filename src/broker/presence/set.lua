@@ -1,5 +1,5 @@
--- One node's presence for one (workspace, user) changes; decide the cluster-wide transition
--- and publish it, atomically.
+-- One node's presence for one (workspace, user) changes, or a dead node's share is swept;
+-- decide the cluster-wide transition and publish it, atomically.
 --
 -- KEYS[1] user hash {P}:u:<ws>:<user>   field: node id, value: "a" (active) or "w" (away)
 -- KEYS[2] live nodes {P}:nodes          zset: node id -> expiry (ms, Redis clock)
@@ -7,6 +7,8 @@
 -- ARGV[1] node id, ARGV[2] "a" | "w" | "" (no socket left on this node), ARGV[3] "<ws>:<user>"
 -- ARGV[4] channel, ARGV[5] PUBLISH | SPUBLISH, ARGV[6] publication header,
 -- ARGV[7] packet before the status, ARGV[8] packet after it, ARGV[9] index key prefix {P}:n:
+-- ARGV[10] "sweep": ARGV[1] is a dead node whose share goes (with ARGV[2] ""); returns
+-- {"alive"} and changes nothing if that node beat again meanwhile.
 --
 -- "before" counts every field, a dead node's too: it is what clients were last told. Fields
 -- of dead nodes are then dropped, the change applied, and "after" computed; an update is
@@ -22,6 +24,12 @@ local function status_of(fields)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[10] == 'sweep' then
+  local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if expiry and tonumber(expiry) >= now then
+    return {'alive'}
+  end
+end
 local fields = redis.call('HGETALL', KEYS[1])
 local before = status_of(fields)
 for i = 1, #fields, 2 do
