@@ -358,7 +358,9 @@ impl ReaderContext {
                         ))
                     }
                     None if heard.elapsed() >= PING_EVERY => {
-                        if let Some(channel) = state.confirmed.iter().next().cloned() {
+                        // A channel still wanted: one being unsubscribed must not come back.
+                        let wanted = state.confirmed.iter().find(|c| state.mine.contains(*c));
+                        if let Some(channel) = wanted.cloned() {
                             let bytes = packed(self.mode, true, std::slice::from_ref(&channel));
                             con.send_packed_command(&bytes).map_err(|e| e.to_string())?;
                             state.ping = Some((channel, Instant::now()));
