@@ -67,12 +67,14 @@
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`json`],
 //! [`protocol`], [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`store`],
-//! [`presence`], [`shard`], [`node`]. A long-polling session lives in its shard like a
-//! WebSocket connection does, and moves to the WebSocket's shard at the upgrade; connections
-//! never move.
+//! [`presence`], [`shard`], [`node`]. [`broker`] holds the parts of the cluster over Redis
+//! that stand alone (its design is `docs/cluster.md`); the node does not start it yet. A
+//! long-polling session lives in its shard like a WebSocket connection does, and moves to the
+//! WebSocket's shard at the upgrade; connections never move.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod hub;
