@@ -9,7 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
 use ocomms_rt::config::EngineLimits;
-use ocomms_rt::protocol::{engine, frame, packet, Session};
+use ocomms_rt::protocol::{engine, packet, Session};
+use ocomms_rt::transport::websocket;
 
 /// What socket.io-client sends for `socket.emit("message:send", {...}, ack)`.
 const SEND: &str = r#"4217["message:send",{"targetId":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","targetType":"channel","content":"Shipping the release notes after lunch, any objections?","clientMsgId":"c0ffee00-1234-4abc-9def-0123456789ab"}]"#;
@@ -57,8 +58,8 @@ fn encode(c: &mut Criterion) {
         "deletedAt": null,
         "author": {"id": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d", "name": "Ada Lovelace"}
     });
-    c.bench_function("frame::event message:new", |b| {
-        b.iter(|| frame::event("message:new", black_box(&message), None))
+    c.bench_function("packet::event + websocket::text message:new", |b| {
+        b.iter(|| websocket::text(&packet::event("message:new", black_box(&message), None)))
     });
 }
 

@@ -16,7 +16,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ocomms_rt::hub::Hub;
 use ocomms_rt::ids::{ChannelId, MessageId, Room, Target, UserId};
 use ocomms_rt::model::{Message, User};
-use ocomms_rt::protocol::frame;
+use ocomms_rt::protocol::packet;
+use ocomms_rt::transport::websocket;
 
 fn message() -> Message {
     Message {
@@ -35,12 +36,12 @@ fn message() -> Message {
 }
 
 fn ws_frames(c: &mut Criterion) {
-    let mut g = c.benchmark_group("ws frame encode (frame::text)");
+    let mut g = c.benchmark_group("ws frame encode (websocket::text)");
     for size in [40usize, 300, 4_000, 70_000] {
         let payload = vec![b'a'; size];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &payload, |b, p| {
-            b.iter(|| frame::text(black_box(p)))
+            b.iter(|| websocket::text(black_box(p)))
         });
     }
     g.finish();
@@ -48,16 +49,25 @@ fn ws_frames(c: &mut Criterion) {
 
 fn message_json(c: &mut Criterion) {
     let m = message();
-    c.bench_function("message:new frame (Message::to_json + frame::event)", |b| {
-        b.iter(|| frame::event("message:new", &black_box(&m).to_json(), None))
-    });
+    c.bench_function(
+        "message:new frame (Message::to_json + packet::event + websocket::text)",
+        |b| {
+            b.iter(|| {
+                websocket::text(&packet::event(
+                    "message:new",
+                    &black_box(&m).to_json(),
+                    None,
+                ))
+            })
+        },
+    );
     c.bench_function("message:new frame with recovery offset", |b| {
         b.iter(|| {
-            frame::event(
+            websocket::text(&packet::event(
                 "message:new",
                 &black_box(&m).to_json(),
                 Some("0190a1b2-0001"),
-            )
+            ))
         })
     });
 }
@@ -89,7 +99,7 @@ fn broadcast(c: &mut Criterion) {
     let mut g = c.benchmark_group("broadcast to 10k recipients on one shard");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("hub members + push shared Bytes", |b| {
-        let frame = frame::event("message:new", &m.to_json(), None);
+        let frame = websocket::text(&packet::event("message:new", &m.to_json(), None));
         b.iter(|| {
             for slot in hub.members(black_box(&room)) {
                 let q = &mut queues[slot as usize];
@@ -106,7 +116,11 @@ fn broadcast(c: &mut Criterion) {
     });
     g.bench_function("encode once + hub members + push", |b| {
         b.iter(|| {
-            let frame = frame::event("message:new", &black_box(&m).to_json(), None);
+            let frame = websocket::text(&packet::event(
+                "message:new",
+                &black_box(&m).to_json(),
+                None,
+            ));
             for slot in hub.members(&room) {
                 let q = &mut queues[slot as usize];
                 q.bytes += frame.len();

@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ocomms_rt::ids::{ConnectionId, ShardId, Target};
 use ocomms_rt::mesh::{
-    Asker, BrokerHandle, Mesh, NewMessage, ShardCommand, ShardHandle, StoreCommand, StoreHandle,
-    StoreReply,
+    Asker, BrokerHandle, Mesh, ShardCommand, ShardHandle, StoreCommand, StoreHandle, StoreReply,
 };
 use ocomms_rt::metrics::Metrics;
 use ocomms_rt::store::pg::testing::TestDb;
 use ocomms_rt::store::pg::{migrate, InsertMethod, PgBackend};
-use ocomms_rt::store::{spawn_with, Backend};
+use ocomms_rt::store::{spawn_with, Backend, NewMessage};
 
 /// Sends in flight (`PERSIST_WINDOW`, default 256), as many sockets on many shards would keep.
 fn window() -> usize {
@@ -61,7 +60,7 @@ fn run(method: InsertMethod, n: usize) -> (f64, Duration, Duration) {
     let asker = Asker {
         from: ConnectionId {
             shard: ShardId(0),
-            slot: 1,
+            slot: ocomms_rt::ids::SocketRef::Conn(1),
             generation: 1,
         },
         user,

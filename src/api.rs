@@ -7,16 +7,13 @@
 //! names the bad field. The shard builds the health and metrics bodies and hands admin
 //! requests to the store thread.
 
-use std::collections::HashSet;
-use std::hash::Hash;
 use std::str::FromStr;
-
-use serde_json::{Map, Value};
 
 use crate::chat::validate::{history_limit, validate_client_msg_id, validate_content};
 use crate::ids::{ChannelId, ConversationId, Target, UserId, WorkspaceId};
-use crate::mesh::{AdminRequest, HistoryQuery, NewMessage};
+use crate::json::Fields;
 use crate::protocol::http::RequestHead;
+use crate::store::request::{HistoryQuery, NewMessage};
 
 /// Default lifetime of a session made by `POST /api/v1/sessions`: one day.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 86_400;
@@ -42,6 +39,77 @@ pub enum Route {
     },
     /// Answer now with this complete HTTP response (a page or file of [`crate::web`]).
     Raw(Vec<u8>),
+}
+
+/// The admin API of contract §6, parsed and validated.
+#[derive(Clone, Debug)]
+pub enum AdminRequest {
+    /// `POST /api/v1/users`
+    CreateUser {
+        /// `name`
+        name: String,
+        /// `email`
+        email: Option<String>,
+    },
+    /// `POST /api/v1/workspaces`
+    CreateWorkspace {
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+    },
+    /// `POST /api/v1/workspaces/{id}/members`
+    AddWorkspaceMember {
+        /// Path id.
+        workspace: WorkspaceId,
+        /// `userId`
+        user: UserId,
+        /// `role`
+        role: Option<String>,
+    },
+    /// `POST /api/v1/channels`
+    CreateChannel {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `slug`
+        slug: String,
+        /// `name`
+        name: String,
+        /// `isPrivate`
+        is_private: bool,
+    },
+    /// `POST /api/v1/channels/{id}/members`
+    AddChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// `userId`
+        user: UserId,
+    },
+    /// `DELETE /api/v1/channels/{id}/members/{userId}`
+    RemoveChannelMember {
+        /// Path id.
+        channel: ChannelId,
+        /// Path user id.
+        user: UserId,
+    },
+    /// `POST /api/v1/conversations`
+    CreateConversation {
+        /// `workspaceId`
+        workspace: WorkspaceId,
+        /// `participantIds`
+        participants: Vec<UserId>,
+    },
+    /// `POST /api/v1/sessions`
+    CreateSession {
+        /// `userId`
+        user: UserId,
+        /// `ttlSeconds` (default one day)
+        ttl_seconds: u64,
+    },
+    /// `POST /api/v1/messages`: server-side publish.
+    Publish(NewMessage),
+    /// `GET /api/v1/{channels|conversations}/{id}/messages`
+    History(HistoryQuery),
 }
 
 /// Decides what to do with a request that is not for `/socket.io/`.
@@ -225,9 +293,7 @@ fn admin(
         ["messages"] => {
             let f = Fields::parse(body)?;
             let author = f.id::<UserId>("authorId")?;
-            let target_id = f.raw_text("targetId")?;
-            let target_type = f.raw_text("targetType")?;
-            let target = Target::parse(target_type, target_id)?;
+            let target = f.target("targetId", "targetType")?;
             let content = validate_content(f.raw_text("content")?, max_message_chars)?;
             let client_msg_id = match f.opt_raw_text("clientMsgId")? {
                 Some(id) => Some(validate_client_msg_id(id)?),
@@ -315,99 +381,6 @@ pub(crate) fn method_not_allowed(head: &RequestHead, allowed: &str) -> Route {
             head.method, head.path
         ),
     )
-}
-
-/// The fields of a JSON object body, read with messages that name the field.
-struct Fields(Map<String, Value>);
-
-impl Fields {
-    fn parse(body: &[u8]) -> Result<Fields, String> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err("the request body is empty: send a JSON object".to_owned());
-        }
-        match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => Ok(Fields(map)),
-            Ok(_) => Err("the request body must be a JSON object".to_owned()),
-            Err(e) => Err(format!("the request body is not valid JSON: {e}")),
-        }
-    }
-
-    /// A present, non-null value.
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    fn opt_raw_text(&self, name: &str) -> Result<Option<&str>, String> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(format!("field {name:?} must be a string")),
-        }
-    }
-
-    fn raw_text(&self, name: &str) -> Result<&str, String> {
-        self.opt_raw_text(name)?
-            .ok_or_else(|| format!("field {name:?} is required"))
-    }
-
-    /// An optional string, trimmed; blank is an error, not absence.
-    fn opt_text(&self, name: &str) -> Result<Option<String>, String> {
-        match self.opt_raw_text(name)?.map(str::trim) {
-            Some("") => Err(format!("field {name:?} must not be empty")),
-            other => Ok(other.map(str::to_owned)),
-        }
-    }
-
-    fn text(&self, name: &str) -> Result<String, String> {
-        self.opt_text(name)?
-            .ok_or_else(|| format!("field {name:?} is required"))
-    }
-
-    fn id<T: FromStr>(&self, name: &str) -> Result<T, String> {
-        let raw = self.raw_text(name)?;
-        raw.parse()
-            .map_err(|_| format!("field {name:?} must be a uuid, got {raw:?}"))
-    }
-
-    fn opt_bool(&self, name: &str) -> Result<Option<bool>, String> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(format!("field {name:?} must be true or false")),
-        }
-    }
-
-    fn opt_u64(&self, name: &str) -> Result<Option<u64>, String> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| format!("field {name:?} must be a positive whole number")),
-        }
-    }
-
-    /// A non-empty array of uuids, duplicates dropped, order kept.
-    fn id_list<T: FromStr + Eq + Hash + Copy>(&self, name: &str) -> Result<Vec<T>, String> {
-        let Some(Value::Array(items)) = self.get(name) else {
-            return Err(format!("field {name:?} is required: an array of uuids"));
-        };
-        if items.is_empty() {
-            return Err(format!("field {name:?} must list at least one uuid"));
-        }
-        let mut ids = Vec::with_capacity(items.len());
-        let mut seen = HashSet::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let id = item
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("field {name:?}[{i}] must be a uuid, got {item}"))?;
-            if seen.insert(id) {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
-    }
 }
 
 #[cfg(test)]

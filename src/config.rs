@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::broker::config::{RawCluster, RedisConfig};
+
 /// Raw flags and variables as clap reads them; [`Config::load`] turns them into a [`Config`].
 #[derive(Parser, Debug)]
 #[command(
@@ -28,9 +30,39 @@ pub struct Args {
     /// PostgreSQL URL; absent: the embedded in-memory store.
     #[arg(long = "database-url", env = "DATABASE_URL")]
     database_url: Option<String>,
-    /// Redis URL; absent: a single node.
-    #[arg(long = "redis-url", env = "REDIS_URL")]
+    /// Redis URL (redis:// or rediss://); absent: a single node.
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// Prefix of every Redis key and channel of this cluster.
+    #[arg(
+        long = "redis-prefix",
+        env = "CHAT_REDIS_PREFIX",
+        default_value = "ocomms"
+    )]
+    redis_prefix: String,
+    /// PEM file of the CAs to trust for rediss:// (default: the system's store).
+    #[arg(long = "redis-tls-ca", env = "CHAT_REDIS_TLS_CA")]
+    redis_tls_ca: Option<String>,
+    /// Presence heartbeat period of a node in milliseconds.
+    #[arg(
+        long = "heartbeat-ms",
+        env = "CHAT_HEARTBEAT_MS",
+        default_value = "30000"
+    )]
+    heartbeat_ms: String,
+    /// Milliseconds a node counts as alive after its last heartbeat.
+    #[arg(
+        long = "heartbeat-ttl-ms",
+        env = "CHAT_HEARTBEAT_TTL_MS",
+        default_value = "90000"
+    )]
+    heartbeat_ttl_ms: String,
+    /// Milliseconds an out-of-order arrival waits before the gap is read from PostgreSQL.
+    #[arg(long = "gap-fill-ms", env = "CHAT_GAP_FILL_MS", default_value = "200")]
+    gap_fill_ms: String,
+    /// Period in milliseconds of the sweep that compares every subscribed room with PostgreSQL.
+    #[arg(long = "sweep-ms", env = "CHAT_SWEEP_MS", default_value = "30000")]
+    sweep_ms: String,
     /// HS256 secret for JWTs; absent: JWTs are refused (session tokens still work).
     #[arg(long = "jwt-secret", env = "CHAT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -139,8 +171,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// PostgreSQL URL.
     pub database_url: Option<String>,
-    /// Redis URL.
-    pub redis_url: Option<String>,
+    /// `REDIS_URL` and the cluster's settings, checked (the password is never printed).
+    pub redis_url: Option<RedisConfig>,
     /// JWT secret.
     pub jwt_secret: Option<String>,
     /// Admin API token.
@@ -209,7 +241,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn number<T>(variable: &'static str, value: &str, min: T, max: T) -> Result<T, ConfigError>
+/// Parses a whole number in `min..=max`; the error names the variable and the range.
+pub(crate) fn number<T>(
+    variable: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
@@ -330,10 +368,25 @@ impl Config {
                     .into(),
             });
         }
+        let redis_url = match non_empty("REDIS_URL", args.redis_url)? {
+            None => None,
+            Some(url) => Some(RedisConfig::parse(
+                &RawCluster {
+                    url,
+                    prefix: args.redis_prefix,
+                    tls_ca: args.redis_tls_ca,
+                    heartbeat_ms: args.heartbeat_ms,
+                    heartbeat_ttl_ms: args.heartbeat_ttl_ms,
+                    gap_fill_ms: args.gap_fill_ms,
+                    sweep_ms: args.sweep_ms,
+                },
+                database_url.is_some(),
+            )?),
+        };
         Ok(Config {
             listen,
             database_url,
-            redis_url: non_empty("REDIS_URL", args.redis_url)?,
+            redis_url,
             jwt_secret,
             admin_token: non_empty("CHAT_ADMIN_TOKEN", args.admin_token)?,
             tls,
@@ -421,6 +474,23 @@ mod tests {
         assert_eq!(db.variable, "CHAT_DEMO");
         assert!(db.problem.contains("DATABASE_URL"), "{db}");
         assert!(!parse(&["--database-url", "postgres://db/x"]).unwrap().demo);
+    }
+
+    #[test]
+    fn redis_without_postgres_stops_the_start_and_hides_the_password() {
+        let e = parse(&["--redis-url", "redis://:hunter2@127.0.0.1:6379"]).unwrap_err();
+        assert_eq!(e.variable, "REDIS_URL");
+        let text = e.to_string();
+        assert!(text.contains("shared PostgreSQL store"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let c = parse(&[
+            "--redis-url",
+            "redis://:hunter2@127.0.0.1:6379",
+            "--database-url",
+            "postgres://postgres@127.0.0.1/x",
+        ])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

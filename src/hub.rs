@@ -1,8 +1,11 @@
-//! One shard's room index: which of its local connections are in which room. No IO and no
-//! locks: the shard that owns the connections owns the hub.
+//! One shard's room index: which of its local sockets are in which room. No IO and no locks:
+//! the shard that owns the sockets owns the hub.
 //!
-//! Members are slab slots in an insertion-ordered set, so a broadcast walks a dense array,
-//! and leaving is O(1) (swap-remove) even in a workspace room of 100,000 sockets.
+//! Members (the shard's `SocketRef`s) are kept in an insertion-ordered set, so a broadcast
+//! walks a dense array, and leaving is O(1) (swap-remove) even in a workspace room of
+//! 100,000 sockets.
+
+use std::hash::Hash;
 
 use indexmap::IndexSet;
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -10,24 +13,32 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use crate::ids::Room;
 
 /// Room → local members.
-#[derive(Debug, Default)]
-pub struct Hub {
-    rooms: FxHashMap<Room, IndexSet<u32, FxBuildHasher>>,
+#[derive(Debug)]
+pub struct Hub<M> {
+    rooms: FxHashMap<Room, IndexSet<M, FxBuildHasher>>,
 }
 
-impl Hub {
-    /// Adds `slot` to `room`; returns `false` if it was already there.
-    pub fn join(&mut self, room: Room, slot: u32) -> bool {
-        self.rooms.entry(room).or_default().insert(slot)
+impl<M> Default for Hub<M> {
+    fn default() -> Self {
+        Hub {
+            rooms: FxHashMap::default(),
+        }
+    }
+}
+
+impl<M: Copy + Eq + Hash> Hub<M> {
+    /// Adds `member` to `room`; returns `false` if it was already there.
+    pub fn join(&mut self, room: Room, member: M) -> bool {
+        self.rooms.entry(room).or_default().insert(member)
     }
 
-    /// Removes `slot` from `room`; returns `false` if it was not there. An emptied room is
+    /// Removes `member` from `room`; returns `false` if it was not there. An emptied room is
     /// dropped so the index does not grow with rooms nobody is in.
-    pub fn leave(&mut self, room: Room, slot: u32) -> bool {
+    pub fn leave(&mut self, room: Room, member: M) -> bool {
         let Some(members) = self.rooms.get_mut(&room) else {
             return false;
         };
-        let removed = members.swap_remove(&slot);
+        let removed = members.swap_remove(&member);
         if members.is_empty() {
             self.rooms.remove(&room);
         }
@@ -35,13 +46,13 @@ impl Hub {
     }
 
     /// Local members of `room`, in no particular order.
-    pub fn members(&self, room: &Room) -> impl Iterator<Item = u32> + '_ {
+    pub fn members(&self, room: &Room) -> impl Iterator<Item = M> + '_ {
         self.rooms.get(room).into_iter().flatten().copied()
     }
 
-    /// Whether `slot` is in `room`.
-    pub fn contains(&self, room: &Room, slot: u32) -> bool {
-        self.rooms.get(room).is_some_and(|m| m.contains(&slot))
+    /// Whether `member` is in `room`.
+    pub fn contains(&self, room: &Room, member: M) -> bool {
+        self.rooms.get(room).is_some_and(|m| m.contains(&member))
     }
 
     /// Number of rooms with at least one local member.

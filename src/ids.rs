@@ -9,16 +9,52 @@ use uuid::Uuid;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 
-/// A connection on a shard. The slot indexes the shard's slab; slab keys are reused, so the
-/// generation makes a command aimed at a closed connection miss instead of hitting its successor.
+/// Where a socket lives on its shard: in the slab of connections (a TCP connection, speaking
+/// HTTP and then perhaps WebSocket) or in the slab of long-polling sessions (a session
+/// outlives the HTTP requests that carry it). The room index, the timers and store replies
+/// name both kinds with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SocketRef {
+    /// A connection's key.
+    Conn(u32),
+    /// A long-polling session's key.
+    Poll(u32),
+}
+
+/// A connection or polling session on a shard, as other threads name it. Slab keys are
+/// reused, so the generation makes a command aimed at a closed one miss instead of hitting
+/// its successor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId {
-    /// Shard that owns the socket.
+    /// Shard that owns it.
     pub shard: ShardId,
-    /// Key in that shard's slab.
-    pub slot: u32,
-    /// Generation of the slot when the connection was accepted.
+    /// Which slab, and the key in it.
+    pub slot: SocketRef,
+    /// Generation of the slot when it was made.
     pub generation: u32,
+}
+
+/// Random hex digits after the shard prefix of a session id.
+const SESSION_ID_RANDOM_DIGITS: usize = 20;
+
+/// A new session id made on `shard`: the shard's number in hex, then 20 random hex digits.
+/// Engine.IO sids, Socket.IO socket ids and recovery pids all take this form, so whichever
+/// shard a request lands on can tell the one that made the id ([`session_shard`]).
+pub fn new_session_id(shard: ShardId) -> String {
+    let random = Uuid::new_v4().simple().to_string();
+    format!("{:x}{}", shard.0, &random[..SESSION_ID_RANDOM_DIGITS])
+}
+
+/// The shard that made session id `id` on a node of `shards` shards. `None` when the id
+/// cannot be one of ours (wrong length, not hex, or a shard this node does not have): a
+/// request then gets "Session ID unknown", a recovery a new session.
+pub fn session_shard(id: &str, shards: usize) -> Option<ShardId> {
+    if id.len() <= SESSION_ID_RANDOM_DIGITS || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let prefix = &id[..id.len() - SESSION_ID_RANDOM_DIGITS];
+    let shard = u16::from_str_radix(prefix, 16).ok()?;
+    (usize::from(shard) < shards).then_some(ShardId(shard))
 }
 
 macro_rules! uuid_id {
@@ -164,6 +200,31 @@ mod tests {
             Room::Workspace(WorkspaceId(id)).to_string(),
             format!("workspace:{id}")
         );
+    }
+
+    #[test]
+    fn session_ids_name_the_shard_that_made_them() {
+        for shard in [0u16, 1, 9, 10, 255, 1023] {
+            let sid = new_session_id(ShardId(shard));
+            assert_eq!(session_shard(&sid, 1024), Some(ShardId(shard)), "{sid}");
+        }
+        assert_eq!(session_shard(&new_session_id(ShardId(3)), 2), None);
+        assert_eq!(session_shard("0aaaaabbbbbcccccddddd", 2), Some(ShardId(0)));
+        assert_eq!(session_shard("1aaaaabbbbbcccccddddd", 2), Some(ShardId(1)));
+        assert_eq!(
+            session_shard("1faaaaabbbbbcccccddddd", 32),
+            Some(ShardId(31))
+        );
+        assert_eq!(
+            session_shard("1faaaaabbbbbcccccddddd", 31),
+            None,
+            "no such shard"
+        );
+        assert_eq!(session_shard("aaaaabbbbbcccccddddd", 2), None, "no prefix");
+        assert_eq!(session_shard("0aaaaabbbbbcccccdddd-", 2), None, "not hex");
+        assert_eq!(session_shard("zz0123456789abcdef0123", 2), None, "not hex");
+        assert_eq!(session_shard("short", 2), None);
+        assert_eq!(session_shard("", 2), None);
     }
 
     #[test]

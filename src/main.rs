@@ -43,10 +43,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    if config.redis_url.is_some() {
+    if let Some(redis) = &config.redis_url {
+        // The broker's parts exist (src/broker) but the shards and the store do not use them
+        // yet: refuse rather than run as a single node that believes it is in a cluster.
         eprintln!(
-            "ocomms-rt: configuration error: REDIS_URL is set, but this build runs as a single node only; \
-             unset REDIS_URL"
+            "ocomms-rt: configuration error: REDIS_URL={redis}: joining a cluster is not in this \
+             build yet; unset REDIS_URL to run a single node"
         );
         return ExitCode::from(2);
     }

@@ -3,9 +3,13 @@
 //! Threads share nothing but these inboxes (crossbeam channels). A shard's inbox is paired
 //! with its `mio::Waker`, so a command wakes the shard's event loop. Reading this file gives
 //! the whole diagram: shards ask the store ([`StoreCommand`]), the store answers the asking
-//! shard ([`ShardCommand::Reply`]) and publishes what it committed through the broker, and the
-//! broker hands every shard a [`Broadcast`] to fan out ([`ShardCommand::Deliver`]).
+//! shard ([`ShardCommand::Reply`]) and publishes what it committed ([`DurablePublisher`]),
+//! and the broker ([`BrokerHandle`]) hands every shard a [`Broadcast`] to fan out
+//! ([`ShardCommand::Deliver`]). Shards talk to each other for polling sessions
+//! ([`PollCommand`]) and connection state recovery. The records these commands carry belong
+//! to the modules that make them (`store::request`, `chat`, `api`, `model`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,21 +17,35 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::ids::{ChannelId, ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
-use crate::model::{Grant, Message};
+use crate::api::AdminRequest;
+use crate::chat::auth::Credential;
+use crate::chat::state::{Auth, Detached};
+use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, WorkspaceId};
+use crate::model::{Grant, MembershipChange, Message, PresenceStatus};
+use crate::protocol::{packet, Session};
+use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
-/// A frame encoded once and fanned out to every local member of a room.
+/// An event for every socket of a room but those it skips, as a publisher (a chat handler,
+/// the presence keeper, the store) hands it to the broker.
 #[derive(Debug)]
-pub struct Broadcast {
+pub struct Publication {
     /// Who receives it.
     pub room: Room,
     /// Sockets left out.
     pub except: Except,
-    /// The whole WebSocket frame (header and Socket.IO packet), shared by every recipient.
-    pub frame: Bytes,
-    /// Connection state recovery offset (durable events only), replayed to sockets that
-    /// reconnect having missed it.
-    pub offset: Option<u64>,
+    /// The Engine.IO packet, `42["event",data]`, encoded once.
+    pub packet: Bytes,
+}
+
+impl Publication {
+    /// `event` with `data` to every member of `room` but `except`.
+    pub fn event(room: Room, event: &str, data: &impl serde::Serialize, except: Except) -> Self {
+        Publication {
+            room,
+            except,
+            packet: Bytes::from(packet::event(event, data, None)),
+        }
+    }
 }
 
 /// Who a broadcast skips.
@@ -41,28 +59,42 @@ pub enum Except {
     User(UserId),
 }
 
-impl Broadcast {
-    /// A broadcast of `event` to every member of `room`, without a recovery offset.
-    pub fn event(room: Room, event: &str, data: &impl serde::Serialize, except: Except) -> Self {
-        Broadcast {
-            room,
-            except,
-            frame: crate::protocol::frame::event(event, data, None),
-            offset: None,
-        }
-    }
+/// Names one broadcast among all those of this node, so a shard can tell whether a socket
+/// already had it (at a transport upgrade, two shards see the same broadcasts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BroadcastId(pub u64);
+
+/// A publication on its way to every shard, with its id and, for a durable event, its
+/// offset. This is what the broker carries (and what would travel between nodes): the
+/// Socket.IO packet, not a frame. Each shard frames it once for its WebSocket members;
+/// polling sessions queue the packet itself.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Unique on this node.
+    pub id: BroadcastId,
+    /// Who receives it.
+    pub room: Room,
+    /// Sockets left out.
+    pub except: Except,
+    /// Connection state recovery offset (durable events only), replayed to sockets that
+    /// reconnect having missed it.
+    pub offset: Option<u64>,
+    /// The Engine.IO packet, shared by every recipient on every shard.
+    pub packet: Bytes,
 }
 
-/// What a shard's event loop is asked to do by other threads.
+/// What a shard's event loop is asked to do by other threads (and by itself: a command
+/// a shard addresses to itself is handled later in the same loop turn).
 #[derive(Debug)]
 pub enum ShardCommand {
-    /// Queue `frame` on every local member of `room`.
+    /// Queue the broadcast on every local member of its room.
     Deliver(Arc<Broadcast>),
-    /// The store answered a request made by one of this shard's connections.
+    /// The store (or the presence keeper) answered a request of one of this shard's sockets.
     Reply(ConnectionId, StoreReply),
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     Membership(MembershipChange),
-    /// Another shard asks for a detached session (connection state recovery) by its `pid`.
+    /// Connection state recovery: a reconnected socket (`to`) asks the shard that made `pid`
+    /// for the session detached under it.
     Recover {
         /// The session's private id.
         pid: String,
@@ -73,8 +105,16 @@ pub enum ShardCommand {
     Recovered {
         /// The reconnected socket.
         to: ConnectionId,
-        /// What the old socket was in.
+        /// What the old socket was.
         session: Option<Detached>,
+    },
+    /// To the shard that made `pid`: keep this session that went away for the recovery
+    /// window, where a reconnect will look for it.
+    Detach {
+        /// The session's private id.
+        pid: Box<str>,
+        /// What the socket was.
+        session: Detached,
     },
     /// Engine.IO long-polling and the upgrade: between the shard that owns a TCP connection
     /// and the shard that owns the polling session it speaks for.
@@ -84,20 +124,6 @@ pub enum ShardCommand {
         /// When unfinished writes are abandoned.
         deadline: Instant,
     },
-}
-
-/// A socket that went away without saying goodbye, kept for the recovery window so that a
-/// reconnect with its `pid` gets its rooms and missed events back. The rooms come from the
-/// reconnect's fresh authentication, so a membership removed meanwhile stays removed.
-#[derive(Clone, Copy, Debug)]
-pub struct Detached {
-    /// Who it was.
-    pub user: UserId,
-    /// Its workspace.
-    pub workspace: WorkspaceId,
-    /// The newest offset its shard had seen when it connected (replay starts after it when
-    /// the client received no offset at all).
-    pub since_offset: u64,
 }
 
 /// What the shards tell the presence keeper (contract §5: presence per user and workspace,
@@ -143,7 +169,9 @@ pub enum PresenceCommand {
 }
 
 /// What crosses shards for a long-polling session. The session lives on the shard whose id
-/// starts its `sid`; its HTTP requests and its WebSocket upgrade may arrive on any shard.
+/// starts its `sid` (the owner); its HTTP requests and its WebSocket upgrade may arrive on
+/// any shard, which is named by the connection's id. The upgrade's steps are explained in
+/// `shard::upgrade`.
 #[derive(Debug)]
 pub enum PollCommand {
     /// To the owner: a GET (long-poll) or POST (packets) of session `sid`.
@@ -168,123 +196,36 @@ pub enum PollCommand {
         /// Keep the connection for the next request.
         keep_alive: bool,
     },
-    /// To the owner: a WebSocket asks to take over session `sid` (`transport=websocket&sid=`).
-    Upgrade {
-        /// The WebSocket connection (its 101 is not sent yet).
-        from: ConnectionId,
-        /// Session id.
-        sid: String,
-    },
-    /// To the WebSocket's shard: the session exists (with the rooms it is in now, to join
-    /// while the probe runs) or not (`None`: answer "Session ID unknown").
-    Upgradable {
-        /// The WebSocket connection.
-        to: ConnectionId,
-        /// Rooms of the session.
-        rooms: Option<Vec<Room>>,
-    },
-    /// To the owner: the client probed the WebSocket (`2probe`); release a pending GET.
-    Probe {
-        /// Session id.
-        sid: String,
-    },
-    /// To the owner: the WebSocket closed before the switch; polling goes on as before.
-    Cancel {
-        /// Session id.
-        sid: String,
-    },
-    /// To the owner: the client sent `5`; hand the session over.
-    Switch {
-        /// The WebSocket connection that takes the session.
-        from: ConnectionId,
-        /// Session id.
-        sid: String,
-    },
-    /// To the shard named by a detached session's `pid`, from the shard the session had moved
-    /// to (by an upgrade): keep it for recovery there, where a reconnect looks for it.
-    Detach {
-        /// The session's private id.
-        pid: Box<str>,
-        /// What the socket was.
-        session: Detached,
-    },
-    /// To the WebSocket's shard: the session's state and its packets not yet sent by
-    /// polling (`None`: it closed meanwhile).
-    Adopt {
-        /// The WebSocket connection.
-        to: ConnectionId,
-        /// The state.
-        handover: Option<Box<crate::shard::Handover>>,
-    },
+    /// To the owner: WebSocket `from` (its `101` not sent yet) asks to take over session
+    /// `sid` (`transport=websocket&sid=…`).
+    Upgrade(ConnectionId, String),
+    /// To the WebSocket's shard: the session exists, with the rooms it is in now (to join
+    /// while the probe runs), or not (`None`: answer "Session ID unknown").
+    Upgradable(ConnectionId, Option<Vec<Room>>),
+    /// To the owner: the client probed the WebSocket of session `sid` (`2probe`).
+    Probe(String),
+    /// To the owner: the WebSocket of session `sid` closed before the switch.
+    Cancel(String),
+    /// To the owner: the client sent `5` on WebSocket `from`: hand session `sid` over.
+    Switch(ConnectionId, String),
+    /// To the WebSocket's shard: the session (`None`: it closed meanwhile).
+    Adopt(ConnectionId, Option<Box<Handover>>),
 }
 
-/// A membership added or removed (admin API, or the web app writing the tables).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MembershipChange {
-    /// Whose membership.
-    pub user: UserId,
-    /// The workspace the room belongs to; only sockets scoped to it are affected.
-    pub workspace: WorkspaceId,
-    /// The channel or DM room.
-    pub room: Room,
-    /// `true`: join, `false`: leave at once.
-    pub joined: bool,
-}
-
-/// How the socket proved who it is, as far as the shard could check on its own.
-/// `Debug` never prints a session token.
-#[derive(Clone)]
-pub enum Credential {
-    /// A JWT whose signature and expiry the shard verified; the user still has to exist.
-    Jwt {
-        /// `sub`
-        user: UserId,
-        /// `name`, if the token carried one.
-        name: Option<String>,
-    },
-    /// An opaque session token, looked up in `sessions`.
-    Session(String),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credential::Jwt { user, name } => f
-                .debug_struct("Jwt")
-                .field("user", user)
-                .field("name", name)
-                .finish(),
-            Credential::Session(_) => f.write_str("Session(<hidden>)"),
-        }
-    }
-}
-
-/// A message to store (socket `message:send` or `POST /api/v1/messages`).
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    /// The author.
-    pub author: UserId,
-    /// The workspace the sending socket is scoped to (`None` for the admin API).
-    pub workspace: Option<WorkspaceId>,
-    /// Channel or DM.
-    pub target: Target,
-    /// Validated content.
-    pub content: String,
-    /// Idempotency key.
-    pub client_msg_id: Option<String>,
-}
-
-/// `message:history` and `GET …/messages`.
-#[derive(Clone, Copy, Debug)]
-pub struct HistoryQuery {
-    /// Channel or DM.
-    pub target: Target,
-    /// Only sequences below this.
-    pub before: Option<i64>,
-    /// Only sequences above this.
-    pub after: Option<i64>,
-    /// 1..=100.
-    pub limit: u32,
+/// A polling session on its way to the shard of the WebSocket that took it over.
+#[derive(Debug)]
+pub struct Handover {
+    /// The Engine.IO / Socket.IO state.
+    pub session: Session,
+    /// Where its authentication stands, and who it is once connected.
+    pub auth: Auth,
+    /// Packets polling had not sent, oldest first.
+    pub packets: VecDeque<Bytes>,
+    /// The broadcasts the owner queued since the upgrade began, sent by polling or not.
+    pub seen: Vec<BroadcastId>,
+    /// The newest durable offset the owner had delivered when it let go: every durable event
+    /// of the session's rooms after it is the new shard's to deliver.
+    pub newest: u64,
 }
 
 /// Who asks the store for something on a socket: the connection, the user it authenticated
@@ -360,122 +301,6 @@ pub enum StoreCommand {
     Shutdown,
 }
 
-/// The admin API of contract §6, parsed and validated.
-#[derive(Clone, Debug)]
-pub enum AdminRequest {
-    /// `POST /api/v1/users`
-    CreateUser {
-        /// `name`
-        name: String,
-        /// `email`
-        email: Option<String>,
-    },
-    /// `POST /api/v1/workspaces`
-    CreateWorkspace {
-        /// `slug`
-        slug: String,
-        /// `name`
-        name: String,
-    },
-    /// `POST /api/v1/workspaces/{id}/members`
-    AddWorkspaceMember {
-        /// Path id.
-        workspace: WorkspaceId,
-        /// `userId`
-        user: UserId,
-        /// `role`
-        role: Option<String>,
-    },
-    /// `POST /api/v1/channels`
-    CreateChannel {
-        /// `workspaceId`
-        workspace: WorkspaceId,
-        /// `slug`
-        slug: String,
-        /// `name`
-        name: String,
-        /// `isPrivate`
-        is_private: bool,
-    },
-    /// `POST /api/v1/channels/{id}/members`
-    AddChannelMember {
-        /// Path id.
-        channel: ChannelId,
-        /// `userId`
-        user: UserId,
-    },
-    /// `DELETE /api/v1/channels/{id}/members/{userId}`
-    RemoveChannelMember {
-        /// Path id.
-        channel: ChannelId,
-        /// Path user id.
-        user: UserId,
-    },
-    /// `POST /api/v1/conversations`
-    CreateConversation {
-        /// `workspaceId`
-        workspace: WorkspaceId,
-        /// `participantIds`
-        participants: Vec<UserId>,
-    },
-    /// `POST /api/v1/sessions`
-    CreateSession {
-        /// `userId`
-        user: UserId,
-        /// `ttlSeconds` (default one day)
-        ttl_seconds: u64,
-    },
-    /// `POST /api/v1/messages`: server-side publish.
-    Publish(NewMessage),
-    /// `GET /api/v1/{channels|conversations}/{id}/messages`
-    History(HistoryQuery),
-}
-
-/// Why the store refused a request; the text names the bad value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreError {
-    /// Malformed or out of range (HTTP 400).
-    Invalid(String),
-    /// Not allowed for this user (HTTP 403).
-    Forbidden(String),
-    /// No such row (HTTP 404).
-    NotFound(String),
-    /// Clashes with an existing row (HTTP 409).
-    Conflict(String),
-    /// The database cannot answer now (HTTP 503).
-    Unavailable(String),
-}
-
-impl StoreError {
-    /// The HTTP status that fits.
-    pub fn status(&self) -> u16 {
-        match self {
-            StoreError::Invalid(_) => 400,
-            StoreError::Forbidden(_) => 403,
-            StoreError::NotFound(_) => 404,
-            StoreError::Conflict(_) => 409,
-            StoreError::Unavailable(_) => 503,
-        }
-    }
-
-    /// The reason, for a person.
-    pub fn message(&self) -> &str {
-        match self {
-            StoreError::Invalid(m)
-            | StoreError::Forbidden(m)
-            | StoreError::NotFound(m)
-            | StoreError::Conflict(m)
-            | StoreError::Unavailable(m) => m,
-        }
-    }
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
-    }
-}
-
 /// The store's answer to one [`StoreCommand`], routed back to the asking connection.
 #[derive(Debug)]
 pub enum StoreReply {
@@ -515,8 +340,8 @@ pub enum StoreReply {
     Presence {
         /// Ack id to answer.
         ack: Option<u64>,
-        /// `(user, "active" | "away" | "offline")`.
-        statuses: Vec<(UserId, &'static str)>,
+        /// Each user asked about, with their presence in the asker's workspace.
+        statuses: Vec<(UserId, PresenceStatus)>,
     },
     /// Answer to an admin request: status and JSON body.
     Admin {
@@ -577,10 +402,9 @@ impl StoreHandle {
 pub struct BrokerHandle {
     shards: Vec<ShardHandle>,
     presence: Option<Sender<PresenceCommand>>,
-    /// Next offset of a durable event. Every durable event gets one: shards log them for
-    /// connection state recovery and for handing a session over at a transport upgrade.
-    offsets: Arc<AtomicU64>,
-    /// Whether offsets also go on the wire (connection state recovery is on).
+    /// The next broadcast id. Ids only need to differ, so any thread may take one.
+    ids: Arc<AtomicU64>,
+    /// Whether durable events carry their offset on the wire (connection state recovery).
     recovery: bool,
 }
 
@@ -590,7 +414,7 @@ impl BrokerHandle {
         BrokerHandle {
             shards,
             presence: None,
-            offsets: Arc::new(AtomicU64::new(1)),
+            ids: Arc::new(AtomicU64::new(1)),
             recovery: false,
         }
     }
@@ -607,23 +431,22 @@ impl BrokerHandle {
         self
     }
 
-    /// A durable event (`message:new`, `message:deleted`) to a room, with the next offset.
-    /// With recovery on, Socket.IO carries the offset as the event's last argument. Offsets
-    /// must be taken in publication order, so only one thread (the store) calls this.
-    pub fn durable(&self, room: Room, event: &str, data: &impl serde::Serialize) -> Broadcast {
-        let offset = Some(self.offsets.fetch_add(1, Relaxed));
-        let text = offset.filter(|_| self.recovery).map(|o| o.to_string());
-        Broadcast {
-            room,
-            except: Except::Nobody,
-            frame: crate::protocol::frame::event(event, data, text.as_deref()),
-            offset,
-        }
+    /// Publishes an ephemeral event (typing, presence): no offset, nothing to replay.
+    pub fn publish(&self, publication: Publication) {
+        self.fan_out(publication, None);
     }
 
-    /// Fans a broadcast out to every shard of this node (each keeps only its members).
-    pub fn publish(&self, broadcast: Broadcast) {
-        let broadcast = Arc::new(broadcast);
+    /// Gives the publication an id and hands it to every shard of this node (each keeps
+    /// only its members). Every publication leaves through here: where one would also go to
+    /// other nodes.
+    fn fan_out(&self, publication: Publication, offset: Option<u64>) {
+        let broadcast = Arc::new(Broadcast {
+            id: BroadcastId(self.ids.fetch_add(1, Relaxed)),
+            room: publication.room,
+            except: publication.except,
+            offset,
+            packet: publication.packet,
+        });
         for shard in &self.shards {
             shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
         }
@@ -641,6 +464,38 @@ impl BrokerHandle {
         if let Some(inbox) = &self.presence {
             let _ = inbox.send(command);
         }
+    }
+}
+
+/// The publisher of durable events (`message:new`, `message:deleted`) and the one owner of
+/// their offsets. Shards log durable events by offset for connection state recovery and to
+/// hand a session over at a transport upgrade, so offsets must rise in publication order:
+/// the store thread, which publishes every durable event after its commit, owns the only
+/// one. It is not `Clone`, and needs no atomics.
+#[derive(Debug)]
+pub struct DurablePublisher {
+    broker: BrokerHandle,
+    next: u64,
+}
+
+impl DurablePublisher {
+    /// The publisher of a node's durable events, through `broker`.
+    pub fn new(broker: BrokerHandle) -> Self {
+        DurablePublisher { broker, next: 1 }
+    }
+
+    /// Publishes `event` to every member of `room` with the next offset. With recovery on,
+    /// Socket.IO carries the offset as the event's last argument.
+    pub fn publish(&mut self, room: Room, event: &str, data: &impl serde::Serialize) {
+        let offset = self.next;
+        self.next += 1;
+        let text = self.broker.recovery.then(|| offset.to_string());
+        let publication = Publication {
+            room,
+            except: Except::Nobody,
+            packet: Bytes::from(packet::event(event, data, text.as_deref())),
+        };
+        self.broker.fan_out(publication, Some(offset));
     }
 }
 

@@ -95,6 +95,41 @@ impl Message {
     }
 }
 
+/// A user's presence in a workspace (contract §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceStatus {
+    /// At least one socket is active.
+    Active,
+    /// Every socket is away.
+    Away,
+    /// No socket.
+    Offline,
+}
+
+impl PresenceStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceStatus::Active => "active",
+            PresenceStatus::Away => "away",
+            PresenceStatus::Offline => "offline",
+        }
+    }
+}
+
+/// A membership added or removed (admin API, or the web app writing the tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Whose membership.
+    pub user: UserId,
+    /// The workspace the room belongs to; only sockets scoped to it are affected.
+    pub workspace: WorkspaceId,
+    /// The channel or DM room.
+    pub room: Room,
+    /// `true`: join, `false`: leave at once.
+    pub joined: bool,
+}
+
 /// What an authenticated socket was granted on CONNECT: who it is, the workspace it is scoped
 /// to, and the rooms it joins (contract §2).
 #[derive(Clone, Debug)]

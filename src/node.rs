@@ -137,7 +137,7 @@ impl Node {
             let shard = Shard::new(
                 ShardId(i as u16),
                 poll,
-                listener,
+                Some(listener),
                 inbox,
                 mesh.clone(),
                 Arc::clone(&shared),

@@ -12,29 +12,8 @@ use rustc_hash::FxHashMap;
 use serde_json::json;
 
 use crate::ids::{Room, UserId, WorkspaceId};
-use crate::mesh::{Broadcast, Except, Mesh, PresenceCommand, StoreReply};
-
-/// A user's status in a workspace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// At least one socket is active.
-    Active,
-    /// Every socket is away.
-    Away,
-    /// No socket.
-    Offline,
-}
-
-impl Status {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Away => "away",
-            Status::Offline => "offline",
-        }
-    }
-}
+use crate::mesh::{Except, Mesh, PresenceCommand, Publication, StoreReply};
+use crate::model::PresenceStatus;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Sockets {
@@ -43,13 +22,13 @@ struct Sockets {
 }
 
 impl Sockets {
-    fn status(self) -> Status {
+    fn status(self) -> PresenceStatus {
         if self.active > 0 {
-            Status::Active
+            PresenceStatus::Active
         } else if self.away > 0 {
-            Status::Away
+            PresenceStatus::Away
         } else {
-            Status::Offline
+            PresenceStatus::Offline
         }
     }
 }
@@ -67,12 +46,12 @@ impl PresenceBook {
         workspace: WorkspaceId,
         user: UserId,
         change: Change,
-    ) -> Option<Status> {
+    ) -> Option<PresenceStatus> {
         let key = (workspace, user);
         let entry = self.users.entry(key);
         let before = match &entry {
             Entry::Occupied(e) => e.get().status(),
-            Entry::Vacant(_) => Status::Offline,
+            Entry::Vacant(_) => PresenceStatus::Offline,
         };
         let sockets = entry.or_default();
         match change {
@@ -92,17 +71,17 @@ impl PresenceBook {
             }
         }
         let after = sockets.status();
-        if after == Status::Offline {
+        if after == PresenceStatus::Offline {
             self.users.remove(&key);
         }
         (after != before).then_some(after)
     }
 
     /// A user's status.
-    pub fn status(&self, workspace: WorkspaceId, user: UserId) -> Status {
+    pub fn status(&self, workspace: WorkspaceId, user: UserId) -> PresenceStatus {
         self.users
             .get(&(workspace, user))
-            .map_or(Status::Offline, |s| s.status())
+            .map_or(PresenceStatus::Offline, |s| s.status())
     }
 }
 
@@ -144,7 +123,7 @@ pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<Jo
                     PresenceCommand::Query { asker, ack, users } => {
                         let statuses = users
                             .into_iter()
-                            .map(|u| (u, book.status(asker.workspace, u).as_str()))
+                            .map(|u| (u, book.status(asker.workspace, u)))
                             .collect();
                         mesh.reply(asker.from, StoreReply::Presence { ack, statuses });
                         continue;
@@ -153,7 +132,7 @@ pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<Jo
                 };
                 if let Some(status) = book.apply(workspace, user, change) {
                     let data = json!({"userId": user, "status": status.as_str()});
-                    mesh.broker.publish(Broadcast::event(
+                    mesh.broker.publish(Publication::event(
                         Room::Workspace(workspace),
                         "presence:update",
                         &data,
@@ -179,17 +158,20 @@ mod tests {
     fn closing_one_of_two_tabs_keeps_the_user_present() {
         let (w, u) = ids();
         let mut book = PresenceBook::default();
-        assert_eq!(book.apply(w, u, Change::Connected), Some(Status::Active));
+        assert_eq!(
+            book.apply(w, u, Change::Connected),
+            Some(PresenceStatus::Active)
+        );
         assert_eq!(
             book.apply(w, u, Change::Connected),
             None,
             "second tab: no change"
         );
         assert_eq!(book.apply(w, u, Change::Disconnected { away: false }), None);
-        assert_eq!(book.status(w, u), Status::Active);
+        assert_eq!(book.status(w, u), PresenceStatus::Active);
         assert_eq!(
             book.apply(w, u, Change::Disconnected { away: false }),
-            Some(Status::Offline)
+            Some(PresenceStatus::Offline)
         );
     }
 
@@ -204,22 +186,28 @@ mod tests {
             None,
             "one tab still active"
         );
-        assert_eq!(book.apply(w, u, Change::Away(true)), Some(Status::Away));
+        assert_eq!(
+            book.apply(w, u, Change::Away(true)),
+            Some(PresenceStatus::Away)
+        );
         assert_eq!(
             book.apply(w, u, Change::Away(true)),
             None,
             "repeated away changes nothing"
         );
-        assert_eq!(book.apply(w, u, Change::Away(false)), Some(Status::Active));
+        assert_eq!(
+            book.apply(w, u, Change::Away(false)),
+            Some(PresenceStatus::Active)
+        );
         assert_eq!(
             book.apply(w, u, Change::Disconnected { away: false }),
-            Some(Status::Away)
+            Some(PresenceStatus::Away)
         );
         assert_eq!(
             book.apply(w, u, Change::Disconnected { away: true }),
-            Some(Status::Offline)
+            Some(PresenceStatus::Offline)
         );
-        assert_eq!(book.status(w, u), Status::Offline);
+        assert_eq!(book.status(w, u), PresenceStatus::Offline);
     }
 
     #[test]
@@ -228,6 +216,6 @@ mod tests {
         let other = WorkspaceId(uuid::Uuid::from_u128(3));
         let mut book = PresenceBook::default();
         book.apply(w, u, Change::Connected);
-        assert_eq!(book.status(other, u), Status::Offline);
+        assert_eq!(book.status(other, u), PresenceStatus::Offline);
     }
 }

@@ -1,6 +1,6 @@
 //! Tests of every route and its errors.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::*;
 use crate::protocol::http::parse_head;

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ids::{UserId, WorkspaceId};
-use crate::mesh::Credential;
 use crate::protocol::http::{percent_decode, RequestHead};
 
 /// The session cookie better-auth sets.
@@ -32,6 +31,34 @@ pub const NO_TOKEN: &str =
 /// How far a JWT's `nbf` may lie ahead of our clock, for clock skew between the token issuer
 /// and this server. `exp` gets no leeway: the contract says "in the future".
 const NBF_LEEWAY_SECS: f64 = 60.0;
+
+/// How the socket proved who it is, as far as the shard could check on its own.
+/// `Debug` never prints a session token.
+#[derive(Clone)]
+pub enum Credential {
+    /// A JWT whose signature and expiry the shard verified; the user still has to exist.
+    Jwt {
+        /// `sub`
+        user: UserId,
+        /// `name`, if the token carried one.
+        name: Option<String>,
+    },
+    /// An opaque session token, looked up in `sessions`.
+    Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Jwt { user, name } => f
+                .debug_struct("Jwt")
+                .field("user", user)
+                .field("name", name)
+                .finish(),
+            Credential::Session(_) => f.write_str("Session(<hidden>)"),
+        }
+    }
+}
 
 /// What a CONNECT offers to prove: the token (if any) and the workspace asked for.
 /// `Debug` hides the token.

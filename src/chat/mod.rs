@@ -1,21 +1,25 @@
-//! What each client event means (contract §2–§5). Handlers take the socket's identity and
-//! the event's data and return [`Effect`]s for the shard to carry out; they never touch a
-//! socket, a clock or another thread.
+//! What each client event means (contract §2–§5), and the rest of a socket's life as chat
+//! sees it ([`connect`]: CONNECT, admission, what ends with the socket). Handlers take the
+//! socket's identity, state and input and return [`Effect`]s for the shard to carry out;
+//! they never touch a socket, a clock or another thread.
 
 pub mod auth;
+pub mod connect;
+pub mod state;
 pub mod typing;
 pub mod validate;
+
+pub use state::{Auth, ChatState, Credentials, Detached, Member, Recovery};
 
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
 use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
-use crate::mesh::{
-    Asker, Broadcast, HistoryQuery, NewMessage, PresenceCommand, StoreCommand, StoreError,
-    StoreReply,
-};
+use crate::json::{self, Fields};
+use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
+use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 /// What a handler asks the shard to do.
 #[derive(Debug)]
@@ -26,37 +30,33 @@ pub enum Effect {
     Emit(&'static str, Value),
     /// Ask the store thread.
     Store(StoreCommand),
-    /// Fan a frame out to a room through the broker.
-    Publish(Broadcast),
+    /// Fan an event out to a room through the broker.
+    Publish(Publication),
     /// Join a room on this shard.
     Join(Room),
     /// Leave a room on this shard.
     Leave(Room),
     /// Tell the presence keeper.
     Presence(PresenceCommand),
+    /// Refuse the CONNECT with this reason (`44{"message":…}`); the client may try again.
+    Refuse(String),
+    /// Accept the CONNECT (`40{"sid":…,"pid":…}`): the socket is now a member.
+    Accept {
+        /// Its recovery pid, when connection state recovery is on.
+        pid: Option<Box<str>>,
+    },
+    /// Fetch the detached session with this pid (from the shard that made the pid), then
+    /// hand it to [`connect::recovered`].
+    Recover(String),
+    /// Send the durable events after this offset to the socket's rooms, after what the
+    /// session has queued (the CONNECT answer).
+    Replay(u64),
+    /// Keep this session for the recovery window, on the shard that made its pid.
+    Detach(Box<str>, Detached),
 }
 
 /// Most users one `presence:query` may ask about.
 pub const MAX_PRESENCE_QUERY: usize = 1000;
-
-/// A connected socket's own chat state.
-#[derive(Debug)]
-pub struct ChatState {
-    /// Where it is typing.
-    pub typing: typing::Typing,
-    /// `presence:setAway` was its last word (until `presence:setActive`).
-    pub away: bool,
-}
-
-impl ChatState {
-    /// A socket that just connected: active, not typing.
-    pub fn new(now: Instant) -> Self {
-        ChatState {
-            typing: typing::Typing::new(now),
-            away: false,
-        }
-    }
-}
 
 /// What a handler may read about the socket.
 #[derive(Clone, Copy)]
@@ -113,7 +113,7 @@ pub fn handle_event(
         "message:delete" => message_delete(ctx, data, ack, out),
         "message:history" => message_history(ctx, data, ack, out),
         "room:join" => room_join(ctx, data, ack, out),
-        "room:leave" => room_leave(data, ack, out),
+        "room:leave" => room_leave(ctx, state, data, ack, out),
         "typing:start" => typing_event(ctx, state, data, true, ack, out),
         "typing:stop" => typing_event(ctx, state, data, false, ack, out),
         "presence:setAway" => set_away(ctx, state, true, ack, out),
@@ -202,7 +202,7 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
             if let Some(id) = ack {
                 let presence: Map<String, Value> = statuses
                     .into_iter()
-                    .map(|(user, status)| (user.to_string(), Value::from(status)))
+                    .map(|(user, status)| (user.to_string(), Value::from(status.as_str())))
                     .collect();
                 out.push(Effect::Ack(
                     id,
@@ -216,50 +216,8 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
 }
 
 /// The event's data as a JSON object, or an error naming the event.
-fn object(event: &str, data: Value) -> Result<Map<String, Value>, String> {
-    match data {
-        Value::Object(map) => Ok(map),
-        other => Err(format!(
-            "{event} expects an object as its data, got {}",
-            kind(&other)
-        )),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn string<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
-    match map.get(field) {
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("{field} must be a string, got {}", kind(other))),
-        None => Err(format!("{field} is missing")),
-    }
-}
-
-fn optional_sequence(map: &Map<String, Value>, field: &str) -> Result<Option<i64>, String> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(v) if v >= 0 => Ok(Some(v)),
-            _ => Err(format!(
-                "{field} must be a whole number of 0 or more, got {n}"
-            )),
-        },
-        Some(other) => Err(format!("{field} must be a number, got {}", kind(other))),
-    }
-}
-
-fn target(map: &Map<String, Value>, id_field: &str, type_field: &str) -> Result<Target, String> {
-    Target::parse(string(map, type_field)?, string(map, id_field)?)
+fn object(event: &str, data: Value) -> Result<Fields, String> {
+    Fields::object(data, format_args!("the data of {event}"))
 }
 
 fn message_send(
@@ -268,13 +226,12 @@ fn message_send(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:send", data)?;
-    let target = target(&map, "targetId", "targetType")?;
-    let content = validate::validate_content(string(&map, "content")?, ctx.max_message_chars)?;
-    let client_msg_id = match map.get("clientMsgId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(validate::validate_client_msg_id(s)?),
-        Some(other) => return Err(format!("clientMsgId must be a string, got {}", kind(other))),
+    let fields = object("message:send", data)?;
+    let target = fields.target("targetId", "targetType")?;
+    let content = validate::validate_content(fields.raw_text("content")?, ctx.max_message_chars)?;
+    let client_msg_id = match fields.opt_raw_text("clientMsgId")? {
+        Some(id) => Some(validate::validate_client_msg_id(id)?),
+        None => None,
     };
     out.push(Effect::Store(StoreCommand::Send {
         asker: ctx.asker(),
@@ -297,11 +254,7 @@ fn message_delete(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:delete", data)?;
-    let id = string(&map, "messageId")?;
-    let message: MessageId = id
-        .parse()
-        .map_err(|_| format!("messageId {id:?} is not a uuid"))?;
+    let message: MessageId = object("message:delete", data)?.id("messageId")?;
     out.push(Effect::Store(StoreCommand::Delete {
         asker: ctx.asker(),
         ack,
@@ -316,24 +269,30 @@ fn message_history(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("message:history", data)?;
-    let target = target(&map, "targetId", "targetType")?;
-    let limit = match map.get("limit") {
-        None | Some(Value::Null) => validate::history_limit(None)?,
+    let fields = object("message:history", data)?;
+    let target = fields.target("targetId", "targetType")?;
+    let limit = match fields.get("limit") {
+        None => validate::history_limit(None)?,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) => validate::history_limit(Some(v))?,
             None => {
                 return Err(format!(
-                    "limit must be a whole number from 1 to 100, got {n}"
+                    "field \"limit\" must be a whole number from 1 to {}, got {n}",
+                    validate::MAX_HISTORY_LIMIT
                 ))
             }
         },
-        Some(other) => return Err(format!("limit must be a number, got {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "field \"limit\" must be a number, got {}",
+                json::kind(other)
+            ))
+        }
     };
     let query = HistoryQuery {
         target,
-        before: optional_sequence(&map, "beforeSequence")?,
-        after: optional_sequence(&map, "afterSequence")?,
+        before: fields.opt_sequence("beforeSequence")?,
+        after: fields.opt_sequence("afterSequence")?,
         limit,
     };
     out.push(Effect::Store(StoreCommand::History {
@@ -350,8 +309,7 @@ fn room_join(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("room:join", data)?;
-    let target = target(&map, "roomId", "roomType")?;
+    let target = object("room:join", data)?.target("roomId", "roomType")?;
     out.push(Effect::Store(StoreCommand::CheckMember {
         asker: ctx.asker(),
         ack,
@@ -360,10 +318,15 @@ fn room_join(
     Ok(())
 }
 
-fn room_leave(data: Value, ack: Option<u64>, out: &mut Vec<Effect>) -> Result<(), String> {
-    let map = object("room:leave", data)?;
-    let target = target(&map, "roomId", "roomType")?;
-    out.push(Effect::Leave(target.room()));
+fn room_leave(
+    ctx: &Context<'_>,
+    state: &mut ChatState,
+    data: Value,
+    ack: Option<u64>,
+    out: &mut Vec<Effect>,
+) -> Result<(), String> {
+    let target = object("room:leave", data)?.target("roomId", "roomType")?;
+    connect::leave(ctx.user, state, target.room(), out);
     if let Some(id) = ack {
         out.push(Effect::Ack(id, json!({"success": true})));
     }
@@ -385,8 +348,7 @@ fn typing_event(
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
     let name = if start { "typing:start" } else { "typing:stop" };
-    let map = object(name, data)?;
-    let target = target(&map, "targetId", "targetType")?;
+    let target = object(name, data)?.target("targetId", "targetType")?;
     if !(ctx.in_room)(target.room()) {
         // Contract §3: typing in a room the user is not a member of is ignored.
         ok(ack, out);
@@ -394,7 +356,7 @@ fn typing_event(
     }
     match state.typing.handle(ctx.now, target, start) {
         typing::Outcome::Update(is_typing) => {
-            out.push(Effect::Publish(typing::update(ctx.user, target, is_typing)));
+            out.push(Effect::Publish(typing_update(ctx.user, target, is_typing)));
         }
         typing::Outcome::Quiet => {}
         typing::Outcome::Throttled(first) => {
@@ -440,12 +402,8 @@ fn presence_query(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
-    let map = object("presence:query", data)?;
-    let ids = match map.get("userIds") {
-        Some(Value::Array(ids)) => ids,
-        Some(other) => return Err(format!("userIds must be an array, got {}", kind(other))),
-        None => return Err("userIds is missing".into()),
-    };
+    let fields = object("presence:query", data)?;
+    let ids = fields.array("userIds")?;
     if ids.len() > MAX_PRESENCE_QUERY {
         return Err(format!(
             "userIds has {} entries; ask about at most {MAX_PRESENCE_QUERY} at a time",
@@ -460,7 +418,7 @@ fn presence_query(
                 .map_err(|_| format!("userIds entry {s:?} is not a uuid")),
             other => Err(format!(
                 "userIds entries must be strings, got {}",
-                kind(other)
+                json::kind(other)
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -470,6 +428,18 @@ fn presence_query(
         users,
     }));
     Ok(())
+}
+
+/// `typing:update {userId, userName, targetId, isTyping}` to the target's room, skipping
+/// every socket of the typing user.
+fn typing_update(user: &User, target: Target, is_typing: bool) -> Publication {
+    let data = json!({
+        "userId": user.id,
+        "userName": user.name,
+        "targetId": target.uuid(),
+        "isTyping": is_typing,
+    });
+    Publication::event(target.room(), "typing:update", &data, Except::User(user.id))
 }
 
 #[cfg(test)]

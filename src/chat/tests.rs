@@ -1,5 +1,5 @@
 use super::*;
-use crate::ids::{ChannelId, ShardId};
+use crate::ids::{ChannelId, ShardId, Target};
 
 fn user() -> User {
     User {
@@ -19,7 +19,7 @@ fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<
     let ctx = Context {
         conn: ConnectionId {
             shard: ShardId(0),
-            slot: 1,
+            slot: crate::ids::SocketRef::Conn(1),
             generation: 1,
         },
         user: &u,
@@ -95,7 +95,7 @@ fn typing_reaches_the_room_except_the_typist_and_only_when_a_member() {
         [Effect::Publish(b)] => {
             assert_eq!(b.except, crate::mesh::Except::User(user().id));
             assert_eq!(b.room, member_of(5).room());
-            assert!(String::from_utf8_lossy(&b.frame).contains("\"isTyping\":true"));
+            assert!(String::from_utf8_lossy(&b.packet).contains("\"isTyping\":true"));
         }
         other => panic!("{other:?}"),
     }

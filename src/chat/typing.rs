@@ -5,11 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::ids::Target;
-use crate::mesh::{Broadcast, Except};
-use crate::model::User;
 
 /// A user who stops sending `typing:start` is shown as not typing after this long.
 pub const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,18 +118,6 @@ impl Typing {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.active.iter().map(|(_, until)| *until).min()
     }
-}
-
-/// `typing:update {userId, userName, targetId, isTyping}` to the target's room, skipping
-/// every socket of the typing user.
-pub fn update(user: &User, target: Target, is_typing: bool) -> Broadcast {
-    let data = json!({
-        "userId": user.id,
-        "userName": user.name,
-        "targetId": target.uuid(),
-        "isTyping": is_typing,
-    });
-    Broadcast::event(target.room(), "typing:update", &data, Except::User(user.id))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Field rules shared by the socket events and the admin API (contract §3 and §6), so
 //! `message:send` and `POST /api/v1/messages` refuse the same content with the same words.
 
-/// Largest `limit` of `message:history` and `GET …/messages`; larger values are capped.
+/// Largest `limit` of `message:history` and `GET …/messages`; larger values are capped
+/// (contract §3: "a `limit` over 100 is capped at 100"). Backends cap at it too.
 pub const MAX_HISTORY_LIMIT: u32 = 100;
 
 /// `limit` when the request names none.

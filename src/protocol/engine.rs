@@ -85,7 +85,7 @@ pub fn open_packet(sid: &str, limits: &EngineLimits, upgrades: &[&str]) -> Strin
 }
 
 /// Appends `s` as a JSON string literal (quoted and escaped).
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
+fn push_json_str(out: &mut String, s: &str) {
     // A str always serialises; serde_json escapes quotes, backslashes and controls.
     match serde_json::to_string(s) {
         Ok(quoted) => out.push_str(&quoted),

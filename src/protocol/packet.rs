@@ -4,12 +4,13 @@
 //! The text here is what follows the Engine.IO message type `4`.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
+use serde::Serialize;
 use serde_json::Value;
 
-use super::engine::push_json_str;
 use super::error::ProtocolError;
+use crate::json;
 
 /// The main namespace, which a packet without a namespace part addresses.
 pub const MAIN_NAMESPACE: &str = "/";
@@ -168,7 +169,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 None | Some(Value::Object(_)) => Ok(Packet::Connect { nsp, data }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "CONNECT payload must be an object such as {{\"token\":\"…\"}}, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
             }
         }
@@ -178,7 +179,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 None => Ok(Packet::Disconnect { nsp }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "DISCONNECT carries no payload, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
             }
         }
@@ -188,7 +189,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 Some(Value::String(_)) => Ok(Packet::Event { nsp, data, id }),
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "EVENT name must be a string, got {}",
-                    json_kind(other)
+                    json::kind(other)
                 ))),
                 None => Err(malformed(
                     "EVENT payload is an empty array; it must start with the event name",
@@ -210,7 +211,7 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
                 }
                 Some(other) => Err(ProtocolError::Malformed(format!(
                     "CONNECT_ERROR payload must be an object or a string, got {}",
-                    json_kind(&other)
+                    json::kind(&other)
                 ))),
                 None => Err(malformed("CONNECT_ERROR packet without a payload")),
             }
@@ -220,49 +221,134 @@ pub fn decode(text: &str) -> Result<Packet, ProtocolError> {
 
 /// Encodes `packet` as Socket.IO text, without the Engine.IO `4` in front.
 pub fn encode(packet: &Packet) -> String {
-    let mut out = String::with_capacity(32);
     let (kind, nsp, attachments, id) = match packet {
-        Packet::Connect { nsp, .. } => ('0', nsp, None, None),
-        Packet::Disconnect { nsp } => ('1', nsp, None, None),
-        Packet::Event { nsp, id, .. } => ('2', nsp, None, *id),
-        Packet::Ack { nsp, id, .. } => ('3', nsp, None, Some(*id)),
-        Packet::ConnectError { nsp, .. } => ('4', nsp, None, None),
+        Packet::Connect { nsp, .. } => (b'0', nsp, None, None),
+        Packet::Disconnect { nsp } => (b'1', nsp, None, None),
+        Packet::Event { nsp, id, .. } => (b'2', nsp, None, *id),
+        Packet::Ack { nsp, id, .. } => (b'3', nsp, None, Some(*id)),
+        Packet::ConnectError { nsp, .. } => (b'4', nsp, None, None),
         Packet::BinaryEvent {
             nsp,
             attachments,
             id,
             ..
-        } => ('5', nsp, Some(*attachments), *id),
+        } => (b'5', nsp, Some(*attachments), *id),
         Packet::BinaryAck {
             nsp,
             attachments,
             id,
             ..
-        } => ('6', nsp, Some(*attachments), Some(*id)),
+        } => (b'6', nsp, Some(*attachments), Some(*id)),
     };
-    out.push(kind);
-    // Writing into a String cannot fail.
-    if let Some(n) = attachments {
-        let _ = write!(out, "{n}-");
-    }
-    if nsp != MAIN_NAMESPACE {
-        out.push_str(nsp);
-        out.push(',');
-    }
-    if let Some(id) = id {
-        let _ = write!(out, "{id}");
-    }
+    let mut out = Vec::with_capacity(32);
+    write_head(&mut out, kind, nsp, attachments, id);
     match packet {
         Packet::Connect { data: Some(v), .. } | Packet::ConnectError { data: v, .. } => {
-            push_json(&mut out, v)
+            write_json(&mut out, v)
         }
         Packet::Event { data, .. }
         | Packet::Ack { data, .. }
         | Packet::BinaryEvent { data, .. }
-        | Packet::BinaryAck { data, .. } => push_json(&mut out, data),
+        | Packet::BinaryAck { data, .. } => write_json(&mut out, data),
         Packet::Connect { data: None, .. } | Packet::Disconnect { .. } => {}
     }
+    into_text(out)
+}
+
+/// An event on the main namespace as an Engine.IO message: `42["name",data]`, or
+/// `42["name",data,"offset"]` when connection state recovery tags it. Built straight from
+/// `data`, without a `Value` in between: every emit and broadcast is made here.
+pub fn event(name: &str, data: &(impl Serialize + ?Sized), offset: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'4');
+    write_head(&mut out, b'2', MAIN_NAMESPACE, None, None);
+    out.push(b'[');
+    write_json(&mut out, name);
+    out.push(b',');
+    write_json(&mut out, data);
+    if let Some(offset) = offset {
+        out.push(b',');
+        write_json(&mut out, offset);
+    }
+    out.push(b']');
     out
+}
+
+/// The answer to the client's event `id` as an Engine.IO message: `43<id>[data]`, so the
+/// client's callback receives `data` as its one argument.
+pub fn ack(id: u64, data: &(impl Serialize + ?Sized)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'4');
+    write_head(&mut out, b'3', MAIN_NAMESPACE, None, Some(id));
+    out.push(b'[');
+    write_json(&mut out, data);
+    out.push(b']');
+    out
+}
+
+/// The server's CONNECT answer as an Engine.IO message: `40{"sid":…}`, with `"pid"` when
+/// connection state recovery is on.
+pub fn connect(sid: &str, pid: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.push(b'4');
+    write_head(&mut out, b'0', MAIN_NAMESPACE, None, None);
+    out.extend_from_slice(b"{\"sid\":");
+    write_json(&mut out, sid);
+    if let Some(pid) = pid {
+        out.extend_from_slice(b",\"pid\":");
+        write_json(&mut out, pid);
+    }
+    out.push(b'}');
+    out
+}
+
+/// A refused CONNECT as an Engine.IO message: `44{"message":…}` (on another namespace
+/// `44/nsp,{…}`), which socket.io-client raises as `connect_error` with that message.
+pub fn connect_error(nsp: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + nsp.len() + message.len());
+    out.push(b'4');
+    write_head(&mut out, b'4', nsp, None, None);
+    out.extend_from_slice(b"{\"message\":");
+    write_json(&mut out, message);
+    out.push(b'}');
+    out
+}
+
+/// The head of a packet: type digit, `n-` for binary attachments, `nsp,` unless it is the
+/// main namespace, then the ack id.
+fn write_head(out: &mut Vec<u8>, kind: u8, nsp: &str, attachments: Option<usize>, id: Option<u64>) {
+    out.push(kind);
+    // Writing into a Vec cannot fail.
+    if let Some(n) = attachments {
+        let _ = write!(out, "{n}-");
+    }
+    if nsp != MAIN_NAMESPACE {
+        out.extend_from_slice(nsp.as_bytes());
+        out.push(b',');
+    }
+    if let Some(id) = id {
+        let _ = write!(out, "{id}");
+    }
+}
+
+/// Appends `value` as JSON. Our payload types always serialise (no maps with non-string
+/// keys); should one fail, `null` replaces what it wrote, keeping the packet valid rather
+/// than ending the shard.
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        debug_assert!(false, "payload failed to serialise: {e}");
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Text built from ASCII and serde_json output, both UTF-8.
+pub(crate) fn into_text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| {
+        debug_assert!(false, "serde_json wrote invalid UTF-8: {e}");
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })
 }
 
 /// Packet type names from the spec's table, indexed by type digit.
@@ -286,39 +372,12 @@ fn array(kind_name: &str, data: Option<Value>) -> Result<Vec<Value>, ProtocolErr
         Some(Value::Array(items)) => Ok(items),
         Some(other) => Err(ProtocolError::Malformed(format!(
             "{kind_name} payload must be an array, got {}",
-            json_kind(&other)
+            json::kind(&other)
         ))),
         None => Err(ProtocolError::Malformed(format!(
             "{kind_name} packet without a payload (after the namespace's comma, if any)"
         ))),
     }
-}
-
-/// A JSON value's kind, for error messages that must not echo client data at length.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn push_json(out: &mut String, value: &impl serde::Serialize) {
-    // A serde_json::Value (or Vec of them) always serialises: its map keys are strings.
-    match serde_json::to_string(value) {
-        Ok(json) => out.push_str(&json),
-        Err(_) => out.push_str("null"),
-    }
-}
-
-/// Appends `{"message":…}`, the CONNECT_ERROR payload socket.io-client turns into an Error.
-pub(crate) fn push_error_message(out: &mut String, message: &str) {
-    out.push_str("{\"message\":");
-    push_json_str(out, message);
-    out.push('}');
 }
 
 #[cfg(test)]
@@ -516,6 +575,12 @@ mod tests {
         assert!(reason("1{}").contains("DISCONNECT carries no payload"));
         assert!(reason("4").contains("CONNECT_ERROR packet without a payload"));
         assert!(reason("4[]").contains("object or a string"));
+    }
+
+    #[test]
+    fn offset_is_the_last_argument() {
+        let t = event("message:new", &1, Some("abc"));
+        assert_eq!(t, br#"42["message:new",1,"abc"]"#);
     }
 
     #[test]

@@ -1,7 +1,5 @@
-//! Engine.IO v4 HTTP long-polling, the sans-IO parts: which shard owns a session id, how
-//! packets are joined into and split out of a payload, the answers of the protocol (with
-//! CORS headers for browser apps), and how a broadcast's WebSocket frame becomes a polling
-//! packet without a copy.
+//! Engine.IO v4 HTTP long-polling, the sans-IO parts: how packets are joined into and split
+//! out of a payload, and the answers of the protocol (with CORS headers for browser apps).
 //!
 //! "With the HTTP long-polling transport, the client sends multiple packets in a single
 //! payload, separated by the record separator (`\x1e`)" — both directions use that form.
@@ -18,21 +16,6 @@ pub const SEPARATOR: u8 = 0x1e;
 /// Content type of every polling payload and of the `ok` answer to a POST.
 pub const TEXT_PLAIN: &str = "text/plain; charset=UTF-8";
 
-/// Random hex digits after the shard prefix in a session id (see `shard::http::new_sid`).
-const SID_RANDOM_DIGITS: usize = 20;
-
-/// The shard that owns session `sid`: its id starts with the shard number in hex, followed
-/// by 20 random hex digits. `None` when the id cannot be one of ours (wrong length, not hex,
-/// or a shard this node does not have), which the caller answers "Session ID unknown".
-pub fn sid_shard(sid: &str, shards: usize) -> Option<u16> {
-    if sid.len() <= SID_RANDOM_DIGITS || !sid.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let prefix = &sid[..sid.len() - SID_RANDOM_DIGITS];
-    let shard = u16::from_str_radix(prefix, 16).ok()?;
-    (usize::from(shard) < shards).then_some(shard)
-}
-
 /// The packets of a POST body, in order. Empty packets (a trailing separator) are skipped.
 pub fn split_payload(body: &str) -> impl Iterator<Item = &str> {
     body.split(char::from(SEPARATOR)).filter(|p| !p.is_empty())
@@ -48,18 +31,6 @@ pub fn join_payload<'a>(packets: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8>
         body.extend_from_slice(packet);
     }
     body
-}
-
-/// The Engine.IO packet inside a server-sent WebSocket text frame (`[header][payload]`),
-/// sharing the frame's buffer. Server frames are unmasked, so the header is 2 bytes, or 4
-/// when the length byte says 126 (16-bit length), or 10 when it says 127 (64-bit length).
-pub fn frame_payload(frame: &Bytes) -> Bytes {
-    let header = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.slice(header.min(frame.len())..)
 }
 
 /// The origin to echo in `Access-Control-Allow-Origin`, when the request's `Origin` is one
@@ -122,9 +93,9 @@ pub fn preflight(head: &RequestHead, origin: Option<&str>, keep_alive: bool) -> 
     out.into_bytes()
 }
 
-/// An Engine.IO error answer: 400 with `{"code":…,"message":…}` as the reference server
-/// sends (codes: 0 transport unknown, 1 session id unknown, 2 bad handshake method, 3 bad
-/// request, 5 unsupported protocol version).
+/// An Engine.IO error answer on `/socket.io/`, whichever the transport: 400 with
+/// `{"code":…,"message":…}` as the reference server sends (codes: 0 transport unknown, 1
+/// session id unknown, 2 bad handshake method, 3 bad request, 5 unsupported protocol version).
 pub fn engine_error(code: u8, message: &str, origin: Option<&str>) -> Vec<u8> {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     response(400, "application/json", body.as_bytes(), false, origin)
@@ -135,21 +106,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sid_shard_reads_the_hex_prefix() {
-        assert_eq!(sid_shard("0aaaaabbbbbcccccddddd", 2), Some(0));
-        assert_eq!(sid_shard("1aaaaabbbbbcccccddddd", 2), Some(1));
-        assert_eq!(sid_shard("1faaaaabbbbbcccccddddd", 32), Some(31));
-        assert_eq!(
-            sid_shard("1faaaaabbbbbcccccddddd", 31),
-            None,
-            "no such shard"
-        );
-        assert_eq!(sid_shard("aaaaabbbbbcccccddddd", 2), None, "no prefix");
-        assert_eq!(sid_shard("0aaaaabbbbbcccccdddd-", 2), None, "not hex");
-        assert_eq!(sid_shard("", 2), None);
-    }
-
-    #[test]
     fn split_and_join_use_the_record_separator() {
         let packets: Vec<&str> = split_payload("40{\"token\":\"x\"}\x1e42[\"a\"]\x1e3").collect();
         assert_eq!(packets, vec!["40{\"token\":\"x\"}", "42[\"a\"]", "3"]);
@@ -158,21 +114,6 @@ mod tests {
         assert_eq!(join_payload(&q), b"2\x1e42[\"b\"]");
         assert_eq!(join_payload(&q[..1]), b"2");
         assert!(join_payload(&[]).is_empty());
-    }
-
-    #[test]
-    fn frame_payload_strips_each_header_size() {
-        for len in [5usize, 200, 70_000] {
-            let text = "4".repeat(len);
-            let frame = crate::protocol::frame::text(text.as_bytes());
-            let payload = frame_payload(&frame);
-            assert_eq!(payload.len(), len);
-            assert_eq!(
-                payload.as_ptr(),
-                frame[frame.len() - len..].as_ptr(),
-                "shares the frame's buffer"
-            );
-        }
     }
 
     #[test]

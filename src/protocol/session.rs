@@ -11,7 +11,6 @@
 //! waiting to ping and waiting for the pong.
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,9 +18,9 @@ use serde_json::Value;
 
 use crate::config::EngineLimits;
 
-use super::engine::{self, push_json_str, EnginePacket};
+use super::engine::{self, EnginePacket};
 use super::error::ProtocolError;
-use super::packet::{self, push_error_message, Packet, MAIN_NAMESPACE};
+use super::packet::{self, Packet, MAIN_NAMESPACE};
 
 /// What the client did, for the application to act on (see [`Session::poll_event`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +48,29 @@ pub enum SessionEvent {
     },
     /// The client ended the socket: a Socket.IO DISCONNECT on `/` or an Engine.IO close.
     Closed {
-        /// The Socket.IO disconnect reason: `"client namespace disconnect"` or `"transport close"`.
-        reason: String,
+        /// Which of the two.
+        reason: CloseReason,
     },
+}
+
+/// How the client ended its socket, with the Socket.IO disconnect reason of each
+/// (`socket.on("disconnect", (reason) => …)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A Socket.IO DISCONNECT on `/`: the client said goodbye (`"client namespace disconnect"`).
+    ClientDisconnect,
+    /// An Engine.IO close: the transport ended, and a reconnect may follow (`"transport close"`).
+    TransportClose,
+}
+
+impl CloseReason {
+    /// The Socket.IO name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientDisconnect => "client namespace disconnect",
+            CloseReason::TransportClose => "transport close",
+        }
+    }
 }
 
 /// One socket's Engine.IO + Socket.IO state. Kept small (128 bytes on 64-bit targets), as
@@ -234,15 +253,7 @@ impl Session {
         if !matches!(self.phase, Phase::Handshake | Phase::Pending) {
             return;
         }
-        let mut out = String::with_capacity(48);
-        out.push_str("40{\"sid\":");
-        push_json_str(&mut out, socket_sid);
-        if let Some(pid) = pid {
-            out.push_str(",\"pid\":");
-            push_json_str(&mut out, pid);
-        }
-        out.push('}');
-        self.transmit.push_back(out);
+        self.push(packet::connect(socket_sid, pid));
         self.phase = Phase::Connected;
     }
 
@@ -252,10 +263,7 @@ impl Session {
         if !matches!(self.phase, Phase::Handshake | Phase::Pending) {
             return;
         }
-        let mut out = String::with_capacity(16 + message.len());
-        out.push_str("44");
-        push_error_message(&mut out, message);
-        self.transmit.push_back(out);
+        self.push(packet::connect_error(MAIN_NAMESPACE, message));
         self.phase = Phase::Handshake;
     }
 
@@ -265,27 +273,16 @@ impl Session {
         if self.phase == Phase::Closed {
             return;
         }
-        let mut out = Vec::with_capacity(64);
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "43{id}[");
-        write_json(&mut out, data);
-        out.push(b']');
-        self.push_json_text(out);
+        self.push(packet::ack(id, data));
     }
 
     /// Sends an event to this socket: queues `42["event",data]`. Dropped once closed.
-    /// (Broadcasts are encoded once with [`super::frame::event`] instead.)
+    /// (Broadcasts are encoded once with [`packet::event`] and framed by each shard.)
     pub fn emit(&mut self, event: &str, data: &impl Serialize) {
         if self.phase == Phase::Closed {
             return;
         }
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(b"42[");
-        write_json(&mut out, event);
-        out.push(b',');
-        write_json(&mut out, data);
-        out.push(b']');
-        self.push_json_text(out);
+        self.push(packet::event(event, data, None));
     }
 
     /// Ends the socket from the server side: queues `41` (Socket.IO DISCONNECT, which
@@ -299,12 +296,9 @@ impl Session {
         self.phase = Phase::Closed;
     }
 
-    /// Queues a packet built as bytes from ASCII and serde_json output, both UTF-8.
-    fn push_json_text(&mut self, out: Vec<u8>) {
-        match String::from_utf8(out) {
-            Ok(text) => self.transmit.push_back(text),
-            Err(e) => debug_assert!(false, "serde_json wrote invalid UTF-8: {e}"),
-        }
+    /// Queues a packet built by [`packet`].
+    fn push(&mut self, out: Vec<u8>) {
+        self.transmit.push_back(packet::into_text(out));
     }
 
     fn ping_interval(&self) -> Duration {
@@ -344,7 +338,7 @@ impl Session {
                 Ok(())
             }
             EnginePacket::Close => {
-                self.close("transport close");
+                self.close(CloseReason::TransportClose);
                 Ok(())
             }
             EnginePacket::Open => Err(ProtocolError::Malformed(
@@ -359,12 +353,7 @@ impl Session {
         match packet::decode(message)? {
             Packet::Connect { nsp, .. } if nsp != MAIN_NAMESPACE => {
                 // What the reference server answers for a namespace it does not have.
-                let mut out = String::with_capacity(24 + nsp.len() + 32);
-                out.push_str("44");
-                out.push_str(&nsp);
-                out.push(',');
-                push_error_message(&mut out, "Invalid namespace");
-                self.transmit.push_back(out);
+                self.push(packet::connect_error(&nsp, "Invalid namespace"));
                 Ok(())
             }
             Packet::Connect { data, .. } => {
@@ -386,7 +375,7 @@ impl Session {
                 // "No response is expected from the other side." One for a namespace this
                 // socket never joined changes nothing.
                 if nsp == MAIN_NAMESPACE {
-                    self.close("client namespace disconnect");
+                    self.close(CloseReason::ClientDisconnect);
                 }
                 Ok(())
             }
@@ -422,11 +411,9 @@ impl Session {
         }
     }
 
-    fn close(&mut self, reason: &str) {
+    fn close(&mut self, reason: CloseReason) {
         self.phase = Phase::Closed;
-        self.events.push_back(SessionEvent::Closed {
-            reason: reason.to_owned(),
-        });
+        self.events.push_back(SessionEvent::Closed { reason });
     }
 }
 
@@ -435,18 +422,6 @@ fn string_field(data: &Option<Value>, key: &str) -> Option<String> {
     match data.as_ref()?.get(key)? {
         Value::String(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// Appends `value` as JSON, straight into the packet buffer. Our payload types always
-/// serialise (no maps with non-string keys); should one fail, `null` replaces what it wrote,
-/// keeping the packet valid rather than ending the shard.
-fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, value) {
-        debug_assert!(false, "payload failed to serialise: {e}");
-        out.truncate(start);
-        out.extend_from_slice(b"null");
     }
 }
 

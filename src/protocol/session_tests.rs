@@ -311,7 +311,7 @@ fn client_ends_the_socket() {
     assert_eq!(
         events(&mut s),
         [SessionEvent::Closed {
-            reason: "client namespace disconnect".into()
+            reason: CloseReason::ClientDisconnect
         }],
         "one Closed; the Engine.IO close after it is ignored"
     );
@@ -322,7 +322,7 @@ fn client_ends_the_socket() {
     assert_eq!(
         events(&mut s),
         [SessionEvent::Closed {
-            reason: "transport close".into()
+            reason: CloseReason::TransportClose
         }]
     );
     s.emit("late", &1);

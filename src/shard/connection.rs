@@ -1,22 +1,26 @@
-//! One socket on a shard: its byte stream, what phase it is in, and its bounded outbound
-//! queue. The shard decides what to do; this file only keeps state and moves bytes.
+//! One connection on a shard: its byte stream, what phase it is in, and its outbound queue
+//! (bounded in bytes by the shard). The shard decides what to do; this file only keeps
+//! state and moves bytes.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use mio::Interest;
 
-use crate::chat::ChatState;
-use crate::ids::{Room, WorkspaceId};
-use crate::model::{Grant, User};
-use crate::protocol::session::Session;
+use super::socket::Socket;
+use super::upgrade::Upgrading;
+use crate::metrics::ShardMetrics;
 use crate::transport::Stream;
 
 /// Most slices handed to one `writev`; more would exceed what a small socket buffer takes
 /// in one call anyway.
 const MAX_IOVECS: usize = 64;
+
+/// How long a connection being closed may take to flush its last bytes.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A connection owned by a shard.
 #[derive(Debug)]
@@ -38,8 +42,8 @@ pub struct Connection {
     pub armed: Option<Instant>,
     /// Queued on the shard's flush list for this loop turn.
     pub dirty: bool,
-    /// Set once the connection is being closed: read nothing more, flush, then drop it
-    /// (at the latest at this instant).
+    /// Set once the connection is being closed: read nothing more, flush until then, and
+    /// drop it at the end of the turn that reaches this instant (at once: the turn's end).
     pub closing: Option<Instant>,
     /// Durable broadcasts up to this offset were delivered before the session came to this
     /// connection (by the shard that held it while it was polling): skip them. Zero: none.
@@ -54,7 +58,8 @@ pub enum Phase {
     Http {
         /// When an incomplete request is cut off (slowloris).
         deadline: Instant,
-        /// An admin request is with the store; further input waits for its answer.
+        /// A request is being answered elsewhere (the store, or a polling session's
+        /// shard); further input waits for the answer.
         waiting: bool,
         /// Keep the connection after the pending response.
         keep_alive: bool,
@@ -63,103 +68,6 @@ pub enum Phase {
     Socket(Box<Socket>),
     /// A WebSocket taking over a long-polling session (see `shard::upgrade`).
     Upgrading(Box<Upgrading>),
-}
-
-/// A WebSocket opened with the `sid` of a long-polling session, until the session is
-/// handed to it. The session lives on `owner` meanwhile.
-#[derive(Debug)]
-pub struct Upgrading {
-    /// The session's id.
-    pub sid: Box<str>,
-    /// The shard that owns the session.
-    pub owner: u16,
-    /// Give up (close) if the upgrade is not done by then.
-    pub deadline: Instant,
-    /// The owner confirmed the session and the `101` was sent.
-    pub accepted: bool,
-    /// The client sent `5`: its next frames belong to the session, so they wait for it.
-    pub switching: bool,
-    /// Rooms joined in this shard's hub for this connection while upgrading.
-    pub rooms: Vec<Room>,
-    /// Broadcasts to those rooms received meanwhile, merged in at adoption (when the
-    /// socket's user is known, for `Except::User`).
-    pub shadow: Vec<std::sync::Arc<crate::mesh::Broadcast>>,
-    /// The `101` answer, sent once the owner confirms the session.
-    pub handshake: Vec<u8>,
-}
-
-/// A WebSocket connection's Socket.IO state.
-#[derive(Debug)]
-pub struct Socket {
-    /// Engine.IO / Socket.IO state machine.
-    pub session: Session,
-    /// Where authentication stands.
-    pub auth: Auth,
-    /// A fragmented message being reassembled (rare: socket.io-client sends whole frames).
-    pub fragment: Option<Vec<u8>>,
-}
-
-/// Authentication of a socket.
-#[derive(Debug)]
-pub enum Auth {
-    /// No CONNECT accepted yet; credentials the upgrade request carried, kept until then.
-    Pending(Credentials),
-    /// A CONNECT is with the store.
-    Checking(Credentials, Option<Recovery>),
-    /// Authenticated; waiting for another shard to hand over the detached session it asked
-    /// to recover.
-    Recovering(Grant, Recovery),
-    /// Authenticated.
-    Connected(Member),
-}
-
-impl Auth {
-    /// Takes the state out, leaving `Pending` with no credentials (for transitions that use
-    /// up the old state).
-    pub fn take(&mut self) -> Auth {
-        std::mem::replace(self, Auth::Pending(Credentials::default()))
-    }
-}
-
-/// The socket of the connection in `slot`, if it is a WebSocket connection.
-pub fn socket_at(conns: &mut slab::Slab<Connection>, slot: u32) -> Option<&mut Socket> {
-    conns.get_mut(slot as usize).and_then(Connection::socket)
-}
-
-/// What the upgrade request carried, for a CONNECT without a token in its payload.
-#[derive(Debug, Default)]
-pub struct Credentials {
-    /// `Authorization: Bearer` value.
-    pub bearer: Option<Box<str>>,
-    /// `better-auth.session_token` cookie value.
-    pub cookie: Option<Box<str>>,
-}
-
-/// A CONNECT that asks to recover a session (socket.io-client's `pid` and `offset`).
-#[derive(Debug)]
-pub struct Recovery {
-    /// The session's private id.
-    pub pid: String,
-    /// The last offset the client received, if any.
-    pub offset: Option<u64>,
-}
-
-/// An authenticated socket: who it is, where, and its own chat state.
-#[derive(Debug)]
-pub struct Member {
-    /// Who.
-    pub user: User,
-    /// Workspace scope.
-    pub workspace: WorkspaceId,
-    /// Rooms joined in the shard's hub, for leaving them on close.
-    pub rooms: Vec<Room>,
-    /// Typing and away state.
-    pub chat: ChatState,
-    /// Private session id for connection state recovery (when it is on).
-    pub pid: Option<Box<str>>,
-    /// The newest recovery offset this shard had seen when the socket connected: a recovering
-    /// client that received no offset has missed everything after it.
-    pub since_offset: u64,
 }
 
 impl Connection {
@@ -183,6 +91,23 @@ impl Connection {
         }
     }
 
+    /// Drops the connection at the end of this turn, without writing what is queued (peer
+    /// gone, IO error, slow consumer).
+    pub fn close_now(&mut self, now: Instant, why: &'static str) {
+        tracing::trace!(why, "closing a connection");
+        self.closing = Some(self.closing.map_or(now, |at| at.min(now)));
+        self.inbuf = Vec::new();
+    }
+
+    /// Writes what is queued, then drops the connection (within a grace period).
+    pub fn close_after_flush(&mut self, now: Instant, why: &'static str) {
+        if self.closing.is_none() {
+            tracing::trace!(why, "closing a connection after its last writes");
+            self.closing = Some(now + CLOSE_GRACE);
+            self.inbuf = Vec::new();
+        }
+    }
+
     /// READABLE, plus WRITABLE while bytes wait to be written (rustls' `event_set` rule).
     pub fn interest(&self) -> Interest {
         if self.out.is_empty() && !self.stream.wants_write() {
@@ -192,30 +117,21 @@ impl Connection {
         }
     }
 
-    /// The earliest deadline this connection has.
+    /// The earliest deadline this connection has; once it is closing, only the end of its
+    /// grace.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let phase = match &self.phase {
+        if self.closing.is_some() {
+            return self.closing;
+        }
+        match &self.phase {
             Phase::Http {
                 deadline,
                 waiting: false,
                 ..
             } => Some(*deadline),
             Phase::Http { waiting: true, .. } => None,
-            Phase::Socket(s) => {
-                let typing = match &s.auth {
-                    Auth::Connected(m) => m.chat.typing.poll_timeout(),
-                    _ => None,
-                };
-                match (s.session.poll_timeout(), typing) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
-            Phase::Upgrading(u) => Some(u.deadline),
-        };
-        match (phase, self.closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            Phase::Socket(socket) => socket.deadline(),
+            Phase::Upgrading(up) => Some(up.deadline),
         }
     }
 
@@ -223,17 +139,6 @@ impl Connection {
     pub fn socket(&mut self) -> Option<&mut Socket> {
         match &mut self.phase {
             Phase::Socket(s) => Some(s),
-            Phase::Http { .. } | Phase::Upgrading(_) => None,
-        }
-    }
-
-    /// The authenticated user of this connection, if any.
-    pub fn user(&self) -> Option<&User> {
-        match &self.phase {
-            Phase::Socket(s) => match &s.auth {
-                Auth::Connected(m) => Some(&m.user),
-                _ => None,
-            },
             Phase::Http { .. } | Phase::Upgrading(_) => None,
         }
     }
@@ -278,7 +183,15 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Appends a frame.
+    /// Appends a frame and counts it (a broadcast's deliveries are counted in bulk instead,
+    /// see [`Outbound::push`]).
+    pub fn queue(&mut self, frame: Bytes, metrics: &ShardMetrics) {
+        metrics.frames_out.fetch_add(1, Relaxed);
+        metrics.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
+        self.push(frame);
+    }
+
+    /// Appends a frame without counting it.
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);

@@ -1,19 +1,33 @@
-//! One `mio` event loop per shard thread: the only owner of its sockets. It accepts on its
-//! own `SO_REUSEPORT` listener, reads requests and frames, runs the sans-IO session and chat
-//! rules, carries out their effects, and writes each connection's queue once per loop turn
-//! with vectored writes (so a burst of broadcasts costs one `writev` per recipient).
+//! One `mio` event loop per shard thread: the only owner of its sockets. [`Shard`] is the
+//! loop and the dispatch: it accepts on its own `SO_REUSEPORT` listener, reads bytes and
+//! hands them to the connection's phase (`http.rs`, `ws.rs`, `upgrade.rs`), hands commands
+//! from other threads to their handlers, fires deadlines, and at the end of each turn writes
+//! every connection's queue once with vectored writes (so a burst of broadcasts costs one
+//! `writev` per recipient) and answers the polling sessions that have packets.
+//!
+//! The rest is split by concern: `socket.rs` is a socket's Socket.IO state and where its
+//! packets leave (drive, deliver, replay), `sockets.rs` the table of both kinds of socket,
+//! `polling.rs` the long-polling sessions, `upgrade.rs` the move of a session from polling
+//! to WebSocket, `recovery.rs` the log of durable events. Chat rules are not here: they are
+//! `crate::chat` handlers, whose effects the shard carries out. `docs/architecture.md` walks
+//! through it.
 
-mod connect;
 mod connection;
 mod http;
 mod polling;
 mod recovery;
 mod socket;
+mod sockets;
 mod timers;
 mod upgrade;
+mod ws;
 
-pub use polling::Handover;
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -22,19 +36,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
 use crate::chat::auth::JwtVerifier;
+use crate::chat::connect::Admission;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::ids::{ConnectionId, ShardId};
-use crate::mesh::{Mesh, ShardCommand};
+use crate::ids::{ShardId, SocketRef};
+use crate::mesh::{Mesh, PollCommand, ShardCommand};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::transport::Stream;
-use rustc_hash::FxHashMap;
 
 use connection::{Connection, Phase};
-use timers::{Due, Timers};
+use sockets::Sockets;
+use timers::Timers;
+use upgrade::Step;
 
 /// Token of the shard's listener.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -44,8 +59,6 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const READ_CHUNK: usize = 64 * 1024;
 /// Commands taken from the inbox per loop turn, so sockets are served between bursts.
 const INBOX_BATCH: usize = 8192;
-/// How long a connection being closed may take to flush its last bytes.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Read-only state shared by every shard of the node.
 #[derive(Debug)]
@@ -66,34 +79,29 @@ pub struct Shared {
     pub demo: Option<crate::web::Demo>,
 }
 
-/// A shard: its poll, listener, inbox and connections.
+/// A shard: its poll, listener and inbox, its sockets, and the rest of its state.
 pub struct Shard {
     poll: Poll,
     listener: Option<TcpListener>,
     inbox: Receiver<ShardCommand>,
-    conns: Slab<Connection>,
-    /// Long-polling sessions owned by this shard (slots carry `polling::POLL_BIT`).
-    polls: Slab<polling::PollSession>,
-    /// Session id → slot in `polls`.
-    poll_sids: FxHashMap<Box<str>, u32>,
-    /// Sessions handed to a WebSocket on another connection: (slot, generation) → the new
-    /// connection and until when store replies are forwarded to it.
-    moved: FxHashMap<(u32, u32), (ConnectionId, Instant)>,
-    /// Connections (slot → generation) waiting for a polling answer, possibly from another
-    /// shard: at shutdown they are answered here, as that shard may already be gone.
-    poll_waiting: FxHashMap<u32, u32>,
+    sockets: Sockets,
     core: Core,
 }
 
-/// Everything of a shard but its connections, so handlers can borrow both at once.
+/// Everything of a shard but its IO and its sockets, so handlers can borrow both at once.
 struct Core {
     id: ShardId,
     shared: Arc<Shared>,
     mesh: Mesh,
-    hub: Hub,
+    hub: Hub<SocketRef>,
     timers: Timers,
-    /// Connections with bytes to write or state to re-check at the end of this turn.
-    dirty: Vec<u32>,
+    /// Sockets with packets to write (connections) or to answer with (polling sessions), or
+    /// state to re-check, at the end of this turn.
+    dirty: Vec<SocketRef>,
+    /// Commands this shard addressed to itself, handled later in the same turn.
+    local: VecDeque<ShardCommand>,
+    /// Connections whose held-back input may go on (their pending answer was written).
+    resume: Vec<u32>,
     next_generation: u32,
     scratch: Vec<u8>,
     /// Set by `Shutdown`: the instant unfinished writes are abandoned.
@@ -106,39 +114,76 @@ impl Core {
     fn metrics(&self) -> &ShardMetrics {
         &self.shared.metrics.shards[usize::from(self.id.0)]
     }
-}
 
-/// Why a connection is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Close {
-    /// Drop it now (peer gone, IO error, slow consumer).
-    Now,
-    /// Write what is queued, then drop it.
-    AfterFlush,
+    /// A generation for a new connection or polling session.
+    fn generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        generation
+    }
+
+    /// Queues `socket` for the end-of-turn flush (`dirty` is its own flag).
+    fn mark(&mut self, socket: SocketRef, dirty: &mut bool) {
+        if !*dirty {
+            *dirty = true;
+            self.dirty.push(socket);
+        }
+    }
+
+    /// Counts and logs a client dropped because its queue passed the bound.
+    fn slow_consumer(&self, socket: SocketRef) {
+        self.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
+        tracing::debug!(?socket, "dropping a client that does not read");
+    }
+
+    /// Sends a command to `shard`; to this shard, it is handled later in this turn.
+    fn send_to(&mut self, shard: ShardId, command: ShardCommand) {
+        if shard == self.id {
+            self.local.push_back(command);
+        } else if let Some(handle) = self.mesh.shards.get(usize::from(shard.0)) {
+            handle.send(command);
+        }
+    }
+
+    /// Sends a polling command to `shard` (see [`Core::send_to`]).
+    fn send_poll(&mut self, shard: ShardId, command: PollCommand) {
+        self.send_to(shard, ShardCommand::Polling(Box::new(command)));
+    }
+
+    /// What admitting a socket reads about this shard (see `chat::connect`).
+    fn admit<R>(&self, now: Instant, f: impl FnOnce(&Admission<'_>) -> R) -> R {
+        let can_replay = |offset| self.recovery.can_replay(offset);
+        f(&Admission {
+            shard: self.id,
+            now,
+            recovery: self.recovery.enabled(),
+            newest: self.recovery.newest(),
+            can_replay: &can_replay,
+        })
+    }
 }
 
 impl Shard {
-    /// Builds a shard around a poll (whose waker is already in the mesh) and its listener.
+    /// Builds a shard around a poll (whose waker is already in the mesh) and its listener
+    /// (`None`: connections are only added by hand, as the test harness does).
     pub fn new(
         id: ShardId,
         poll: Poll,
-        mut listener: TcpListener,
+        mut listener: Option<TcpListener>,
         inbox: Receiver<ShardCommand>,
         mesh: Mesh,
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(listener) = &mut listener {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
         let window = shared.config.recovery_window;
         Ok(Shard {
             poll,
-            listener: Some(listener),
+            listener,
             inbox,
-            conns: Slab::new(),
-            polls: Slab::new(),
-            poll_sids: FxHashMap::default(),
-            moved: FxHashMap::default(),
-            poll_waiting: FxHashMap::default(),
+            sockets: Sockets::default(),
             core: Core {
                 id,
                 shared,
@@ -146,6 +191,8 @@ impl Shard {
                 hub: Hub::default(),
                 timers: Timers::default(),
                 dirty: Vec::new(),
+                local: VecDeque::new(),
+                resume: Vec::new(),
                 next_generation: 0,
                 scratch: vec![0; READ_CHUNK],
                 shutdown: None,
@@ -178,26 +225,33 @@ impl Shard {
                     LISTENER => self.accept(now),
                     // Commands are drained below on every turn.
                     WAKER => {}
-                    Token(slot) => {
+                    Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(slot as u32, now);
+                            self.on_readable(key as u32, now);
                         }
                         if event.is_writable() {
-                            self.mark(slot as u32);
+                            self.sockets
+                                .mark(&mut self.core, SocketRef::Conn(key as u32));
                         }
                     }
                 }
             }
-            self.drain_inbox(now);
-            self.run_timers(now);
-            self.core.recovery.sweep(now);
-            self.flush_dirty(now);
-            if let Some(deadline) = self.core.shutdown {
-                if self.conns.is_empty() || now >= deadline {
-                    return Ok(());
-                }
+            if self.end_turn(now) {
+                return Ok(());
             }
         }
+    }
+
+    /// The end of a loop turn: commands, deadlines, then every write. Returns `true` once
+    /// shutdown is done.
+    fn end_turn(&mut self, now: Instant) -> bool {
+        self.drain_inbox(now);
+        self.run_timers(now);
+        self.core.recovery.sweep(now);
+        self.flush(now);
+        self.core
+            .shutdown
+            .is_some_and(|deadline| self.sockets.conns.is_empty() || now >= deadline)
     }
 
     fn accept(&mut self, now: Instant) {
@@ -217,42 +271,47 @@ impl Shard {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let stream = match Stream::new(tcp, self.core.shared.tls.as_ref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS session setup failed");
-                    continue;
+            match Stream::new(tcp, self.core.shared.tls.as_ref()) {
+                Ok(stream) => {
+                    self.add(stream, now);
                 }
-            };
-            let generation = self.core.next_generation;
-            self.core.next_generation = generation.wrapping_add(1);
-            let deadline = now + self.core.shared.config.request_timeout;
-            let entry = self.conns.vacant_entry();
-            let slot = entry.key();
-            let conn = entry.insert(Connection::new(generation, stream, deadline));
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(conn.stream.tcp(), Token(slot), Interest::READABLE)
-            {
-                tracing::warn!(error = %e, "register failed");
-                self.conns.remove(slot);
-                continue;
+                Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
             }
-            conn.registered = Some(Interest::READABLE);
-            let m = self.core.metrics();
-            m.accepted.fetch_add(1, Relaxed);
-            m.connections.fetch_add(1, Relaxed);
-            self.mark(slot as u32);
         }
     }
 
-    fn on_readable(&mut self, slot: u32, now: Instant) {
+    /// Takes a new connection (accepted, or an in-memory one in tests); returns its key.
+    fn add(&mut self, mut stream: Stream, now: Instant) -> Option<u32> {
+        let entry = self.sockets.conns.vacant_entry();
+        let key = entry.key() as u32;
+        let token = Token(entry.key());
+        if let Err(e) = stream.register(self.poll.registry(), token, Interest::READABLE) {
+            tracing::warn!(error = %e, "register failed");
+            return None;
+        }
+        let generation = self.core.generation();
+        let deadline = now + self.core.shared.config.request_timeout;
+        let conn = entry.insert(Connection::new(generation, stream, deadline));
+        conn.registered = Some(Interest::READABLE);
+        let m = self.core.metrics();
+        m.accepted.fetch_add(1, Relaxed);
+        m.connections.fetch_add(1, Relaxed);
+        self.sockets.mark(&mut self.core, SocketRef::Conn(key));
+        Some(key)
+    }
+
+    /// The read path: reads a readable connection until it would block, and hands what it
+    /// read to the connection's phase.
+    fn on_readable(&mut self, key: u32, now: Instant) {
         let mut buf = std::mem::take(&mut self.core.scratch);
-        while let Some(conn) = self.conns.get_mut(slot as usize) {
+        while let Some(conn) = self.sockets.conns.get_mut(key as usize) {
+            if conn.closing.is_some_and(|at| at <= now) {
+                // Dropped at the end of this turn.
+                break;
+            }
             let n = match conn.stream.read(&mut buf) {
                 Ok(0) => {
-                    self.close(slot, Close::Now, "peer closed");
+                    conn.close_now(now, "peer closed");
                     break;
                 }
                 Ok(n) => n,
@@ -260,8 +319,8 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(slot, error = %e, "read failed");
-                    self.close(slot, Close::Now, "read error");
+                    tracing::debug!(key, error = %e, "read failed");
+                    conn.close_now(now, "read error");
                     break;
                 }
             };
@@ -271,8 +330,8 @@ impl Shard {
             }
             if conn.inbuf.is_empty() {
                 // Fast path: parse straight from the shard's buffer, keep only a remainder.
-                let used = self.process(slot, &mut buf[..n], now);
-                if let Some(conn) = self.conns.get_mut(slot as usize) {
+                let used = self.process(key, &mut buf[..n], now);
+                if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
                     if used < n && conn.closing.is_none() {
                         conn.inbuf.extend_from_slice(&buf[used..n]);
                     }
@@ -280,36 +339,45 @@ impl Shard {
             } else {
                 let mut pending = std::mem::take(&mut conn.inbuf);
                 pending.extend_from_slice(&buf[..n]);
-                self.resume(slot, pending, now);
+                self.resume(key, pending, now);
             }
-            if let Some(conn) = self.conns.get_mut(slot as usize) {
+            if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
                 if conn.inbuf.capacity() > 0 && conn.inbuf.is_empty() {
                     // Give the remainder buffer back: idle sockets should own none.
                     conn.inbuf = Vec::new();
                 }
             }
-            self.mark(slot);
         }
         self.core.scratch = buf;
+        // Write what the input made, or drop the connection if it is done.
+        self.sockets.mark(&mut self.core, SocketRef::Conn(key));
     }
 
     /// Uses as much of `buf` as makes whole requests or frames; returns how much.
-    fn process(&mut self, slot: u32, buf: &mut [u8], now: Instant) -> usize {
+    fn process(&mut self, key: u32, buf: &mut [u8], now: Instant) -> usize {
         let mut used = 0;
         loop {
-            let Some(conn) = self.conns.get_mut(slot as usize) else {
+            let Some(conn) = self.sockets.conns.get(key as usize) else {
                 return used;
             };
             if conn.closing.is_some() || used == buf.len() {
                 return used;
             }
-            let step = match conn.phase {
+            let reader = match &conn.phase {
                 Phase::Http { waiting: true, .. } => return used,
-                Phase::Http { .. } => self.http_input(slot, &mut buf[used..], now),
-                Phase::Socket(_) => self.socket_input(slot, &mut buf[used..], now),
-                Phase::Upgrading(ref up) if !up.accepted || up.switching => return used,
-                Phase::Upgrading(_) => self.upgrade_input(slot, &mut buf[used..], now),
+                Phase::Http { .. } => http::input,
+                Phase::Socket(_) => ws::input,
+                // Its frames wait for the `101`, or for the session to arrive.
+                Phase::Upgrading(up) if !matches!(up.step, Step::Probing) => return used,
+                Phase::Upgrading(_) => upgrade::input,
             };
+            let step = reader(
+                &mut self.sockets,
+                &mut self.core,
+                key,
+                &mut buf[used..],
+                now,
+            );
             match step {
                 0 => return used,
                 n => used += n,
@@ -318,9 +386,9 @@ impl Shard {
     }
 
     /// Processes bytes held back for a connection; keeps what is still incomplete.
-    fn resume(&mut self, slot: u32, mut pending: Vec<u8>, now: Instant) {
-        let used = self.process(slot, &mut pending, now);
-        if let Some(conn) = self.conns.get_mut(slot as usize) {
+    fn resume(&mut self, key: u32, mut pending: Vec<u8>, now: Instant) {
+        let used = self.process(key, &mut pending, now);
+        if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
             if conn.closing.is_none() && used < pending.len() {
                 pending.drain(..used);
                 conn.inbuf = pending;
@@ -330,250 +398,199 @@ impl Shard {
 
     fn drain_inbox(&mut self, now: Instant) {
         for _ in 0..INBOX_BATCH {
-            let command = match self.inbox.try_recv() {
-                Ok(c) => c,
+            match self.inbox.try_recv() {
+                Ok(command) => self.dispatch(command, now),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            };
-            match command {
-                ShardCommand::Deliver(broadcast) => self.deliver(&broadcast, now),
-                ShardCommand::Polling(command) => self.on_poll_command(*command, now),
-                ShardCommand::Recover { pid, to } => self.on_recover_request(&pid, to, now),
-                ShardCommand::Recovered { to, session } => self.on_recovered(to, session, now),
-                ShardCommand::Reply(to, reply) => self.on_reply(to, reply, now),
-                ShardCommand::Membership(change) => self.on_membership(change),
-                ShardCommand::Shutdown { deadline } => {
-                    self.close_all_polls(now);
-                    self.release_poll_waiters(now);
-                    self.begin_shutdown(deadline)
-                }
             }
         }
+        self.settle(now);
         self.core
             .metrics()
             .inbox_depth
             .store(self.inbox.len() as i64, Relaxed);
     }
 
-    fn begin_shutdown(&mut self, deadline: Instant) {
+    /// Hands one command to its handler.
+    fn dispatch(&mut self, command: ShardCommand, now: Instant) {
+        let (sockets, core) = (&mut self.sockets, &mut self.core);
+        match command {
+            ShardCommand::Deliver(broadcast) => socket::deliver(sockets, core, &broadcast, now),
+            ShardCommand::Reply(to, reply) => sockets.reply(core, to, reply, now),
+            ShardCommand::Membership(change) => sockets.membership(core, change, now),
+            ShardCommand::Recover { pid, to } => {
+                let session = core.recovery.take(now, &pid);
+                core.send_to(to.shard, ShardCommand::Recovered { to, session });
+            }
+            ShardCommand::Recovered { to, session } => sockets.recovered(core, to, session, now),
+            ShardCommand::Detach { pid, session } => core.recovery.detach(now, pid, session),
+            ShardCommand::Polling(command) => match *command {
+                PollCommand::Request {
+                    from,
+                    sid,
+                    body,
+                    origin,
+                    keep_alive,
+                } => sockets
+                    .polls
+                    .request(core, from, &sid, body, origin, keep_alive, now),
+                PollCommand::Respond {
+                    to,
+                    response,
+                    keep_alive,
+                } => http::answered(sockets, core, to, response, keep_alive, now),
+                PollCommand::Upgrade(from, sid) => {
+                    upgrade::asked(&mut sockets.polls, core, from, &sid)
+                }
+                PollCommand::Upgradable(to, rooms) => {
+                    upgrade::upgradable(sockets, core, to, rooms, now)
+                }
+                PollCommand::Probe(sid) => upgrade::probed(&mut sockets.polls, core, &sid),
+                PollCommand::Cancel(sid) => upgrade::cancelled(&mut sockets.polls, &sid),
+                PollCommand::Switch(from, sid) => {
+                    upgrade::switch(&mut sockets.polls, core, from, &sid, now)
+                }
+                PollCommand::Adopt(to, handover) => {
+                    upgrade::adopt(sockets, core, to, handover, now)
+                }
+            },
+            ShardCommand::Shutdown { deadline } => self.shutdown(deadline, now),
+        }
+    }
+
+    /// Handles what this turn left for itself: commands this shard sent itself, and
+    /// connections whose held-back input may go on.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            if let Some(command) = self.core.local.pop_front() {
+                self.dispatch(command, now);
+            } else if let Some(key) = self.core.resume.pop() {
+                if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
+                    if conn.closing.is_none() && !conn.inbuf.is_empty() {
+                        let pending = std::mem::take(&mut conn.inbuf);
+                        self.resume(key, pending, now);
+                    }
+                }
+            } else {
+                return;
+            }
+        }
+    }
+
+    /// Stops accepting and closes every socket: polling sessions first (their held GETs
+    /// get the close packet), then what still waits for another shard's polling answer
+    /// (that shard may be gone), then every connection as its phase allows.
+    fn shutdown(&mut self, deadline: Instant, now: Instant) {
         self.core.shutdown = Some(deadline);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let slots: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        for slot in slots {
-            let conn = &mut self.conns[slot as usize];
-            match conn.phase {
-                Phase::Socket(_) => {
-                    // 1001 "going away": socket.io-client reconnects, to another node if need be.
-                    conn.out.push(crate::transport::websocket::close(
-                        1001,
-                        "server shutting down",
-                    ));
-                    self.close(slot, Close::AfterFlush, "shutdown");
-                }
-                Phase::Http { waiting: true, .. } => {}
-                // A response still queued (a polling answer) is written first.
-                Phase::Http { .. } if !conn.out.is_empty() => {
-                    self.close(slot, Close::AfterFlush, "shutdown")
-                }
-                // Mid-upgrade, the client may have paused polling already: only the
-                // WebSocket can still tell it, once it sends `5` (see `upgrade_input`).
-                Phase::Upgrading(ref up) if up.accepted && !up.switching => {}
-                Phase::Upgrading(ref up) if up.accepted => {
-                    conn.out.push(crate::transport::websocket::close(
-                        1001,
-                        "server shutting down",
-                    ));
-                    self.close(slot, Close::AfterFlush, "shutdown");
-                }
-                Phase::Http { .. } | Phase::Upgrading(_) => {
-                    self.close(slot, Close::Now, "shutdown")
-                }
-            }
-        }
+        self.sockets.polls.close_all(&mut self.core, now);
+        self.settle(now);
+        http::release_waiters(&mut self.sockets, &mut self.core, now);
+        self.sockets.shutdown(&mut self.core, now);
     }
 
     fn run_timers(&mut self, now: Instant) {
         while let Some(due) = self.core.timers.pop_due(now) {
-            if polling::is_poll(due.slot) {
-                self.poll_timer(due, now);
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(due.slot as usize) else {
-                continue;
-            };
-            if conn.generation != due.generation || conn.armed != Some(due.at) {
-                // Stale: the connection re-armed for another instant, or the slot was reused.
-                continue;
-            }
-            conn.armed = None;
-            if conn.closing.is_some_and(|t| t <= now) {
-                self.close(due.slot, Close::Now, "close grace over");
-                continue;
-            }
-            match &mut conn.phase {
-                Phase::Http {
-                    deadline,
-                    waiting: false,
-                    ..
-                } if *deadline <= now => {
-                    // Slowloris or an idle keep-alive connection: cut it off.
-                    self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
-                    let bytes = crate::protocol::http::json_error(
-                        408,
-                        "request head not received in time",
-                        false,
-                    );
-                    conn.out.push(bytes.into());
-                    self.close(due.slot, Close::AfterFlush, "request timeout");
-                }
-                Phase::Http { .. } => {}
-                Phase::Upgrading(up) => {
-                    if up.deadline <= now {
-                        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
-                        let close = crate::transport::websocket::close(
-                            1008,
-                            "the upgrade was not completed in time",
-                        );
-                        conn.out.push(close);
-                        self.close(due.slot, Close::AfterFlush, "upgrade timeout");
-                    }
-                }
-                Phase::Socket(socket) => {
-                    if let Err(e) = socket.session.handle_timeout(now) {
-                        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
-                        tracing::debug!(slot = due.slot, reason = %e, "session timed out");
-                        self.close(due.slot, Close::Now, "ping timeout");
-                        continue;
-                    }
-                    self.expire_typing(due.slot, now);
-                    self.drive(due.slot, now);
-                }
-            }
-            self.mark(due.slot);
+            self.sockets.timeout(&mut self.core, due, now);
         }
+        self.settle(now);
     }
 
-    /// Queues `slot` for the end-of-turn flush and re-check.
-    fn mark(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.get_mut(slot as usize) {
-            if !conn.dirty {
-                conn.dirty = true;
-                self.core.dirty.push(slot);
+    /// Writes every marked connection's queue, answers every marked polling session's held
+    /// GET, closes connections that are done, re-arms deadlines and updates poll interest.
+    /// Answers and closes can mark more (a polling answer for a connection of this shard),
+    /// so it goes on until nothing is left.
+    fn flush(&mut self, now: Instant) {
+        loop {
+            self.settle(now);
+            let mut dirty = std::mem::take(&mut self.core.dirty);
+            if dirty.is_empty() {
+                self.core.dirty = dirty;
+                return;
+            }
+            for socket in dirty.drain(..) {
+                match socket {
+                    SocketRef::Conn(key) => self.flush_conn(key, now),
+                    SocketRef::Poll(index) => self.sockets.polls.flush(&mut self.core, index, now),
+                }
+            }
+            if self.core.dirty.is_empty() {
+                // Keep the allocation for the next turn.
+                self.core.dirty = dirty;
             }
         }
     }
 
-    /// Writes every marked connection's queue, closes those that are done, re-arms
-    /// deadlines and updates poll interest.
-    fn flush_dirty(&mut self, _now: Instant) {
-        let mut dirty = std::mem::take(&mut self.core.dirty);
-        for slot in dirty.drain(..) {
-            let Some(conn) = self.conns.get_mut(slot as usize) else {
-                continue;
-            };
-            conn.dirty = false;
-            let before = conn.out.bytes();
-            match conn.flush() {
-                Ok(written) => {
-                    let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
-                    m.bytes_out.fetch_add(written as u64, Relaxed);
-                    m.queued_bytes
-                        .fetch_sub((before - conn.out.bytes()) as i64, Relaxed);
-                }
-                Err(e) => {
-                    tracing::debug!(slot, error = %e, "write failed");
-                    self.close(slot, Close::Now, "write error");
-                    continue;
-                }
-            }
-            if conn.closing.is_some() && conn.out.is_empty() {
-                // Everything queued is in the stream: only now end TLS (close_notify after
-                // the last record, or the peer loses the response), then drop the socket
-                // once that alert is out too.
-                conn.stream.close_notify();
-                let _ = conn.stream.flush_tls();
-                if !conn.stream.wants_write() {
-                    self.close(slot, Close::Now, "closed after flush");
-                    continue;
-                }
-            }
-            if let Some(at) = conn.next_deadline() {
-                if conn.armed.is_none_or(|armed| at < armed) {
-                    conn.armed = Some(at);
-                    self.core.timers.push(Due {
-                        at,
-                        slot,
-                        generation: conn.generation,
-                    });
-                }
-            }
-            let interest = conn.interest();
-            if conn.registered != Some(interest) {
-                if let Err(e) = self.poll.registry().reregister(
-                    conn.stream.tcp(),
-                    Token(slot as usize),
-                    interest,
-                ) {
-                    tracing::debug!(slot, error = %e, "reregister failed");
-                    self.close(slot, Close::Now, "reregister failed");
-                    continue;
-                }
-                conn.registered = Some(interest);
-            }
-        }
-        self.core.dirty = dirty;
-    }
-
-    /// Closes a connection: at once, or once its queue is written.
-    fn close(&mut self, slot: u32, how: Close, why: &'static str) {
-        if polling::is_poll(slot) {
-            self.close_poll(slot, why, Instant::now());
-            return;
-        }
-        let Some(conn) = self.conns.get_mut(slot as usize) else {
+    fn flush_conn(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.sockets.conns.get_mut(key as usize) else {
             return;
         };
-        if how == Close::AfterFlush {
-            if conn.closing.is_none() {
-                conn.closing = Some(Instant::now() + CLOSE_GRACE);
-                conn.inbuf = Vec::new();
-            }
-            self.mark(slot);
+        conn.dirty = false;
+        if conn.closing.is_some_and(|at| at <= now) {
+            self.close(key, now);
             return;
         }
-        let mut conn = self.conns.remove(slot as usize);
-        tracing::trace!(slot, why, "connection closed");
-        let _ = self.poll.registry().deregister(conn.stream.tcp());
-        let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
+        let before = conn.out.bytes();
+        match conn.flush() {
+            Ok(written) => {
+                let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
+                m.bytes_out.fetch_add(written as u64, Relaxed);
+                m.queued_bytes
+                    .fetch_sub((before - conn.out.bytes()) as i64, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(key, error = %e, "write failed");
+                self.close(key, now);
+                return;
+            }
+        }
+        if conn.closing.is_some() && conn.out.is_empty() {
+            // Everything queued is in the stream: only now end TLS (close_notify after the
+            // last record, or the peer loses the response), then drop the socket once that
+            // alert is out too.
+            conn.stream.close_notify();
+            let _ = conn.stream.flush_tls();
+            if !conn.stream.wants_write() {
+                self.close(key, now);
+                return;
+            }
+        }
+        let next = conn.next_deadline();
+        let socket = SocketRef::Conn(key);
+        (self.core.timers).arm(&mut conn.armed, next, socket, conn.generation);
+        let interest = conn.interest();
+        if conn.registered != Some(interest) {
+            let token = Token(key as usize);
+            if let Err(e) = conn
+                .stream
+                .reregister(self.poll.registry(), token, interest)
+            {
+                tracing::debug!(key, error = %e, "reregister failed");
+                self.close(key, now);
+                return;
+            }
+            conn.registered = Some(interest);
+        }
+    }
+
+    /// Drops a connection, and whatever socket or upgrade it carried. The only place a
+    /// connection leaves the slab.
+    fn close(&mut self, key: u32, now: Instant) {
+        let Some(mut conn) = self.sockets.conns.try_remove(key as usize) else {
+            return;
+        };
+        tracing::trace!(key, "connection closed");
+        let _ = conn.stream.deregister(self.poll.registry());
+        let m = self.core.metrics();
         m.connections.fetch_sub(1, Relaxed);
         m.queued_bytes.fetch_sub(conn.out.bytes() as i64, Relaxed);
         match conn.phase {
-            Phase::Socket(socket) => self.core.on_socket_closed(slot, *socket),
-            Phase::Upgrading(up) => self.on_upgrading_closed(slot, *up, Instant::now()),
+            Phase::Socket(socket) => {
+                socket::gone(&mut self.core, SocketRef::Conn(key), socket.auth, now)
+            }
+            Phase::Upgrading(up) => upgrade::closed(&mut self.core, key, *up),
             Phase::Http { .. } => {}
         }
-    }
-
-    fn connection_id(&self, slot: u32) -> Option<ConnectionId> {
-        if polling::is_poll(slot) {
-            return self.poll_id(slot);
-        }
-        self.conns.get(slot as usize).map(|c| ConnectionId {
-            shard: self.core.id,
-            slot,
-            generation: c.generation,
-        })
-    }
-
-    /// The connection an id names, if it is still the same one.
-    fn lookup(&self, id: ConnectionId) -> Option<u32> {
-        if polling::is_poll(id.slot) {
-            return self.poll_lookup(id);
-        }
-        self.conns
-            .get(id.slot as usize)
-            .filter(|c| c.generation == id.generation)
-            .map(|_| id.slot)
     }
 }

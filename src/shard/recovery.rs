@@ -6,11 +6,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use crate::chat::Detached;
 use crate::ids::Room;
-use crate::mesh::{Broadcast, Detached};
+use crate::mesh::Broadcast;
 
 /// Broadcasts kept per shard at most, whatever the window: bounds memory under a flood.
 const MAX_LOG: usize = 200_000;
@@ -112,31 +112,34 @@ impl RecoveryLog {
         offset >= self.floor
     }
 
-    /// Frames of the broadcasts after `offset` to any of `rooms`, in order.
+    /// The broadcasts after `offset` to any of `rooms`, in order.
     pub fn replay<'a>(
         &'a self,
         offset: u64,
         rooms: &'a [Room],
-    ) -> impl Iterator<Item = &'a Bytes> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<Broadcast>> + 'a {
         self.log
             .iter()
             .filter(move |(_, b)| b.offset.is_some_and(|o| o > offset) && rooms.contains(&b.room))
-            .map(|(_, b)| &b.frame)
+            .map(|(_, b)| b)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::ids::{ChannelId, UserId, WorkspaceId};
-    use crate::mesh::Except;
+    use crate::mesh::{BroadcastId, Except};
 
     fn broadcast(room: Room, offset: u64) -> Arc<Broadcast> {
         Arc::new(Broadcast {
+            id: BroadcastId(offset),
             room,
             except: Except::Nobody,
-            frame: Bytes::from(offset.to_string()),
             offset: Some(offset),
+            packet: Bytes::from(offset.to_string()),
         })
     }
 
@@ -152,8 +155,8 @@ mod tests {
             log.remember(t0, &broadcast(r, i));
         }
         let rooms = [room(1)];
-        let frames: Vec<&Bytes> = log.replay(1, &rooms).collect();
-        assert_eq!(frames, vec![&Bytes::from("3"), &Bytes::from("4")]);
+        let packets: Vec<&Bytes> = log.replay(1, &rooms).map(|b| &b.packet).collect();
+        assert_eq!(packets, vec![&Bytes::from("3"), &Bytes::from("4")]);
         assert_eq!(log.newest(), 4);
     }
 

@@ -1,502 +1,437 @@
-//! The WebSocket phase: frames in, the Engine.IO/Socket.IO session, chat events and their
-//! effects, and fan-out of broadcasts to local members.
+//! A socket, whichever transport carries it: its Socket.IO state ([`Socket`]) and where its
+//! packets leave ([`Outlet`]: a WebSocket connection's outbound queue, as frames, or a
+//! polling session's queue, which its held GET takes). Driving a socket (moving its packets
+//! out, handing what the client did to `chat`, carrying out the effects), delivering a
+//! broadcast to the members of a room ([`deliver`], the hot path of a fan-out) and
+//! replaying missed broadcasts ([`replay`]) are each written once here, for both
+//! transports.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::connection::{Auth, Connection, Member, Phase, Socket};
-use super::polling::{is_poll, socket_of, POLL_BIT};
-use super::{Close, Core, Shard};
-use crate::chat::{self, typing, Context, Effect};
-use crate::ids::{Room, ShardId, UserId};
-use crate::mesh::{Broadcast, Except, MembershipChange, PresenceCommand, StoreReply};
-use crate::protocol::session::SessionEvent;
-use crate::protocol::ProtocolError;
-use crate::transport::websocket::{self, Opcode};
+use std::sync::Arc;
 
-impl Core {
-    /// Queues a frame on a connection and counts it. Returns `true` if the connection's
-    /// queue is now over the bound (a client that does not read).
-    pub(super) fn queue(&self, conn: &mut Connection, frame: Bytes) -> bool {
-        let m = self.metrics();
-        m.frames_out.fetch_add(1, Relaxed);
-        m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
-        conn.out.push(frame);
-        conn.out.bytes() > self.shared.config.max_outbound_bytes
-    }
+use super::connection::{Outbound, Phase};
+use super::polling::Packets;
+use super::sockets::Sockets;
+use super::timers::earliest;
+use super::Core;
+use crate::chat::{self, connect, Auth, Context, Credentials, Detached, Effect};
+use crate::ids::{new_session_id, session_shard, ConnectionId, Room, ShardId, SocketRef, UserId};
+use crate::mesh::{Broadcast, BroadcastId, Except, ShardCommand};
+use crate::metrics::ShardMetrics;
+use crate::protocol::{Session, SessionEvent};
+use crate::transport::websocket;
 
-    /// A socket is gone: leave its rooms, stop its typing, tell presence, and keep it for
-    /// recovery unless the client said goodbye.
-    pub(super) fn on_socket_closed(&mut self, slot: u32, socket: Socket) {
-        let Auth::Connected(mut member) = socket.auth else {
-            return;
-        };
-        for room in &member.rooms {
-            self.hub.leave(*room, slot);
-        }
-        for target in member.chat.typing.stop_all() {
-            self.mesh
-                .broker
-                .publish(typing::update(&member.user, target, false));
-        }
-        self.mesh.broker.presence(PresenceCommand::Disconnected {
-            user: member.user.id,
-            workspace: member.workspace,
-            away: member.chat.away,
-        });
-        self.metrics().sockets.fetch_sub(1, Relaxed);
-        self.detach(member);
-    }
+/// A socket's Socket.IO state, the same on a WebSocket connection and a polling session.
+#[derive(Debug)]
+pub struct Socket {
+    /// Engine.IO / Socket.IO state machine.
+    pub session: Session,
+    /// Where authentication stands, and who it is once connected (chat's state).
+    pub auth: Auth,
+    /// A fragmented WebSocket message being reassembled (rare: socket.io-client sends whole
+    /// frames). Always `None` on a polling session.
+    pub fragment: Option<Vec<u8>>,
 }
 
-/// Whether a broadcast skips the member `slot` of shard `shard`, whether a connection or a
-/// polling session. `user` is asked only for `Except::User`, so the common case touches no
-/// session state.
-fn is_except(
-    b: &Broadcast,
-    shard: ShardId,
-    slot: u32,
-    generation: u32,
-    user: impl FnOnce() -> Option<UserId>,
-) -> bool {
-    match b.except {
-        Except::Nobody => false,
-        Except::Connection(e) => e.shard == shard && e.slot == slot && e.generation == generation,
-        Except::User(except) => user() == Some(except),
-    }
+/// Where a socket's packets leave.
+pub enum Outlet<'a> {
+    /// A WebSocket connection's outbound queue: each packet as a frame, written at the end
+    /// of the turn.
+    WebSocket(&'a mut Outbound),
+    /// A polling session's queue: packets, taken by its held (or next) GET.
+    Polling(&'a mut Packets),
 }
 
-impl Shard {
-    /// Handles the frame at the start of `buf`; returns the bytes it used (0: need more).
-    pub(super) fn socket_input(&mut self, slot: u32, buf: &mut [u8], now: Instant) -> usize {
-        let max = self.core.shared.config.engine.max_payload;
-        match websocket::decode(buf, max) {
-            // The frame is not complete yet.
-            Ok(None) => 0,
-            Ok(Some((frame, used))) => {
-                let payload = &buf[frame.payload.clone()];
-                self.on_frame(slot, frame.opcode, frame.fin, payload, now);
-                used
-            }
-            Err(e) => {
-                self.fail(slot, e.code, &e.reason);
-                buf.len()
-            }
+/// What became of a socket after it was driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// It goes on.
+    Open,
+    /// Its queue passed the bound: a client that does not read, dropped.
+    Over,
+    /// The client ended it: write what is queued, then close.
+    Ended,
+}
+
+/// Why a socket is closed, and so how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// Drop it at once, without writing what is queued.
+    Now(&'static str),
+    /// Write what is queued, then drop it.
+    AfterFlush(&'static str),
+}
+
+impl Socket {
+    /// A socket that has not sent its CONNECT yet; `credentials` are what its upgrade or
+    /// handshake request carried.
+    pub fn new(session: Session, credentials: Credentials) -> Self {
+        Socket {
+            session,
+            auth: Auth::Pending(credentials),
+            fragment: None,
         }
     }
 
-    /// Closes a socket for a protocol error, telling the client why in the close frame.
-    pub(super) fn fail(&mut self, slot: u32, code: u16, reason: &str) {
-        self.core.metrics().protocol_errors.fetch_add(1, Relaxed);
-        tracing::debug!(slot, code, reason, "closing socket for a protocol error");
-        if let Some(conn) = self.conns.get_mut(slot as usize) {
-            self.core.queue(conn, websocket::close(code, reason));
-        }
-        self.close(slot, Close::AfterFlush, "protocol error");
-    }
-
-    fn on_frame(&mut self, slot: u32, opcode: Opcode, fin: bool, payload: &[u8], now: Instant) {
-        let max = self.core.shared.config.engine.max_payload;
-        let Some(conn) = self.conns.get_mut(slot as usize) else {
-            return;
-        };
-        let Phase::Socket(socket) = &mut conn.phase else {
-            return;
-        };
-        match opcode {
-            Opcode::Text | Opcode::Binary if socket.fragment.is_some() => {
-                self.fail(
-                    slot,
-                    1002,
-                    "a new message began before the fragmented one ended",
-                );
-            }
-            Opcode::Text if fin => self.on_text(slot, payload, now),
-            Opcode::Text => socket.fragment = Some(payload.to_vec()),
-            Opcode::Continuation => {
-                let Some(fragment) = &mut socket.fragment else {
-                    self.fail(
-                        slot,
-                        1002,
-                        "continuation frame without a message to continue",
-                    );
-                    return;
-                };
-                if fragment.len() + payload.len() > max {
-                    self.fail(slot, 1009, &format!("message is over the {max}-byte limit"));
-                    return;
-                }
-                fragment.extend_from_slice(payload);
-                if fin {
-                    let whole = socket.fragment.take().unwrap_or_default();
-                    self.on_text(slot, &whole, now);
-                }
-            }
-            Opcode::Binary => {
-                let reason = match socket.session.handle_binary(now, payload) {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "binary frames are not supported".to_string(),
-                };
-                self.fail(slot, 1003, &reason);
-            }
-            Opcode::Ping | Opcode::Pong | Opcode::Close => {
-                self.control_frame(slot, opcode, payload)
-            }
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<UserId> {
+        match &self.auth {
+            Auth::Connected(member) => Some(member.user.id),
+            _ => None,
         }
     }
 
-    /// Ping, pong and close frames, the same in every WebSocket phase.
-    pub(super) fn control_frame(&mut self, slot: u32, opcode: Opcode, payload: &[u8]) {
-        let Some(conn) = self.conns.get_mut(slot as usize) else {
-            return;
+    /// When the socket must be looked at next: the session's heartbeat or CONNECT deadline,
+    /// or a typing indicator running out.
+    pub fn deadline(&self) -> Option<Instant> {
+        let typing = match &self.auth {
+            Auth::Connected(member) => member.chat.typing.poll_timeout(),
+            _ => None,
         };
-        match opcode {
-            Opcode::Ping => {
-                self.core.queue(conn, websocket::pong(payload));
-                self.mark(slot);
-            }
-            Opcode::Close => {
-                self.core.queue(conn, websocket::close(1000, ""));
-                self.close(slot, Close::AfterFlush, "client sent close");
-            }
-            _ => {}
-        }
+        earliest(self.session.poll_timeout(), typing)
     }
 
-    fn on_text(&mut self, slot: u32, payload: &[u8], now: Instant) {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            self.fail(slot, 1007, "text frame is not valid UTF-8");
-            return;
-        };
-        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-            return;
-        };
-        if let Err(e) = socket.session.handle_text(now, text) {
-            self.session_failed(slot, &e, now);
-            return;
-        }
-        self.drive(slot, now);
+    /// Runs `f` (a chat handler, given the socket, the shard and the socket's id), carries
+    /// out the effects it returns, then drives the socket.
+    pub fn update(
+        &mut self,
+        outlet: &mut Outlet<'_>,
+        core: &mut Core,
+        id: ConnectionId,
+        now: Instant,
+        f: impl FnOnce(&mut Socket, &Core, ConnectionId, &mut Vec<Effect>),
+    ) -> Flow {
+        let mut effects = Vec::new();
+        f(self, core, id, &mut effects);
+        self.apply(outlet, core, id, effects, now);
+        self.drive(outlet, core, id, now)
     }
 
-    /// The session ended on a protocol error: send what it queued, then close with the reason.
-    pub(super) fn session_failed(&mut self, slot: u32, e: &ProtocolError, now: Instant) {
-        self.drive(slot, now);
-        self.fail(slot, e.close_code(), &e.to_string());
-    }
-
-    /// Moves the session's queued packets to the outbound queue and handles its events.
-    pub(super) fn drive(&mut self, slot: u32, now: Instant) {
+    /// Moves the session's packets to `outlet` and hands what the client did to `chat`,
+    /// until neither has more.
+    pub fn drive(
+        &mut self,
+        outlet: &mut Outlet<'_>,
+        core: &mut Core,
+        id: ConnectionId,
+        now: Instant,
+    ) -> Flow {
+        let max = core.shared.config.max_outbound_bytes;
         loop {
-            if is_poll(slot) {
-                // A polling session: packets wait in its queue for the next GET.
-                if !self.drain_poll(slot) {
-                    return;
-                }
-            } else {
-                let Some(conn) = self.conns.get_mut(slot as usize) else {
-                    return;
-                };
-                let Phase::Socket(socket) = &mut conn.phase else {
-                    return;
-                };
-                let mut over = false;
-                while let Some(text) = socket.session.poll_transmit() {
-                    let frame = crate::protocol::frame::text(text.as_bytes());
-                    let m = self.core.metrics();
-                    m.frames_out.fetch_add(1, Relaxed);
-                    m.queued_bytes.fetch_add(frame.len() as i64, Relaxed);
-                    conn.out.push(frame);
-                    over |= conn.out.bytes() > self.core.shared.config.max_outbound_bytes;
-                }
-                if over {
-                    self.slow_consumer(slot);
-                    return;
-                }
+            while let Some(text) = self.session.poll_transmit() {
+                outlet.packet(text, core.metrics());
             }
-            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-                return;
+            if outlet.bytes() > max {
+                return Flow::Over;
+            }
+            let Some(event) = self.session.poll_event() else {
+                return Flow::Open;
             };
-            let Some(event) = socket.session.poll_event() else {
-                break;
-            };
+            let mut effects = Vec::new();
             match event {
-                SessionEvent::Connect { auth, pid, offset } => {
-                    self.on_connect(slot, auth, pid, offset)
-                }
+                SessionEvent::Connect { auth, pid, offset } => connect::connect(
+                    id,
+                    &core.shared.jwt,
+                    core.recovery.enabled(),
+                    &mut self.auth,
+                    auth,
+                    pid,
+                    offset,
+                    &mut effects,
+                ),
                 SessionEvent::Event { name, args, ack } => {
-                    self.on_event(slot, &name, args, ack, now)
+                    core.metrics().events_in.fetch_add(1, Relaxed);
+                    self.event(core, id, &name, args, ack, now, &mut effects);
                 }
                 SessionEvent::Closed { reason } => {
-                    tracing::trace!(slot, reason, "client ended the session");
-                    // A Socket.IO DISCONNECT is a goodbye: nothing to recover. A bare
-                    // transport close may be followed by a reconnect.
-                    let goodbye = reason != "transport close";
-                    self.close_socket(slot, goodbye);
-                    return;
+                    tracing::trace!(?id, reason = reason.as_str(), "client ended the session");
+                    connect::client_closed(&mut self.auth, reason);
+                    return Flow::Ended;
                 }
             }
-        }
-        if is_poll(slot) {
-            self.poll_flush(slot, now);
-        } else {
-            self.mark(slot);
+            self.apply(outlet, core, id, effects, now);
         }
     }
 
-    /// Closes a socket whose client ended it. After a goodbye (Socket.IO DISCONNECT) there is
-    /// nothing to recover.
-    fn close_socket(&mut self, slot: u32, goodbye: bool) {
-        if goodbye {
-            if let Some(Auth::Connected(member)) =
-                socket_of(&mut self.conns, &mut self.polls, slot).map(|s| &mut s.auth)
-            {
-                member.pid = None;
-            }
-        }
-        self.close(slot, Close::AfterFlush, "client ended the session");
-    }
-
-    pub(super) fn slow_consumer(&mut self, slot: u32) {
-        self.core
-            .metrics()
-            .slow_consumers_dropped
-            .fetch_add(1, Relaxed);
-        tracing::debug!(slot, "dropping a client that does not read");
-        self.close(slot, Close::Now, "slow consumer");
-    }
-
-    fn on_event(
+    /// A client event, for `chat` to handle.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
         &mut self,
-        slot: u32,
+        core: &Core,
+        id: ConnectionId,
         name: &str,
         args: Vec<Value>,
         ack: Option<u64>,
         now: Instant,
+        out: &mut Vec<Effect>,
     ) {
-        self.core.metrics().events_in.fetch_add(1, Relaxed);
-        let Some(conn_id) = self.connection_id(slot) else {
+        let Auth::Connected(member) = &mut self.auth else {
+            let reason = "not connected: send CONNECT and wait for it to be accepted";
+            chat::refuse(ack, reason, out);
             return;
         };
-        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-            return;
+        let hub = &core.hub;
+        let in_room = |room: Room| hub.contains(&room, id.slot);
+        let ctx = Context {
+            conn: id,
+            user: &member.user,
+            workspace: member.workspace,
+            max_message_chars: core.shared.config.max_message_chars,
+            now,
+            in_room: &in_room,
         };
-        let mut effects = Vec::new();
-        match &mut socket.auth {
-            Auth::Connected(member) => {
-                let hub = &self.core.hub;
-                let in_room = |room: Room| hub.contains(&room, slot);
-                let ctx = Context {
-                    conn: conn_id,
-                    user: &member.user,
-                    workspace: member.workspace,
-                    max_message_chars: self.core.shared.config.max_message_chars,
-                    now,
-                    in_room: &in_room,
-                };
-                chat::handle_event(&ctx, &mut member.chat, name, args, ack, &mut effects);
-            }
-            _ => chat::refuse(
-                ack,
-                "not connected: send CONNECT and wait for it to be accepted",
-                &mut effects,
-            ),
-        }
-        self.apply(slot, effects, now);
+        chat::handle_event(&ctx, &mut member.chat, name, args, ack, out);
     }
 
-    /// Carries out a handler's effects for the socket in `slot`.
-    pub(super) fn apply(&mut self, slot: u32, effects: Vec<Effect>, now: Instant) {
+    /// Carries out a chat handler's effects for this socket.
+    fn apply(
+        &mut self,
+        outlet: &mut Outlet<'_>,
+        core: &mut Core,
+        id: ConnectionId,
+        effects: Vec<Effect>,
+        now: Instant,
+    ) {
+        let socket = id.slot;
         for effect in effects {
-            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-                return;
-            };
             match effect {
-                Effect::Ack(id, data) => socket.session.ack(id, &data),
-                Effect::Emit(name, data) => socket.session.emit(name, &data),
+                Effect::Ack(ack, data) => self.session.ack(ack, &data),
+                Effect::Emit(name, data) => self.session.emit(name, &data),
                 Effect::Store(command) => {
                     // The store only goes away at shutdown; the client's ack then times out.
-                    self.core.mesh.store.send(command);
+                    core.mesh.store.send(command);
                 }
-                Effect::Publish(broadcast) => self.core.mesh.broker.publish(broadcast),
-                Effect::Presence(command) => self.core.mesh.broker.presence(command),
+                Effect::Publish(publication) => core.mesh.broker.publish(publication),
+                Effect::Presence(command) => core.mesh.broker.presence(command),
                 Effect::Join(room) => {
-                    if let Auth::Connected(member) = &mut socket.auth {
-                        if self.core.hub.join(room, slot) {
+                    if let Auth::Connected(member) = &mut self.auth {
+                        if core.hub.join(room, socket) {
                             member.rooms.push(room);
                         }
                     }
                 }
                 Effect::Leave(room) => {
-                    if let Auth::Connected(member) = &mut socket.auth {
-                        leave(&mut self.core, slot, member, room);
+                    if let Auth::Connected(member) = &mut self.auth {
+                        if core.hub.leave(room, socket) {
+                            member.rooms.retain(|r| *r != room);
+                        }
                     }
                 }
-            }
-        }
-        self.drive(slot, now);
-    }
-
-    /// Typing timers that ran out: tell the rooms the user stopped.
-    pub(super) fn expire_typing(&mut self, slot: u32, now: Instant) {
-        let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-            return;
-        };
-        if let Auth::Connected(member) = &mut socket.auth {
-            for target in member.chat.typing.expire(now) {
-                self.core
-                    .mesh
-                    .broker
-                    .publish(typing::update(&member.user, target, false));
-            }
-        }
-    }
-
-    /// A store reply for one of this shard's connections.
-    pub(super) fn on_reply(
-        &mut self,
-        to: crate::ids::ConnectionId,
-        reply: StoreReply,
-        now: Instant,
-    ) {
-        let Some(slot) = self.lookup(to) else {
-            // A polling session that moved to a WebSocket: the reply follows it.
-            if let Some((moved_to, _)) = self.moved.get(&(to.slot, to.generation)) {
-                self.core.mesh.reply(*moved_to, reply);
-            }
-            return;
-        };
-        match reply {
-            StoreReply::Authenticated(result) => self.on_authenticated(slot, result, now),
-            StoreReply::Admin { status, body } => self.on_admin_reply(slot, status, body, now),
-            other => {
-                let mut effects = Vec::new();
-                chat::handle_reply(other, &mut effects);
-                self.apply(slot, effects, now);
-            }
-        }
-    }
-
-    /// Queues a broadcast's frame on every local member of its room. Members whose queue
-    /// passes the bound are dropped afterwards; nobody else waits for them.
-    pub(super) fn deliver(&mut self, broadcast: &Arc<Broadcast>, now: Instant) {
-        self.core.recovery.remember(now, broadcast);
-        let core = &mut self.core;
-        let max = core.shared.config.max_outbound_bytes;
-        let mut delivered = 0u64;
-        let mut over = Vec::new();
-        let mut polled = Vec::new();
-        for slot in core.hub.members(&broadcast.room) {
-            if slot & POLL_BIT != 0 {
-                // A polling member gets the Engine.IO packet without the frame header, still
-                // sharing the broadcast's buffer.
-                let Some(p) = self.polls.get_mut((slot & !POLL_BIT) as usize) else {
-                    continue;
-                };
-                let user = || match &p.socket.auth {
-                    Auth::Connected(m) => Some(m.user.id),
-                    _ => None,
-                };
-                if is_except(broadcast, core.id, slot, p.generation, user) {
-                    continue;
+                Effect::Refuse(reason) => {
+                    core.metrics().auth_failures.fetch_add(1, Relaxed);
+                    self.session.refuse(&reason);
                 }
-                let packet = crate::protocol::polling::frame_payload(&broadcast.frame);
-                p.queued += packet.len();
-                if let Some(seen) = &mut p.seen {
-                    seen.push(packet.clone());
+                Effect::Accept { pid } => {
+                    self.session
+                        .accept(&new_session_id(core.id), pid.as_deref());
+                    core.metrics().sockets.fetch_add(1, Relaxed);
                 }
-                p.queue.push_back(packet);
-                delivered += 1;
-                polled.push(slot);
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(slot as usize) else {
-                continue;
-            };
-            if conn.closing.is_some()
-                || is_except(broadcast, core.id, slot, conn.generation, || {
-                    conn.user().map(|u| u.id)
-                })
-                || broadcast
-                    .offset
-                    .is_some_and(|o| o <= conn.delivered_through)
-            {
-                continue;
-            }
-            if let Phase::Upgrading(up) = &mut conn.phase {
-                // Kept aside until the session arrives from its polling shard.
-                up.shadow.push(Arc::clone(broadcast));
-                continue;
-            }
-            conn.out.push(broadcast.frame.clone());
-            delivered += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                core.dirty.push(slot);
-            }
-            if conn.out.bytes() > max {
-                over.push(slot);
-            }
-        }
-        let m = core.metrics();
-        m.deliveries.fetch_add(delivered, Relaxed);
-        m.frames_out.fetch_add(delivered, Relaxed);
-        m.queued_bytes
-            .fetch_add(delivered as i64 * broadcast.frame.len() as i64, Relaxed);
-        for slot in over {
-            self.slow_consumer(slot);
-        }
-        let max = self.core.shared.config.max_outbound_bytes;
-        for slot in polled {
-            let size = self
-                .polls
-                .get((slot & !POLL_BIT) as usize)
-                .map(|p| p.queued);
-            if size.is_some_and(|s| s > max) {
-                self.slow_consumer(slot);
-            } else {
-                self.poll_flush(slot, now);
-            }
-        }
-    }
-
-    /// A membership changed: the user's sockets in that workspace join or leave the room.
-    pub(super) fn on_membership(&mut self, change: MembershipChange) {
-        let slots: Vec<u32> = self.core.hub.members(&Room::User(change.user)).collect();
-        for slot in slots {
-            let Some(socket) = socket_of(&mut self.conns, &mut self.polls, slot) else {
-                continue;
-            };
-            let Auth::Connected(member) = &mut socket.auth else {
-                continue;
-            };
-            if member.workspace != change.workspace {
-                continue;
-            }
-            if change.joined {
-                if self.core.hub.join(change.room, slot) {
-                    member.rooms.push(change.room);
+                Effect::Recover(pid) => match session_shard(&pid, core.mesh.shards.len()) {
+                    Some(owner) => core.send_to(owner, ShardCommand::Recover { pid, to: id }),
+                    // A pid this node never made (another node, or a restart): a new session.
+                    None => core.send_to(
+                        core.id,
+                        ShardCommand::Recovered {
+                            to: id,
+                            session: None,
+                        },
+                    ),
+                },
+                Effect::Replay(after) => {
+                    // The CONNECT answer goes out before any replayed event.
+                    while let Some(text) = self.session.poll_transmit() {
+                        outlet.packet(text, core.metrics());
+                    }
+                    if let Auth::Connected(member) = &self.auth {
+                        replay(outlet, core, after, &member.rooms, |_| false);
+                    }
                 }
-            } else {
-                leave(&mut self.core, slot, member, change.room);
+                Effect::Detach(pid, session) => detach(core, pid, session, now),
             }
         }
     }
 }
 
-/// Takes a socket out of a room, and ends its typing there.
-fn leave(core: &mut Core, slot: u32, member: &mut Member, room: Room) {
-    if core.hub.leave(room, slot) {
-        member.rooms.retain(|r| *r != room);
-    }
-    if let Some(target) = room.target() {
-        if member.chat.typing.stop(target) {
-            core.mesh
-                .broker
-                .publish(typing::update(&member.user, target, false));
+impl Outlet<'_> {
+    /// Queues a packet the session made (an ack, an emit, a ping, the CONNECT answer).
+    pub fn packet(&mut self, text: String, metrics: &ShardMetrics) {
+        match self {
+            Outlet::WebSocket(out) => out.queue(websocket::text(text.as_bytes()), metrics),
+            Outlet::Polling(packets) => packets.push(Bytes::from(text)),
         }
+    }
+
+    /// Queues a broadcast: on a WebSocket its frame (made on first use and kept in `frame`
+    /// for the next WebSocket), on a polling session its packet. Returns the bytes queued on
+    /// a WebSocket, which the caller counts (in bulk for a delivery to a whole room).
+    #[inline]
+    pub fn broadcast(&mut self, broadcast: &Broadcast, frame: &mut Option<Bytes>) -> usize {
+        match self {
+            Outlet::WebSocket(out) => {
+                let frame = frame.get_or_insert_with(|| websocket::text(&broadcast.packet));
+                out.push(frame.clone());
+                frame.len()
+            }
+            Outlet::Polling(packets) => {
+                packets.push_broadcast(broadcast);
+                0
+            }
+        }
+    }
+
+    /// Bytes waiting to leave.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outlet::WebSocket(out) => out.bytes(),
+            Outlet::Polling(packets) => packets.bytes(),
+        }
+    }
+}
+
+/// Queues a broadcast on every local member of its room: each WebSocket gets the frame
+/// this shard makes once, each polling session the packet. Members whose queue passes
+/// the bound are dropped afterwards. The hot path of a fan-out.
+pub fn deliver(sockets: &mut Sockets, core: &mut Core, broadcast: &Arc<Broadcast>, now: Instant) {
+    core.recovery.remember(now, broadcast);
+    let max = core.shared.config.max_outbound_bytes;
+    let mut frame: Option<Bytes> = None;
+    let (mut delivered, mut framed) = (0u64, 0usize);
+    let mut over = Vec::new();
+    for socket in core.hub.members(&broadcast.room) {
+        match socket {
+            SocketRef::Conn(key) => {
+                let Some(conn) = sockets.conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let user = || match &conn.phase {
+                    Phase::Socket(ws) => ws.user(),
+                    _ => None,
+                };
+                if conn.closing.is_some()
+                    || is_except(broadcast, core.id, socket, conn.generation, user)
+                    || broadcast
+                        .offset
+                        .is_some_and(|o| o <= conn.delivered_through)
+                {
+                    continue;
+                }
+                if let Phase::Upgrading(up) = &mut conn.phase {
+                    // Kept aside until the session arrives from its polling shard.
+                    up.shadow.push(Arc::clone(broadcast));
+                    continue;
+                }
+                framed += Outlet::WebSocket(&mut conn.out).broadcast(broadcast, &mut frame);
+                if !conn.dirty {
+                    conn.dirty = true;
+                    core.dirty.push(socket);
+                }
+                if conn.out.bytes() > max {
+                    over.push(socket);
+                }
+            }
+            SocketRef::Poll(index) => {
+                let Some(p) = sockets.polls.session(index) else {
+                    continue;
+                };
+                if is_except(broadcast, core.id, socket, p.generation, || p.socket.user()) {
+                    continue;
+                }
+                Outlet::Polling(&mut p.packets).broadcast(broadcast, &mut frame);
+                if !p.dirty {
+                    p.dirty = true;
+                    core.dirty.push(socket);
+                }
+                if p.packets.bytes() > max {
+                    over.push(socket);
+                }
+            }
+        }
+        delivered += 1;
+    }
+    let m = core.metrics();
+    m.deliveries.fetch_add(delivered, Relaxed);
+    m.frames_out.fetch_add(delivered, Relaxed);
+    m.queued_bytes.fetch_add(framed as i64, Relaxed);
+    for socket in over {
+        sockets.slow_consumer(core, socket, now);
+    }
+}
+
+/// Queues on `outlet`, in order, the durable broadcasts after offset `after` to any of
+/// `rooms`, but those `skip` names.
+pub fn replay(
+    outlet: &mut Outlet<'_>,
+    core: &Core,
+    after: u64,
+    rooms: &[Room],
+    skip: impl Fn(BroadcastId) -> bool,
+) {
+    let (mut count, mut framed) = (0, 0);
+    for broadcast in core.recovery.replay(after, rooms) {
+        if !skip(broadcast.id) {
+            framed += outlet.broadcast(broadcast, &mut None);
+            count += 1;
+        }
+    }
+    if framed > 0 {
+        let m = core.metrics();
+        m.frames_out.fetch_add(count, Relaxed);
+        m.queued_bytes.fetch_add(framed as i64, Relaxed);
+    }
+}
+
+/// Whether a broadcast skips socket `socket` of shard `shard`. `user` is asked only for
+/// `Except::User`, so the common case touches no socket state.
+#[inline]
+fn is_except(
+    broadcast: &Broadcast,
+    shard: ShardId,
+    socket: SocketRef,
+    generation: u32,
+    user: impl FnOnce() -> Option<UserId>,
+) -> bool {
+    match broadcast.except {
+        Except::Nobody => false,
+        Except::Connection(e) => e.shard == shard && e.slot == socket && e.generation == generation,
+        Except::User(except) => user() == Some(except),
+    }
+}
+
+/// A socket is gone (its connection closed, its polling session ended, or its session moved
+/// away): it leaves its rooms here, and chat says what else ends with it.
+pub fn gone(core: &mut Core, socket: SocketRef, auth: Auth, now: Instant) {
+    let Auth::Connected(member) = &auth else {
+        return;
+    };
+    for room in &member.rooms {
+        core.hub.leave(*room, socket);
+    }
+    core.metrics().sockets.fetch_sub(1, Relaxed);
+    let mut effects = Vec::new();
+    connect::gone(auth, &mut effects);
+    for effect in effects {
+        match effect {
+            Effect::Publish(publication) => core.mesh.broker.publish(publication),
+            Effect::Presence(command) => core.mesh.broker.presence(command),
+            Effect::Detach(pid, session) => detach(core, pid, session, now),
+            other => debug_assert!(false, "{other:?} for a socket that is gone"),
+        }
+    }
+}
+
+/// Keeps a session that went away for the recovery window, on the shard that made its pid
+/// (a session that moved here with a WebSocket upgrade keeps the pid of its first shard,
+/// where a reconnect will look for it).
+fn detach(core: &mut Core, pid: Box<str>, session: Detached, now: Instant) {
+    match session_shard(&pid, core.mesh.shards.len()) {
+        Some(owner) if owner != core.id => {
+            core.send_to(owner, ShardCommand::Detach { pid, session })
+        }
+        _ => core.recovery.detach(now, pid, session),
     }
 }

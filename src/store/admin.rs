@@ -7,10 +7,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::mesh::{AdminRequest, BrokerHandle, StoreError, StoreReply};
+use crate::api::AdminRequest;
+use crate::mesh::{BrokerHandle, StoreReply};
 use crate::model::timestamp;
 
-use super::Backend;
+use super::{Backend, StoreError};
 
 /// Answers one admin request (anything but `Publish`, which the loop batches).
 pub(super) fn handle<B: Backend>(
@@ -134,4 +135,17 @@ pub(super) fn json(status: u16, body: &impl Serialize) -> StoreReply {
 /// An admin error reply: `{"error": "…"}` with the status that fits.
 pub(super) fn error(e: &StoreError) -> StoreReply {
     json(e.status(), &json!({ "error": e.message() }))
+}
+
+impl StoreError {
+    /// The HTTP status that fits.
+    pub fn status(&self) -> u16 {
+        match self {
+            StoreError::Invalid(_) => 400,
+            StoreError::Forbidden(_) => 403,
+            StoreError::NotFound(_) => 404,
+            StoreError::Conflict(_) => 409,
+            StoreError::Unavailable(_) => 503,
+        }
+    }
 }

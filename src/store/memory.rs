@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use indexmap::IndexSet;
 use uuid::Uuid;
 
+use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConversationId, MessageId, Room, Target, UserId, WorkspaceId};
-use crate::mesh::{Credential, HistoryQuery, MembershipChange, NewMessage, StoreError};
-use crate::model::{Grant, Message, User};
+use crate::model::{Grant, MembershipChange, Message, User};
 
-use super::{Backend, Deletion, Reader, Stored, MAX_HISTORY_LIMIT};
+use super::{
+    Backend, Deletion, HistoryQuery, NewMessage, Reader, StoreError, Stored, MAX_HISTORY_LIMIT,
+};
 
 /// The in-memory backend. Start empty with [`MemoryBackend::new`] and fill it through the
 /// admin operations of [`Backend`].

@@ -19,6 +19,7 @@
 mod admin;
 pub mod memory;
 pub mod pg;
+pub mod request;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,18 +30,18 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::api::AdminRequest;
+use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{
-    AdminRequest, Asker, Credential, HistoryQuery, MembershipChange, Mesh, NewMessage,
-    StoreCommand, StoreError, StoreHandle, StoreReply,
-};
+use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreHandle, StoreReply};
 use crate::metrics::Metrics;
-use crate::model::{timestamp, Grant, Message};
+use crate::model::{timestamp, Grant, MembershipChange, Message};
 
 pub use memory::MemoryBackend;
+pub use request::{HistoryQuery, NewMessage, StoreError};
 
-/// Most messages one history page returns (contract §3: "a `limit` over 100 is capped at 100").
-pub const MAX_HISTORY_LIMIT: u32 = 100;
+/// Most messages one history page returns (the rule is `chat::validate`'s).
+pub use crate::chat::validate::MAX_HISTORY_LIMIT;
 
 /// Most commands taken from the inbox in one turn, which bounds a send batch and the time
 /// before the loop looks at the inbox depth again.
@@ -327,6 +328,8 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
 pub struct Store<B> {
     backend: B,
     mesh: Mesh,
+    /// `message:new` and `message:deleted`, with their offsets.
+    durable: DurablePublisher,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSend>,
     /// The reader pool's queue, when there is one.
@@ -356,6 +359,7 @@ impl<B: Backend> Store<B> {
     pub fn new(backend: B, mesh: Mesh, metrics: Arc<Metrics>) -> Self {
         Store {
             backend,
+            durable: DurablePublisher::new(mesh.broker.clone()),
             mesh,
             metrics,
             pending: Vec::new(),
@@ -380,16 +384,22 @@ impl<B: Backend> Store<B> {
                 .store
                 .inbox_depth
                 .store(inbox.len() as i64, Relaxed);
-            let mut stopping = false;
-            for command in commands.drain(..) {
-                stopping |= self.handle(command);
-            }
-            self.flush();
             // Shutdown came after everything queued before it, all of which is now answered.
-            if stopping {
+            if self.turn(commands.drain(..)) {
                 return;
             }
         }
+    }
+
+    /// Handles one batch of commands (the sends among them are stored together) and
+    /// answers them all; returns `true` when the batch held `Shutdown`.
+    pub fn turn(&mut self, commands: impl IntoIterator<Item = StoreCommand>) -> bool {
+        let mut stopping = false;
+        for command in commands {
+            stopping |= self.handle(command);
+        }
+        self.flush();
+        stopping
     }
 
     /// Takes one command; returns `true` for `Shutdown`.
@@ -557,13 +567,13 @@ impl<B: Backend> Store<B> {
     }
 
     /// `message:new` to the message's room (contract §4).
-    fn publish_new(&self, message: &Message) {
-        let broker = &self.mesh.broker;
-        broker.publish(broker.durable(message.room(), "message:new", &message.to_json()));
+    fn publish_new(&mut self, message: &Message) {
+        self.durable
+            .publish(message.room(), "message:new", &message.to_json());
     }
 
     /// `message:deleted {messageId, deletedAt, channelId, conversationId, sequence}` (§4).
-    fn publish_deleted(&self, message: &Message) {
+    fn publish_deleted(&mut self, message: &Message) {
         let (channel, conversation) = match message.target {
             Target::Channel(c) => (Some(c), None),
             Target::Dm(d) => (None, Some(d)),
@@ -575,8 +585,8 @@ impl<B: Backend> Store<B> {
             "conversationId": conversation,
             "sequence": message.sequence,
         });
-        let broker = &self.mesh.broker;
-        broker.publish(broker.durable(message.room(), "message:deleted", &data));
+        self.durable
+            .publish(message.room(), "message:deleted", &data);
     }
 }
 

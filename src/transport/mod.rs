@@ -2,12 +2,15 @@
 //! where TLS is optional: everything above reads plaintext, writes plaintext, and treats
 //! `WouldBlock` as "no more for now".
 
+#[cfg(test)]
+pub mod memory;
 pub mod tls;
 pub mod websocket;
 
 use std::io::{self, IoSlice, Read, Write};
 
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 
 /// Pending TLS output above which plaintext writes wait for the socket to drain, so rustls'
 /// own buffer cannot grow without bound behind our outbound queue.
@@ -20,6 +23,9 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS over TCP (rustls).
     Tls(Box<TlsStream>),
+    /// Bytes in memory, for tests that drive a shard without sockets.
+    #[cfg(test)]
+    Memory(memory::Pipe),
 }
 
 /// TCP with a rustls server session on top.
@@ -46,11 +52,47 @@ impl Stream {
         }
     }
 
-    /// The socket, for registration with `Poll`.
-    pub fn tcp(&mut self) -> &mut TcpStream {
+    /// The socket, for registration with `Poll` (none for a stream in memory).
+    fn source(&mut self) -> Option<&mut TcpStream> {
         match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(s) => &mut s.tcp,
+            Stream::Plain(tcp) => Some(tcp),
+            Stream::Tls(s) => Some(&mut s.tcp),
+            #[cfg(test)]
+            Stream::Memory(_) => None,
+        }
+    }
+
+    /// Registers the socket with a `Poll`.
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self.source() {
+            Some(tcp) => registry.register(tcp, token, interest),
+            None => Ok(()),
+        }
+    }
+
+    /// Changes the socket's interest.
+    pub fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self.source() {
+            Some(tcp) => registry.reregister(tcp, token, interest),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the socket out of a `Poll`.
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self.source() {
+            Some(tcp) => registry.deregister(tcp),
+            None => Ok(()),
         }
     }
 
@@ -60,6 +102,8 @@ impl Stream {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
             Stream::Tls(s) => s.read(buf),
+            #[cfg(test)]
+            Stream::Memory(pipe) => pipe.read(buf),
         }
     }
 
@@ -68,22 +112,24 @@ impl Stream {
         match self {
             Stream::Plain(tcp) => tcp.write_vectored(bufs),
             Stream::Tls(s) => s.write_vectored(bufs),
+            #[cfg(test)]
+            Stream::Memory(pipe) => pipe.write_vectored(bufs),
         }
     }
 
     /// Sends TLS records rustls has ready (handshake, alerts, encrypted data).
     pub fn flush_tls(&mut self) -> io::Result<()> {
         match self {
-            Stream::Plain(_) => Ok(()),
             Stream::Tls(s) => s.flush_records(),
+            _ => Ok(()),
         }
     }
 
     /// Whether TLS records wait to be written (the connection then wants WRITABLE).
     pub fn wants_write(&self) -> bool {
         match self {
-            Stream::Plain(_) => false,
             Stream::Tls(s) => s.tls.wants_write(),
+            _ => false,
         }
     }
 

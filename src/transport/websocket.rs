@@ -1,7 +1,11 @@
-//! WebSocket framing over a connection's read buffer (RFC 6455), on tungstenite's frame
-//! header codec. Frames are decoded in place from whatever buffer holds the bytes, so an idle
+//! The WebSocket codec (RFC 6455), both directions, on tungstenite's frame header codec.
+//!
+//! Client frames are decoded in place from whatever buffer holds the bytes, so an idle
 //! connection owns no read buffer at all (tungstenite's own `WebSocket` keeps one per socket,
-//! too much for hundreds of thousands of them).
+//! too much for hundreds of thousands of them). Server frames are encoded whole into shared
+//! [`Bytes`], so a broadcast framed once is queued on every recipient without a copy. Server
+//! frames are never masked (RFC 6455 §5.1: "A server MUST NOT mask any frames that it sends
+//! to the client"): a frame is the header from `FrameHeader::format` and the payload as is.
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -133,12 +137,16 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-fn control(opcode: Control, payload: &[u8]) -> Bytes {
+/// Longest WebSocket header a server writes (no mask): 2 + 8 bytes.
+const MAX_HEADER: usize = 10;
+
+/// One final, unmasked frame of `opcode` carrying `payload`.
+fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     let header = FrameHeader {
-        opcode: OpCode::Control(opcode),
+        opcode,
         ..FrameHeader::default()
     };
-    let mut out = BytesMut::with_capacity(2 + payload.len());
+    let mut out = BytesMut::with_capacity(MAX_HEADER + payload.len());
     let mut writer = (&mut out).writer();
     // Writing into a BytesMut cannot fail.
     header
@@ -148,9 +156,14 @@ fn control(opcode: Control, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Wraps `payload` (UTF-8 text: one Engine.IO packet) in one final, unmasked text frame.
+pub fn text(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Text), payload)
+}
+
 /// A pong answering a ping with `payload`.
 pub fn pong(payload: &[u8]) -> Bytes {
-    control(Control::Pong, payload)
+    encode(OpCode::Control(Control::Pong), payload)
 }
 
 /// A close frame with a status code and a reason (cut to fit 125 bytes on a char boundary).
@@ -162,7 +175,7 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + end);
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(&reason.as_bytes()[..end]);
-    control(Control::Close, &payload)
+    encode(OpCode::Control(Control::Close), &payload)
 }
 
 #[cfg(test)]
@@ -228,6 +241,26 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 1001);
         assert!(std::str::from_utf8(&f[4..]).is_ok());
         assert_eq!(&pong(b"ab")[..], &[0x8A, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn small_text_frame_has_a_two_byte_header() {
+        let payload = br#"42["typing:update",{"isTyping":true}]"#;
+        let f = text(payload);
+        assert_eq!(f[0], 0x81, "FIN + text opcode");
+        assert_eq!(f[1] as usize, payload.len(), "7-bit length, no mask bit");
+        assert_eq!(&f[2..], payload);
+    }
+
+    #[test]
+    fn long_frames_use_extended_lengths() {
+        let f = text(&vec![b'a'; 300]);
+        assert_eq!(f[1], 126);
+        assert_eq!(u16::from_be_bytes([f[2], f[3]]), 300);
+        assert_eq!(f.len(), 4 + 300);
+        let f = text(&vec![b'a'; 70_000]);
+        assert_eq!(f[1], 127);
+        assert_eq!(u64::from_be_bytes(f[2..10].try_into().unwrap()), 70_000);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::ids::{ChannelId, ConversationId, Target, UserId, WorkspaceId};
-use crate::mesh::{NewMessage, StoreError};
 use crate::store::Backend;
+use crate::store::{NewMessage, StoreError};
 
 /// The seeded workspace: who is in it and where, as the page needs to show it.
 #[derive(Debug)]
@@ -128,7 +128,7 @@ fn roster(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::HistoryQuery;
+    use crate::store::HistoryQuery;
     use crate::store::{MemoryBackend, Reader};
 
     #[test]

@@ -17,9 +17,9 @@ pub use demo::Demo;
 
 use serde_json::Value;
 
+use crate::api::AdminRequest;
 use crate::api::{self, Route, DEFAULT_SESSION_TTL_SECS};
 use crate::ids::UserId;
-use crate::mesh::AdminRequest;
 use crate::protocol::http::{self, RequestHead};
 
 /// One embedded file: its path under `/assets/`, content type and bytes.

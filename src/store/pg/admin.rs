@@ -8,7 +8,8 @@ use postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::ids::{ChannelId, ConversationId, Room, Target, UserId, WorkspaceId};
-use crate::mesh::{MembershipChange, StoreError};
+use crate::model::MembershipChange;
+use crate::store::StoreError;
 
 use super::{describe, Conn};
 

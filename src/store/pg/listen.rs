@@ -15,8 +15,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::ids::{ChannelId, ConversationId, Room, UserId, WorkspaceId};
-use crate::mesh::{MembershipChange, Mesh};
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::model::MembershipChange;
 
 use super::{connect, status, APPLICATION_NAME, MAX_BACKOFF};
 

@@ -22,14 +22,13 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use postgres::{Client, NoTls, Statement};
 
+use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConversationId, MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{
-    Credential, HistoryQuery, MembershipChange, Mesh, NewMessage, StoreCommand, StoreError,
-};
+use crate::mesh::{Mesh, StoreCommand};
 use crate::metrics::Metrics;
-use crate::model::Grant;
+use crate::model::{Grant, MembershipChange};
 
-use super::{Backend, Deletion, Reader, Stored};
+use super::{Backend, Deletion, HistoryQuery, NewMessage, Reader, StoreError, Stored};
 
 pub use listen::spawn_listener;
 

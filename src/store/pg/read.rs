@@ -6,12 +6,12 @@ use chrono::{DateTime, Utc};
 use postgres::Row;
 use uuid::Uuid;
 
+use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConversationId, MessageId, Room, Target, UserId, WorkspaceId};
-use crate::mesh::{Credential, HistoryQuery, StoreError};
 use crate::model::{Grant, Message, User};
 
 use super::{describe, Conn};
-use crate::store::{Reader, MAX_HISTORY_LIMIT};
+use crate::store::{HistoryQuery, Reader, StoreError, MAX_HISTORY_LIMIT};
 
 /// A message from a row of `(id, content, author_id, author name, channel_id,
 /// conversation_id, sequence, client_msg_id, created_at, deleted_at)`. A tombstone's text

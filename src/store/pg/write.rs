@@ -9,12 +9,11 @@ use postgres::types::Type;
 use uuid::Uuid;
 
 use crate::ids::{MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{NewMessage, StoreError};
 use crate::model::{Message, User};
 
 use super::read::message_from_row;
 use super::{describe, Conn, InsertMethod};
-use crate::store::{Deletion, Stored};
+use crate::store::{Deletion, NewMessage, StoreError, Stored};
 
 /// Why a batch failed, and whether COMMIT had been sent (then it may have happened).
 pub(super) struct BatchError {

@@ -9,8 +9,9 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use super::*;
+use crate::api::AdminRequest;
 use crate::ids::{Room, ShardId};
-use crate::mesh::{AdminRequest, BrokerHandle, ShardCommand, ShardHandle};
+use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle};
 
 mod admin;
 mod connect;
@@ -102,7 +103,7 @@ pub(super) fn new_message(
 
 const CONN: ConnectionId = ConnectionId {
     shard: ShardId(0),
-    slot: 7,
+    slot: crate::ids::SocketRef::Conn(7),
     generation: 1,
 };
 
@@ -196,7 +197,7 @@ impl Harness {
     fn broadcast(&self) -> (Room, String, Value) {
         match self.next() {
             ShardCommand::Deliver(b) => {
-                let (name, data) = event_of(&b.frame);
+                let (name, data) = event_of(&b.packet);
                 (b.room, name, data)
             }
             other => panic!("expected a broadcast, got {other:?}"),
@@ -320,14 +321,9 @@ impl Harness {
     }
 }
 
-/// `(name, data)` of a `42["name",data]` event inside an unmasked WebSocket text frame.
-fn event_of(frame: &[u8]) -> (String, Value) {
-    let header = match frame[1] {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    let text = std::str::from_utf8(&frame[header..]).unwrap();
+/// `(name, data)` of a `42["name",data]` event packet.
+fn event_of(packet: &[u8]) -> (String, Value) {
+    let text = std::str::from_utf8(packet).unwrap();
     let packet: Value = serde_json::from_str(text.strip_prefix("42").unwrap()).unwrap();
     (packet[0].as_str().unwrap().to_owned(), packet[1].clone())
 }

@@ -52,12 +52,16 @@ const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
  * @param {string} [opts.ca] PEM of the CA to trust when the server serves TLS
  * @param {string} [opts.bin] program to start instead of binaryPath() (harness self-tests)
  * @param {string[]} [opts.args] its arguments
+ * @param {string} [opts.jwtSecret] CHAT_JWT_SECRET (default: random); nodes of one cluster share it
+ * @param {string} [opts.adminToken] CHAT_ADMIN_TOKEN (default: random)
+ * @param {string} [opts.databaseUrl] DATABASE_URL to use as is (a cluster's shared database);
+ *   default: a fresh database when OCOMMS_TEST_DATABASE_URL is set, else the embedded store
  * @returns {Promise<Server>}
  */
 export async function startServer(opts = {}) {
   const { shards = 4, env = {}, startTimeoutMs = 15000, ca, args = [] } = opts;
-  const jwtSecret = randomBytes(32).toString("hex");
-  const adminToken = randomBytes(24).toString("hex");
+  const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString("hex");
+  const adminToken = opts.adminToken ?? randomBytes(24).toString("hex");
   const bin = opts.bin ?? binaryPath();
 
   // Start from a clean slate: inherited CHAT_* or database settings would make the run
@@ -69,8 +73,12 @@ export async function startServer(opts = {}) {
   }
   // With PostgreSQL every server gets a database of its own, made here and dropped on exit,
   // so files and runs never see each other's rows.
-  const database = process.env.OCOMMS_TEST_DATABASE_URL ? freshDatabase(process.env.OCOMMS_TEST_DATABASE_URL) : null;
+  const database =
+    opts.databaseUrl === undefined && process.env.OCOMMS_TEST_DATABASE_URL
+      ? freshDatabase(process.env.OCOMMS_TEST_DATABASE_URL)
+      : null;
   if (database) childEnv.DATABASE_URL = database.url;
+  if (opts.databaseUrl !== undefined) childEnv.DATABASE_URL = opts.databaseUrl;
   if (process.env.OCOMMS_TEST_REDIS_URL) childEnv.REDIS_URL = process.env.OCOMMS_TEST_REDIS_URL;
   Object.assign(childEnv, {
     CHAT_LISTEN: "127.0.0.1:0",
@@ -138,7 +146,7 @@ let databases = 0;
  * Creates `ocomms_e2e_<pid>_<n>` on the PostgreSQL server of `base` (a URL without a database
  * name or with any) using psql, and returns its URL and a function that drops it.
  */
-function freshDatabase(base) {
+export function freshDatabase(base) {
   const url = new URL(base);
   const name = `ocomms_e2e_${process.pid}_${++databases}`;
   const admin = new URL(url);

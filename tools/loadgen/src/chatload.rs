@@ -113,7 +113,7 @@ pub fn broadcast(
         cli, addr, host, plans, &opts, p.users, "user", "events/s", p.duration,
     )?;
     drain(&shared, p.drain, !typing);
-    let after = snap(cli.server_pid);
+    let after = snap(cli);
     shared.phase.store(PH_STOP, Relaxed);
     let m = merge(join(handles)?);
     let span = match m.first_send_nanos {
@@ -146,6 +146,7 @@ pub fn broadcast(
         "conn": report::connections_json(&m),
         "window": window,
         "max_thread_busy": m.max_thread_busy,
+        "cluster": report::cluster_json(&m),
     });
     if typing {
         let sent: Vec<u64> = shared.typing_sent.iter().map(|a| a.load(Relaxed)).collect();
@@ -208,6 +209,7 @@ pub fn broadcast(
         j["to_non_members"] = json!(c.foreign);
     }
     print_cpu(&j, &m);
+    report::print_cluster(&j);
     if let Some(w) = &warn {
         println!("WARNING: {w}");
     }
@@ -261,13 +263,13 @@ pub fn connect(
         min_sources: 64,
         ..SpawnOpts::new(vec![prov.channel_id.clone()])
     };
-    let before = snap(cli.server_pid);
+    let before = snap(cli);
     let (shared, handles): (Arc<Shared>, _) = spawn(cli, addr, host, plans, &opts)?;
     shared.phase.store(PH_PUBLISH, Relaxed);
     eprintln!("cycling {concurrency} connections for {duration}s...");
     std::thread::sleep(Duration::from_secs_f64(duration));
     shared.phase.store(PH_DRAIN, Relaxed);
-    let after = snap(cli.server_pid);
+    let after = snap(cli);
     std::thread::sleep(Duration::from_millis(200));
     shared.phase.store(PH_STOP, Relaxed);
     let m = merge(join(handles)?);

@@ -88,6 +88,8 @@ pub fn run(
             connect_hist: latency_histogram(),
             ack_hist: latency_histogram(),
             delivery_hist: latency_histogram(),
+            delivery_local_hist: latency_histogram(),
+            delivery_remote_hist: latency_histogram(),
             sent: 0,
             acked_ok: 0,
             acked_err: 0,
@@ -235,7 +237,7 @@ pub fn run(
 fn open(ctx: &mut Ctx, poll: &Poll, conns: &mut Slab<Conn>, plan: usize, now: Instant) {
     let p = &ctx.plans[plan];
     let source = (ctx.cfg.sources > 0).then(|| crate::net::source_addr(p.index, ctx.cfg.sources));
-    let sock = match crate::net::start_connect(ctx.cfg.server, source) {
+    let sock = match crate::net::start_connect(ctx.cfg.node_of(p).0, source) {
         Ok(s) => s,
         Err(e) => return fail_early(ctx, format!("connect: {}", e.kind())),
     };
@@ -324,8 +326,8 @@ fn on_event(ctx: &mut Ctx, c: &mut Conn, scratch: &mut [u8], now: Instant) -> Re
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&ctx.rng.next_u64().to_ne_bytes());
         key[8..].copy_from_slice(&ctx.rng.next_u64().to_ne_bytes());
-        c.out
-            .extend_from_slice(&ws::upgrade_request(&ctx.cfg.host, key));
+        let host = ctx.cfg.node_of(&ctx.plans[c.plan]).1;
+        c.out.extend_from_slice(&ws::upgrade_request(host, key));
         c.state = State::Http;
     }
     read_all(ctx, c, scratch, now)?;
@@ -513,9 +515,7 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
                 }
             }
             if let Some(t) = sent_nanos {
-                ctx.res
-                    .delivery_hist
-                    .saturating_record((at.saturating_sub(t) / 1000).max(1));
+                record_delivery(ctx, c, (at.saturating_sub(t) / 1000).max(1));
             }
         }
         Inbound::TypingUpdate {
@@ -542,14 +542,25 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             if n < sent && sent - n <= TYPING_RING as u64 {
                 let stamp = ctx.shared.typing_stamps[k * TYPING_RING + (n as usize % TYPING_RING)]
                     .load(Relaxed);
-                ctx.res
-                    .delivery_hist
-                    .saturating_record((at.saturating_sub(stamp) / 1000).max(1));
+                record_delivery(ctx, c, (at.saturating_sub(stamp) / 1000).max(1));
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Records one receipt's latency (µs), and in a cluster run also by the receiver's node.
+fn record_delivery(ctx: &mut Ctx, c: &Conn, micros: u64) {
+    ctx.res.delivery_hist.saturating_record(micros);
+    if ctx.cfg.nodes.len() > 1 {
+        let hist = if ctx.cfg.node_of(&ctx.plans[c.plan]).2 == 0 {
+            &mut ctx.res.delivery_local_hist
+        } else {
+            &mut ctx.res.delivery_remote_hist
+        };
+        hist.saturating_record(micros);
+    }
 }
 
 /// Sends this publisher's next typing event: `typing:start` for its even sends, `typing:stop`

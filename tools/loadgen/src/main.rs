@@ -51,6 +51,17 @@ pub struct Cli {
     /// Server process id, to read its memory and CPU from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Further nodes of a cluster (comma-separated URLs). Publishers connect to --url; the
+    /// other connections are spread round-robin over --url and these, and delivery latency is
+    /// reported separately for receivers on the publishers' node and on the others.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Process ids of the further nodes, added to --server-pid's CPU and memory.
+    #[arg(long, value_delimiter = ',')]
+    pub node_pids: Vec<u32>,
+    /// The Redis server's process id, to report its CPU.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
     /// Client threads, each with its own poll and share of the connections.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

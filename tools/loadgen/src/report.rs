@@ -11,30 +11,50 @@ use serde_json::{json, Value};
 use crate::client::WorkerResult;
 use crate::stats::{latency_histogram, percentiles_json, union_groups, MemberRecord, SeqSet};
 use crate::sys::{self, ProcSample};
+use crate::Cli;
 
 /// Process measurements at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Snap {
     /// When.
     pub at: Instant,
-    /// The server, when --server-pid was given and readable.
+    /// The server, when --server-pid was given and readable (summed with --node-pids).
     pub server: Option<ProcSample>,
+    /// The Redis server, when --redis-pid was given and readable.
+    pub redis: Option<ProcSample>,
     /// The loadgen's CPU so far.
     pub self_cpu: Duration,
 }
 
-/// Takes a snapshot; an unreadable server pid is reported once on stderr and left out.
-pub fn snap(pid: Option<u32>) -> Snap {
-    let server = pid.and_then(|p| match sys::sample(p) {
+fn sample(pid: u32) -> Option<ProcSample> {
+    match sys::sample(pid) {
         Ok(s) => Some(s),
         Err(e) => {
             eprintln!("warning: {e}");
             None
         }
+    }
+}
+
+/// Takes a snapshot: the server (every node of a cluster, summed), Redis, and the loadgen. An
+/// unreadable pid is reported on stderr and left out.
+pub fn snap(cli: &Cli) -> Snap {
+    let server = cli.server_pid.and_then(|first| {
+        std::iter::once(first)
+            .chain(cli.node_pids.iter().copied())
+            .map(sample)
+            .try_fold(ProcSample::default(), |sum, s| {
+                s.map(|s| ProcSample {
+                    rss: sum.rss + s.rss,
+                    hwm: sum.hwm + s.hwm,
+                    cpu: sum.cpu + s.cpu,
+                })
+            })
     });
     Snap {
         at: Instant::now(),
         server,
+        redis: cli.redis_pid.and_then(sample),
         self_cpu: sys::self_cpu(),
     }
 }
@@ -69,8 +89,15 @@ pub fn window_json(
         }
         _ => Value::Null,
     };
+    let redis = match (before.redis, after.redis) {
+        (Some(b), Some(a)) => {
+            let cpu = a.cpu.saturating_sub(b.cpu).as_secs_f64();
+            json!({"cpu_s": cpu, "cpu_util": cpu / wall})
+        }
+        _ => Value::Null,
+    };
     (
-        json!({"wall_s": wall, "server": server, "loadgen": {"cpu_s": lg_cpu, "threads": threads, "cpu_util": util}}),
+        json!({"wall_s": wall, "server": server, "redis": redis, "loadgen": {"cpu_s": lg_cpu, "threads": threads, "cpu_util": util}}),
         warn,
     )
 }
@@ -92,6 +119,10 @@ pub struct Merged {
     pub ack: Histogram<u64>,
     /// Delivery latency.
     pub delivery: Histogram<u64>,
+    /// Cluster runs: delivery latency of receivers on the publishers' node.
+    pub delivery_local: Histogram<u64>,
+    /// Cluster runs: delivery latency of receivers on the other nodes.
+    pub delivery_remote: Histogram<u64>,
     /// Messages sent.
     pub sent: u64,
     /// Successful acks.
@@ -118,6 +149,40 @@ pub struct Merged {
     pub max_thread_busy: f64,
 }
 
+/// Cluster runs: delivery latency on the publishers' node and on the others, and what the hop
+/// between nodes added (p50 and p99 of the others minus the same on the publishers' node).
+/// `None` when the run had one server.
+pub fn cluster_json(m: &Merged) -> Option<Value> {
+    if m.delivery_remote.is_empty() {
+        return None;
+    }
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as i64;
+    Some(json!({
+        "delivery_latency_publishers_node": percentiles_json(&m.delivery_local),
+        "delivery_latency_other_nodes": percentiles_json(&m.delivery_remote),
+        "cross_node_added_us": {
+            "p50": q(&m.delivery_remote, 0.5) - q(&m.delivery_local, 0.5),
+            "p99": q(&m.delivery_remote, 0.99) - q(&m.delivery_local, 0.99),
+        },
+    }))
+}
+
+/// Prints [`cluster_json`] and the Redis CPU, when there are any.
+pub fn print_cluster(j: &Value) {
+    if let Some(c) = j.get("cluster").filter(|c| !c.is_null()) {
+        println!(
+            "cross-node: added p50 {} us, p99 {} us (receivers on other nodes vs the publishers' node)",
+            c["cross_node_added_us"]["p50"], c["cross_node_added_us"]["p99"]
+        );
+    }
+    if let Some(cpu) = j["window"]["redis"]["cpu_s"].as_f64() {
+        println!(
+            "redis CPU {cpu:.2}s ({:.0}% of one core)",
+            j["window"]["redis"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+}
+
 /// Adds up worker results.
 pub fn merge(results: Vec<WorkerResult>) -> Merged {
     let mut m = Merged {
@@ -128,6 +193,8 @@ pub fn merge(results: Vec<WorkerResult>) -> Merged {
         connect: latency_histogram(),
         ack: latency_histogram(),
         delivery: latency_histogram(),
+        delivery_local: latency_histogram(),
+        delivery_remote: latency_histogram(),
         sent: 0,
         acked_ok: 0,
         acked_err: 0,
@@ -153,6 +220,8 @@ pub fn merge(results: Vec<WorkerResult>) -> Merged {
         let _ = m.connect.add(&r.connect_hist);
         let _ = m.ack.add(&r.ack_hist);
         let _ = m.delivery.add(&r.delivery_hist);
+        let _ = m.delivery_local.add(&r.delivery_local_hist);
+        let _ = m.delivery_remote.add(&r.delivery_remote_hist);
         m.sent += r.sent;
         m.acked_ok += r.acked_ok;
         m.acked_err += r.acked_err;

@@ -322,7 +322,7 @@ pub fn connect_and_publish(
         return Err(format!("no {who} connected; nothing to measure"));
     }
     settle();
-    let before = snap(cli.server_pid);
+    let before = snap(cli);
     shared.phase.store(PH_PUBLISH, Relaxed);
     eprintln!(
         "publishing {} {unit} from {} publishers for {duration}s...",
@@ -350,6 +350,14 @@ pub fn spawn(
     let (total_rate, publishers, ramp, track_members, pad) =
         (o.total_rate, o.publishers, o.ramp, o.track_members, o.pad);
     let shared = Arc::new(Shared::with_typing(o.typing_publishers));
+    let mut nodes = Vec::new();
+    if !cli.nodes.is_empty() {
+        nodes.push((addr, host.clone()));
+        for url in &cli.nodes {
+            nodes.push(parse_url(url)?);
+        }
+    }
+    let nodes = Arc::new(nodes);
     let t = cli.threads;
     let sources = net::sources_needed(plans.len()).max(o.min_sources);
     let mut per: Vec<Vec<ConnPlan>> = vec![Vec::new(); t];
@@ -363,6 +371,7 @@ pub fn spawn(
             id,
             server: addr,
             host: host.clone(),
+            nodes: Arc::clone(&nodes),
             channels: o.channels.clone(),
             mode: o.mode,
             random_senders: o.random_senders,
@@ -455,7 +464,7 @@ fn idle(
             group: 0,
         })
         .collect();
-    let before = snap(cli.server_pid);
+    let before = snap(cli);
     let opts = SpawnOpts {
         ramp,
         ..SpawnOpts::new(vec![prov.channel_id.clone()])
@@ -465,7 +474,7 @@ fn idle(
     eprintln!("holding for {hold}s...");
     std::thread::sleep(Duration::from_secs_f64(hold));
     let open = shared.established.load(Relaxed) - shared.dropped.load(Relaxed);
-    let after = snap(cli.server_pid);
+    let after = snap(cli);
     shared.phase.store(PH_STOP, Relaxed);
     let m = merge(join(handles)?);
 
@@ -511,7 +520,9 @@ fn idle(
         "conn": report::connections_json(&m),
         "window": window,
         "max_thread_busy": m.max_thread_busy,
+        "cluster": report::cluster_json(&m),
     });
+    report::print_cluster(&j);
     println!("{j}");
     Ok(())
 }
@@ -576,7 +587,7 @@ fn fanout(
             break;
         }
     }
-    let after = snap(cli.server_pid);
+    let after = snap(cli);
     shared.phase.store(PH_STOP, Relaxed);
     let m = merge(join(handles)?);
 
@@ -656,7 +667,9 @@ fn fanout(
         "conn": report::connections_json(&m),
         "window": window,
         "max_thread_busy": m.max_thread_busy,
+        "cluster": report::cluster_json(&m),
     });
+    report::print_cluster(&j);
     println!("{j}");
     Ok(())
 }

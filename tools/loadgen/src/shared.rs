@@ -97,6 +97,17 @@ impl Shared {
     }
 }
 
+impl WorkerConfig {
+    /// The node connection `plan` goes to: its address, `Host` header and index.
+    pub fn node_of(&self, plan: &ConnPlan) -> (SocketAddr, &str, usize) {
+        if self.nodes.len() < 2 || plan.publisher {
+            return (self.server, &self.host, 0);
+        }
+        let i = plan.index % self.nodes.len();
+        (self.nodes[i].0, &self.nodes[i].1, i)
+    }
+}
+
 impl Default for Shared {
     fn default() -> Self {
         Self::new()
@@ -112,6 +123,9 @@ pub struct WorkerConfig {
     pub server: SocketAddr,
     /// `Host` header value.
     pub host: String,
+    /// Every node of a cluster, `server` first (empty: one server). Publishers connect to the
+    /// first; connection `index` of the others to `nodes[index % nodes.len()]`.
+    pub nodes: Arc<Vec<(SocketAddr, String)>>,
     /// The run's channels; a connection publishes to `channels[plan.group]`.
     pub channels: Arc<Vec<String>>,
     /// What connections do once connected.
@@ -162,6 +176,10 @@ pub struct WorkerResult {
     pub ack_hist: Histogram<u64>,
     /// send -> receipt, per receiving member.
     pub delivery_hist: Histogram<u64>,
+    /// Cluster runs: the same, for receivers on the publishers' node.
+    pub delivery_local_hist: Histogram<u64>,
+    /// Cluster runs: the same, for receivers on the other nodes.
+    pub delivery_remote_hist: Histogram<u64>,
     /// Messages sent.
     pub sent: u64,
     /// Successful acks.
@@ -188,4 +206,56 @@ pub struct WorkerResult {
     pub thread_cpu: Duration,
     /// This thread's wall time.
     pub wall: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(index: usize, publisher: bool) -> ConnPlan {
+        ConnPlan {
+            index,
+            connect_packet: "40".into(),
+            publisher,
+            group: 0,
+        }
+    }
+
+    #[test]
+    fn publishers_stay_on_the_first_node_and_the_rest_go_round_robin() {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let nodes: Vec<(SocketAddr, String)> =
+            (1..=3).map(|p| (addr(p), format!("n{p}"))).collect();
+        let cfg = WorkerConfig {
+            id: 0,
+            server: addr(1),
+            host: "n1".into(),
+            nodes: Arc::new(nodes),
+            channels: Arc::default(),
+            mode: Mode::Messages,
+            random_senders: false,
+            sources: 0,
+            ramp_per_sec: 0.0,
+            max_inflight: 1,
+            publish_rate: 0.0,
+            content_pad: 0,
+            track_members: false,
+        };
+        let node = |i, publisher| cfg.node_of(&plan(i, publisher)).2;
+        assert_eq!(
+            (0..6).map(|i| node(i, false)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2]
+        );
+        assert_eq!(node(4, true), 0);
+        assert_eq!(cfg.node_of(&plan(5, false)).1, "n3");
+        let single = WorkerConfig {
+            nodes: Arc::default(),
+            ..cfg
+        };
+        assert_eq!(
+            single.node_of(&plan(5, false)).2,
+            0,
+            "one server: everyone on it"
+        );
+    }
 }

@@ -1,0 +1,223 @@
+//! The life of a socket as chat sees it, beside its events: CONNECT (where the token comes
+//! from, what the shard can check of it, the store's check), admission (its rooms, presence,
+//! a recovery pid, the events it missed), and what ends with it (typing, presence, keeping
+//! it for recovery). Like the event handlers, these change the socket's [`Auth`] and return
+//! [`Effect`]s; the shard carries them out.
+//!
+//! CONNECT runs `Pending` → `Checking` (the store resolves the credential) → `Connected`,
+//! through `Recovering` when the client asks to recover a session that another shard keeps.
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::auth::{self, JwtVerifier};
+use super::state::{Auth, ChatState, Detached, Member, Recovery};
+use super::{typing_update, Effect};
+use crate::ids::{new_session_id, ConnectionId, Room, ShardId};
+use crate::mesh::{PresenceCommand, StoreCommand};
+use crate::model::{Grant, MembershipChange, User};
+use crate::protocol::CloseReason;
+use crate::store::request::StoreError;
+
+/// What admitting a socket reads about its shard.
+#[derive(Clone, Copy)]
+pub struct Admission<'a> {
+    /// The shard, whose number starts a new pid.
+    pub shard: ShardId,
+    /// The current time.
+    pub now: Instant,
+    /// Whether connection state recovery is on (a socket then gets a pid).
+    pub recovery: bool,
+    /// The newest durable offset this shard has seen.
+    pub newest: u64,
+    /// Whether every durable event after an offset is still in this shard's log.
+    pub can_replay: &'a dyn Fn(u64) -> bool,
+}
+
+/// The client's CONNECT, with its auth payload and, when it asks to recover a session, the
+/// session's `pid` and the last `offset` it received. The token is taken from the payload,
+/// else from what the upgrade request carried; a JWT is verified here, and the store is
+/// asked for the rest. A repeated CONNECT changes nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn connect(
+    from: ConnectionId,
+    jwt: &JwtVerifier,
+    recovery: bool,
+    auth: &mut Auth,
+    payload: Option<Value>,
+    pid: Option<String>,
+    offset: Option<String>,
+    out: &mut Vec<Effect>,
+) {
+    let Auth::Pending(creds) = auth else {
+        return;
+    };
+    let request = auth::extract(
+        payload.as_ref(),
+        creds.bearer.as_deref(),
+        creds.cookie.as_deref(),
+    );
+    let checked = match (request.token, request.workspace) {
+        (None, _) => Err(auth::NO_TOKEN.to_string()),
+        (Some(_), Err(e)) => Err(e),
+        (Some(token), Ok(workspace)) => jwt
+            .credential(&token)
+            .map(|credential| (credential, workspace)),
+    };
+    match checked {
+        Ok((credential, workspace)) => {
+            let recover = pid.filter(|_| recovery).map(|pid| Recovery {
+                pid,
+                offset: offset.and_then(|o| o.parse().ok()),
+            });
+            *auth = Auth::Checking(std::mem::take(creds), recover);
+            out.push(Effect::Store(StoreCommand::Authenticate {
+                from,
+                credential,
+                workspace,
+            }));
+        }
+        Err(reason) => out.push(Effect::Refuse(reason)),
+    }
+}
+
+/// The store's answer to CONNECT: refuse, admit, or first fetch the session to recover.
+pub fn authenticated(
+    adm: &Admission<'_>,
+    auth: &mut Auth,
+    result: Result<Grant, StoreError>,
+    out: &mut Vec<Effect>,
+) {
+    let Auth::Checking(creds, recover) = auth.take() else {
+        return;
+    };
+    match (result, recover) {
+        (Err(e), _) => {
+            *auth = Auth::Pending(creds);
+            out.push(Effect::Refuse(e.message().to_owned()));
+        }
+        (Ok(grant), None) => admit(adm, auth, grant, None, out),
+        (Ok(grant), Some(recover)) => {
+            out.push(Effect::Recover(recover.pid.clone()));
+            *auth = Auth::Recovering(grant, recover);
+        }
+    }
+}
+
+/// The detached session asked for by [`Effect::Recover`], if it was still kept.
+pub fn recovered(
+    adm: &Admission<'_>,
+    auth: &mut Auth,
+    found: Option<Detached>,
+    out: &mut Vec<Effect>,
+) {
+    let Auth::Recovering(grant, recover) = auth.take() else {
+        return;
+    };
+    admit(adm, auth, grant, found.map(|d| (recover, d)), out);
+}
+
+/// Accepts an authenticated socket: joins its rooms, tells presence, and, when a detached
+/// session of the same user and workspace was found and its missed events are all still in
+/// the log, recovers it: same `pid`, and the missed events replayed in order after the
+/// CONNECT answer. Otherwise it is a new session (with a new pid when recovery is on).
+fn admit(
+    adm: &Admission<'_>,
+    auth: &mut Auth,
+    grant: Grant,
+    found: Option<(Recovery, Detached)>,
+    out: &mut Vec<Effect>,
+) {
+    let recovered = found.and_then(|(r, d)| {
+        let after = r.offset.unwrap_or(d.since_offset);
+        let same = d.user == grant.user.id && d.workspace == grant.workspace;
+        (same && (adm.can_replay)(after)).then_some((r.pid, after))
+    });
+    let pid = match &recovered {
+        Some((pid, _)) => Some(pid.as_str().into()),
+        None if adm.recovery => Some(new_session_id(adm.shard).into_boxed_str()),
+        None => None,
+    };
+    out.extend(grant.rooms.iter().copied().map(Effect::Join));
+    out.push(Effect::Accept { pid: pid.clone() });
+    out.push(Effect::Presence(PresenceCommand::Connected {
+        user: grant.user.id,
+        workspace: grant.workspace,
+    }));
+    if let Some((_, after)) = recovered {
+        out.push(Effect::Replay(after));
+    }
+    *auth = Auth::Connected(Member {
+        user: grant.user,
+        workspace: grant.workspace,
+        rooms: Vec::with_capacity(grant.rooms.len()),
+        chat: ChatState::new(adm.now),
+        pid,
+        since_offset: adm.newest,
+    });
+}
+
+/// The client ended the socket. After a goodbye (a Socket.IO DISCONNECT) there is nothing to
+/// recover; a bare transport close may be followed by a reconnect.
+pub fn client_closed(auth: &mut Auth, reason: CloseReason) {
+    if reason == CloseReason::ClientDisconnect {
+        if let Auth::Connected(member) = auth {
+            member.pid = None;
+        }
+    }
+}
+
+/// The socket is gone (the shard already took it out of its rooms): its typing stops, presence
+/// is told, and unless it said goodbye it is kept for the recovery window.
+pub fn gone(auth: Auth, out: &mut Vec<Effect>) {
+    let Auth::Connected(mut member) = auth else {
+        return;
+    };
+    for target in member.chat.typing.stop_all() {
+        out.push(Effect::Publish(typing_update(&member.user, target, false)));
+    }
+    out.push(Effect::Presence(PresenceCommand::Disconnected {
+        user: member.user.id,
+        workspace: member.workspace,
+        away: member.chat.away,
+    }));
+    if let Some(pid) = member.pid {
+        let session = Detached {
+            user: member.user.id,
+            workspace: member.workspace,
+            since_offset: member.since_offset,
+        };
+        out.push(Effect::Detach(pid, session));
+    }
+}
+
+/// Typing timers that ran out by `now`: tell the rooms the user stopped.
+pub fn expire(member: &mut Member, now: Instant, out: &mut Vec<Effect>) {
+    for target in member.chat.typing.expire(now) {
+        out.push(Effect::Publish(typing_update(&member.user, target, false)));
+    }
+}
+
+/// A membership changed (admin API, or the web app writing the tables): the socket joins or
+/// leaves the room if it is scoped to that workspace.
+pub fn membership(member: &mut Member, change: MembershipChange, out: &mut Vec<Effect>) {
+    if member.workspace != change.workspace {
+        return;
+    }
+    if change.joined {
+        out.push(Effect::Join(change.room));
+    } else {
+        leave(&member.user, &mut member.chat, change.room, out);
+    }
+}
+
+/// Takes the socket out of a room, and ends its typing there.
+pub(super) fn leave(user: &User, state: &mut ChatState, room: Room, out: &mut Vec<Effect>) {
+    out.push(Effect::Leave(room));
+    if let Some(target) = room.target() {
+        if state.typing.stop(target) {
+            out.push(Effect::Publish(typing_update(user, target, false)));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! What chat keeps for each socket: where its authentication stands ([`Auth`]) and, once
+//! it is connected, who it is and its own chat state ([`Member`]); and what is kept of a
+//! socket that went away without a goodbye ([`Detached`]).
+
+use std::time::Instant;
+
+use crate::ids::{Room, UserId, WorkspaceId};
+use crate::model::{Grant, User};
+use crate::protocol::http::RequestHead;
+
+use super::typing;
+
+/// Authentication of a socket.
+#[derive(Debug)]
+pub enum Auth {
+    /// No CONNECT accepted yet; credentials the upgrade request carried, kept until then.
+    Pending(Credentials),
+    /// A CONNECT is with the store.
+    Checking(Credentials, Option<Recovery>),
+    /// Authenticated; waiting for another shard to hand over the detached session it asked
+    /// to recover.
+    Recovering(Grant, Recovery),
+    /// Authenticated.
+    Connected(Member),
+}
+
+impl Auth {
+    /// Takes the state out, leaving `Pending` with no credentials (for transitions that use
+    /// up the old state).
+    pub fn take(&mut self) -> Auth {
+        std::mem::replace(self, Auth::Pending(Credentials::default()))
+    }
+}
+
+/// What the upgrade request carried, for a CONNECT without a token in its payload.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// `Authorization: Bearer` value.
+    pub bearer: Option<Box<str>>,
+    /// `better-auth.session_token` cookie value.
+    pub cookie: Option<Box<str>>,
+}
+
+impl Credentials {
+    /// What an upgrade or handshake request carries: its `Authorization: Bearer` token and
+    /// its better-auth session cookie.
+    pub fn from_head(head: &RequestHead) -> Self {
+        Credentials {
+            bearer: head.bearer_token().map(Box::from),
+            cookie: super::auth::session_cookie(head).map(Box::from),
+        }
+    }
+}
+
+/// A CONNECT that asks to recover a session (socket.io-client's `pid` and `offset`).
+#[derive(Debug)]
+pub struct Recovery {
+    /// The session's private id.
+    pub pid: String,
+    /// The last offset the client received, if any.
+    pub offset: Option<u64>,
+}
+
+/// An authenticated socket: who it is, where, and its own chat state.
+#[derive(Debug)]
+pub struct Member {
+    /// Who.
+    pub user: User,
+    /// Workspace scope.
+    pub workspace: WorkspaceId,
+    /// Rooms joined in the shard's hub, for leaving them on close.
+    pub rooms: Vec<Room>,
+    /// Typing and away state.
+    pub chat: ChatState,
+    /// Private session id for connection state recovery (when it is on).
+    pub pid: Option<Box<str>>,
+    /// The newest recovery offset this shard had seen when the socket connected: a recovering
+    /// client that received no offset has missed everything after it.
+    pub since_offset: u64,
+}
+
+/// A connected socket's own chat state.
+#[derive(Debug)]
+pub struct ChatState {
+    /// Where it is typing.
+    pub typing: typing::Typing,
+    /// `presence:setAway` was its last word (until `presence:setActive`).
+    pub away: bool,
+}
+
+impl ChatState {
+    /// A socket that just connected: active, not typing.
+    pub fn new(now: Instant) -> Self {
+        ChatState {
+            typing: typing::Typing::new(now),
+            away: false,
+        }
+    }
+}
+
+/// A socket that went away without saying goodbye, kept for the recovery window so that a
+/// reconnect with its `pid` gets its rooms and missed events back. The rooms come from the
+/// reconnect's fresh authentication, so a membership removed meanwhile stays removed.
+#[derive(Clone, Copy, Debug)]
+pub struct Detached {
+    /// Who it was.
+    pub user: UserId,
+    /// Its workspace.
+    pub workspace: WorkspaceId,
+    /// The newest offset its shard had seen when it connected (replay starts after it when
+    /// the client received no offset at all).
+    pub since_offset: u64,
+}
