@@ -11,8 +11,22 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// Longest `clientMsgId`, in bytes.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 
-/// Checks message content: not empty or whitespace only, and at most `max_chars` Unicode
-/// scalar values (contract §3). Returns the content unchanged.
+/// Refuses a NUL character (`\u0000`) in `field`: PostgreSQL's `text` cannot hold one, so
+/// both stores refuse it here alike, before it can reach (and fail) a write batch.
+///
+/// # Errors
+/// Names the field and where the NUL is.
+pub fn refuse_nul(field: &str, value: &str) -> Result<(), String> {
+    match value.chars().position(|c| c == '\0') {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "{field} contains a NUL character (\\u0000) at character {at}, which cannot be stored; remove it"
+        )),
+    }
+}
+
+/// Checks message content: not empty or whitespace only, no NUL ([`refuse_nul`]), and at
+/// most `max_chars` Unicode scalar values (contract §3). Returns the content unchanged.
 ///
 /// # Errors
 /// A sentence naming the rule that failed (and the count, for a long message).
@@ -22,6 +36,7 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<String, Strin
             "content is empty: send at least one character that is not whitespace".to_owned(),
         );
     }
+    refuse_nul("content", content)?;
     // A UTF-8 string has at least as many bytes as scalar values, so short ones pass at once.
     if content.len() > max_chars {
         let chars = content.chars().count();
@@ -34,7 +49,7 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<String, Strin
     Ok(content.to_owned())
 }
 
-/// Checks an idempotency key: 1 to 128 bytes.
+/// Checks an idempotency key: 1 to 128 bytes, no NUL ([`refuse_nul`]).
 ///
 /// # Errors
 /// Says what is wrong with it.
@@ -48,6 +63,7 @@ pub fn validate_client_msg_id(id: &str) -> Result<String, String> {
             id.len()
         ));
     }
+    refuse_nul("clientMsgId", id)?;
     Ok(id.to_owned())
 }
 
@@ -96,6 +112,19 @@ mod tests {
         assert!(validate_client_msg_id(&"x".repeat(129))
             .unwrap_err()
             .contains("129"));
+    }
+
+    #[test]
+    fn a_nul_is_refused_in_content_and_client_msg_id() {
+        let err = validate_content("ab\0c", 10).unwrap_err();
+        assert_eq!(
+            err,
+            "content contains a NUL character (\\u0000) at character 2, which cannot be stored; remove it"
+        );
+        let err = validate_client_msg_id("\0").unwrap_err();
+        assert!(err.starts_with("clientMsgId contains a NUL"), "{err}");
+        // Other control characters are not this rule's business.
+        assert!(validate_content("a\u{1}b", 10).is_ok());
     }
 
     #[test]

@@ -67,6 +67,22 @@ describe("HTTP endpoints", { timeout: 60_000 }, () => {
     assert.equal(typeof res.json?.error, "string", `body: ${res.text}`);
   });
 
+  test("publishing content or a clientMsgId with a NUL character is 400 naming the field", async () => {
+    for (const [field, body] of [
+      ["content", { content: "a\u0000b" }],
+      ["clientMsgId", { content: "hi", clientMsgId: "k\u0000" }],
+    ]) {
+      const res = await server.admin("POST", "/api/v1/messages", {
+        authorId: randomUUID(),
+        targetId: randomUUID(),
+        targetType: "channel",
+        ...body,
+      });
+      assert.equal(res.status, 400, `body: ${res.text}`);
+      assert.match(res.json?.error, new RegExp(`^${field} contains a NUL character`));
+    }
+  });
+
   test("admin API with a missing field is 400", async () => {
     const res = await server.admin("POST", "/api/v1/workspaces", { name: "no slug" });
     assert.equal(res.status, 400);
