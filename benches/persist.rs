@@ -1,6 +1,6 @@
-//! Durable messages per second and ack latency of the PostgreSQL store: batched commit
-//! (multi-row `unnest` INSERT, and binary COPY) against one transaction per message (the
-//! seed's way), measured in the same run on fresh databases. Drives the real store thread
+//! Durable messages per second and ack latency of the PostgreSQL store: one statement (and
+//! commit) per batch against one per message (the seed's way), measured in the same run on
+//! fresh databases. Drives the real store thread
 //! through its inbox with `PERSIST_WINDOW` sends in flight, as many shards would.
 //!
 //! `cargo bench --bench persist` (needs PostgreSQL; `OCOMMS_TEST_PG` names another server;
@@ -118,9 +118,8 @@ fn main() {
         window()
     );
     for (name, method, count) in [
-        ("batched unnest INSERT", InsertMethod::Unnest, n),
-        ("batched binary COPY  ", InsertMethod::Copy, n),
-        ("one INSERT per message", InsertMethod::PerMessage, n / 2),
+        ("one statement per batch  ", InsertMethod::Unnest, n),
+        ("one statement per message", InsertMethod::PerMessage, n / 2),
     ] {
         let (rate, p50, p99) = run(method, count.max(1));
         println!(

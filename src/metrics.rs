@@ -35,7 +35,7 @@ pub struct ShardMetrics {
 }
 
 /// The store thread's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StoreMetrics {
     /// Write batches committed.
     pub batches: AtomicU64,
@@ -45,37 +45,97 @@ pub struct StoreMetrics {
     pub batch_micros: AtomicU64,
     /// Largest batch seen.
     pub max_batch: AtomicU64,
+    /// Longest batch seen, in microseconds: the longest the writer stalled every ack.
+    pub max_batch_micros: AtomicU64,
     /// Commands waiting in the store inbox at the last batch.
     pub inbox_depth: AtomicI64,
     /// The database as last seen: `store::pg::status::OK` (also: no database) or `DOWN`.
     pub db_status: AtomicU8,
     /// Time from a shard reading a socket's `message:send` to the store answering it.
     pub send_ack: Histogram,
+    /// Messages per write batch.
+    pub batch_size: Histogram,
+    /// Time to store one write batch (all its statements, retries included).
+    pub batch_time: Histogram,
+    /// Commands queued for the store (taken plus still waiting) at each turn of its loop.
+    pub queue_depth: Histogram,
 }
 
-/// Upper bounds of [`Histogram`]'s buckets, in microseconds (500 µs to 10 s).
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            batches: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            batch_micros: AtomicU64::new(0),
+            max_batch: AtomicU64::new(0),
+            max_batch_micros: AtomicU64::new(0),
+            inbox_depth: AtomicI64::new(0),
+            db_status: AtomicU8::new(0),
+            send_ack: Histogram::default(),
+            batch_size: Histogram::counts(),
+            batch_time: Histogram::default(),
+            queue_depth: Histogram::counts(),
+        }
+    }
+}
+
+/// Upper bounds of a latency [`Histogram`]'s buckets, in microseconds (500 µs to 10 s).
 pub const BUCKETS_MICROS: [u64; 14] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// A latency histogram in Prometheus' shape (cumulative `le` buckets in seconds, `_sum`,
-/// `_count`), kept as one relaxed counter per bucket so that recording takes no lock.
-#[derive(Debug, Default)]
+/// Upper bounds of a count [`Histogram`]'s buckets (batch sizes, queue depths).
+pub const BUCKETS_COUNT: [u64; 14] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 4_096, 16_384, 65_536,
+];
+
+/// A histogram in Prometheus' shape (cumulative `le` buckets, `_sum`, `_count`), kept as one
+/// relaxed counter per bucket so that recording takes no lock. [`Histogram::default`] is a
+/// latency histogram in seconds; [`Histogram::counts`] one of plain counts.
+#[derive(Debug)]
 pub struct Histogram {
+    /// Inclusive upper bounds of the buckets, in `unit`s of the rendered value.
+    bounds: &'static [u64; 14],
+    /// Divisor from a recorded value to the rendered one (1e6 for microseconds to seconds).
+    unit: f64,
     /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; BUCKETS_MICROS.len() + 1],
-    /// Sum of the observations in microseconds.
-    sum_micros: AtomicU64,
+    buckets: [AtomicU64; 15],
+    /// Sum of the recorded values.
+    sum: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: &BUCKETS_MICROS,
+            unit: 1e6,
+            buckets: Default::default(),
+            sum: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Histogram {
-    /// Records one observation.
+    /// A histogram of counts (bounds [`BUCKETS_COUNT`]), recorded with [`Histogram::record`].
+    pub fn counts() -> Self {
+        Histogram {
+            bounds: &BUCKETS_COUNT,
+            unit: 1.0,
+            ..Histogram::default()
+        }
+    }
+
+    /// Records one duration (a latency histogram).
     pub fn observe(&self, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let i = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.record(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Records one value in the histogram's own unit (microseconds, or a count).
+    pub fn record(&self, value: u64) {
+        let i = self.bounds.partition_point(|&bound| bound < value);
         self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(micros, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
     }
 
     /// Writes the histogram as metric `name` with its `# HELP` and `# TYPE` lines.
@@ -84,9 +144,9 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Relaxed);
-            match BUCKETS_MICROS.get(i) {
+            match self.bounds.get(i) {
                 Some(&bound) => {
-                    let le = bound as f64 / 1e6;
+                    let le = bound as f64 / self.unit;
                     let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
                 }
                 None => {
@@ -94,7 +154,7 @@ impl Histogram {
                 }
             }
         }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let sum = self.sum.load(Relaxed) as f64 / self.unit;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
@@ -215,6 +275,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP ocomms_store_messages_total Messages committed.\n# TYPE ocomms_store_messages_total counter\nocomms_store_messages_total {}", s.messages.load(Relaxed));
         let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_total Time spent committing batches.\n# TYPE ocomms_store_batch_seconds_total counter\nocomms_store_batch_seconds_total {}", s.batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_batch_max Largest batch committed.\n# TYPE ocomms_store_batch_max gauge\nocomms_store_batch_max {}", s.max_batch.load(Relaxed));
+        let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_max Longest write batch since start, seconds.\n# TYPE ocomms_store_batch_seconds_max gauge\nocomms_store_batch_seconds_max {}", s.max_batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_inbox_depth Commands waiting for the store.\n# TYPE ocomms_store_inbox_depth gauge\nocomms_store_inbox_depth {}", s.inbox_depth.load(Relaxed));
         let up = u8::from(s.db_status.load(Relaxed) == crate::store::pg::status::OK);
         let _ = writeln!(out, "# HELP ocomms_store_up 1 while the store answers (the embedded store always does), 0 while PostgreSQL is unreachable.\n# TYPE ocomms_store_up gauge\nocomms_store_up {up}");
@@ -222,6 +283,21 @@ impl Metrics {
             &mut out,
             "ocomms_send_ack_seconds",
             "Time from a shard reading a message:send to the store answering it (stored, published), seconds.",
+        );
+        s.batch_size.render(
+            &mut out,
+            "ocomms_store_batch_size",
+            "Messages per write batch.",
+        );
+        s.batch_time.render(
+            &mut out,
+            "ocomms_store_batch_duration_seconds",
+            "Time to store one write batch, retries included, seconds.",
+        );
+        s.queue_depth.render(
+            &mut out,
+            "ocomms_store_queue_depth",
+            "Commands queued for the store (taken plus still waiting) at each turn of its loop.",
         );
         process(&mut out);
         out
@@ -310,5 +386,25 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
         assert!(text.contains("# TYPE t histogram"));
+    }
+
+    #[test]
+    fn count_histograms_render_plain_bounds() {
+        let h = Histogram::counts();
+        h.record(1);
+        h.record(3);
+        h.record(100_000);
+        let mut text = String::new();
+        h.render(&mut text, "n", "help");
+        for line in [
+            "n_bucket{le=\"1\"} 1",
+            "n_bucket{le=\"2\"} 1",
+            "n_bucket{le=\"4\"} 2",
+            "n_bucket{le=\"65536\"} 2",
+            "n_bucket{le=\"+Inf\"} 3",
+            "n_sum 100004",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -1,180 +1,22 @@
 //! Durability of the PostgreSQL store, end to end through the real binary: a SIGKILL while
 //! clients send at full speed loses no acked message, and a PostgreSQL outage during sends
 //! neither crashes the server nor loses acked messages. Needs PostgreSQL (see
-//! `ocomms_rt::store::pg::testing`); the outage test stops and restarts the local cluster with
-//! `pg_ctlcluster`, so the tests of this file run one at a time.
+//! `ocomms_rt::store::pg::testing`); the outage test stops and restarts a cluster of its own
+//! ([`PrivateCluster`]), never the shared one.
+
+mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ocomms_rt::store::pg::testing::TestDb;
+use common::{provision, wait_until, Server, Socket};
+use ocomms_rt::store::pg::testing::{PrivateCluster, TestDb};
 use serde_json::{json, Value};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 use uuid::Uuid;
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-/// The tests of this file share the PostgreSQL cluster, which one of them stops.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(url: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocomms-rt"))
-            .env("CHAT_LISTEN", "127.0.0.1:0")
-            .env("DATABASE_URL", url)
-            .env("CHAT_JWT_SECRET", SECRET)
-            .env("CHAT_SHARDS", "2")
-            .env("RUST_LOG", "info")
-            .env_remove("REDIS_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the ocomms-rt binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server logs its address before exiting")
-                .unwrap();
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the local PostgreSQL cluster again when dropped, even when a test failed.
-struct PgGuard;
-
-fn pg_ctl(action: &str) -> bool {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .unwrap_or_else(|| "15".into());
-    let mut cmd = Command::new("pg_ctlcluster");
-    cmd.args(["--skip-systemctl-redirect", &version, "main", action]);
-    if action == "stop" {
-        cmd.args(["-m", "fast"]);
-    }
-    cmd.status().is_ok_and(|s| s.success())
-}
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        pg_ctl("start");
-    }
-}
-
-/// One user in one workspace with `channels` channels, written straight into the tables.
-fn provision(db: &TestDb, channels: usize) -> (Uuid, Uuid, Vec<Uuid>) {
-    ocomms_rt::store::pg::migrate(&db.url()).unwrap();
-    let mut c = db.client();
-    let (user, ws) = (Uuid::new_v4(), Uuid::new_v4());
-    c.execute("INSERT INTO users (id, name) VALUES ($1, 'Ann')", &[&user])
-        .unwrap();
-    c.execute(
-        "INSERT INTO workspaces (id, slug, name) VALUES ($1, 'acme', 'Acme')",
-        &[&ws],
-    )
-    .unwrap();
-    c.execute(
-        "INSERT INTO workspace_members (workspace_id, user_id) VALUES ($1, $2)",
-        &[&ws, &user],
-    )
-    .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..channels {
-        let ch = Uuid::new_v4();
-        c.execute(
-            "INSERT INTO channels (id, workspace_id, slug, name) VALUES ($1, $2, $3, $3)",
-            &[&ch, &ws, &format!("c{i}")],
-        )
-        .unwrap();
-        c.execute(
-            "INSERT INTO channel_members (channel_id, user_id) VALUES ($1, $2)",
-            &[&ch, &user],
-        )
-        .unwrap();
-        ids.push(ch);
-    }
-    (user, ws, ids)
-}
-
-fn jwt(user: Uuid) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "name": "Ann", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-struct Socket {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
-}
-
-impl Socket {
-    fn connect(addr: &str, user: Uuid, workspace: Uuid) -> Socket {
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tungstenite::connect(url).expect("WebSocket upgrade");
-        let mut s = Socket { ws };
-        assert!(s.recv().unwrap().starts_with('0'), "Engine.IO open first");
-        s.send(&format!(
-            "40{}",
-            json!({"token": jwt(user), "workspaceId": workspace})
-        ));
-        loop {
-            let text = s.recv().expect("CONNECT answered");
-            assert!(!text.starts_with("44"), "CONNECT refused: {text}");
-            if text.starts_with("40") {
-                return s;
-            }
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).unwrap();
-    }
-
-    /// The next text packet, answering pings; `None` once the connection is gone.
-    fn recv(&mut self) -> Option<String> {
-        loop {
-            match self.ws.read().ok()? {
-                Message::Text(t) if t.as_str() == "2" => {
-                    self.ws.send(Message::text("3")).ok()?;
-                }
-                Message::Text(t) => return Some(t.as_str().to_owned()),
-                Message::Close(_) => return None,
-                _ => {}
-            }
-        }
-    }
-}
 
 /// What a driver saw: acked `clientMsgId -> sequence` in ack order, and refusals.
 #[derive(Default)]
@@ -234,14 +76,6 @@ fn drive(
     out
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every acked message is in the table exactly once with its acked sequence; per channel the
 /// acks of one connection are in increasing sequence order.
 fn check_acked(db: &TestDb, outcomes: &[(Uuid, Outcome)]) {
@@ -266,8 +100,6 @@ fn check_acked(db: &TestDb, outcomes: &[(Uuid, Outcome)]) {
 
 #[test]
 fn sigkill_during_full_speed_sends_loses_no_acked_message() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _pg = PgGuard;
     let db = TestDb::create();
     let (user, ws, channels) = provision(&db, 2);
     let mut server = Server::start(&db.url());
@@ -350,9 +182,8 @@ fn sigkill_during_full_speed_sends_loses_no_acked_message() {
 
 #[test]
 fn postgres_outage_during_sends_loses_nothing_and_the_server_recovers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _pg = PgGuard;
-    let db = TestDb::create();
+    let cluster = PrivateCluster::start();
+    let db = TestDb::create_on(&cluster.url());
     let (user, ws, channels) = provision(&db, 1);
     let mut server = Server::start(&db.url());
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,7 +204,7 @@ fn postgres_outage_during_sends_loses_nothing_and_the_server_recovers() {
     wait_until("100 acks", Duration::from_secs(60), || {
         acked.load(SeqCst) >= 100
     });
-    assert!(pg_ctl("stop"), "pg_ctlcluster stop works");
+    assert!(cluster.stop(), "pg_ctl stop works");
     wait_until("refused sends", Duration::from_secs(30), || {
         refused.load(SeqCst) > 0
     });
@@ -381,7 +212,7 @@ fn postgres_outage_during_sends_loses_nothing_and_the_server_recovers() {
         server.child.try_wait().unwrap().is_none(),
         "the server is still up"
     );
-    assert!(pg_ctl("start"), "pg_ctlcluster start works");
+    assert!(cluster.restart(), "pg_ctl start works");
     let resumed = acked.load(SeqCst);
     wait_until("acks after the restart", Duration::from_secs(60), || {
         acked.load(SeqCst) >= resumed + 100
@@ -397,7 +228,6 @@ fn postgres_outage_during_sends_loses_nothing_and_the_server_recovers() {
 
 #[test]
 fn a_membership_the_web_app_writes_reaches_a_live_socket() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let db = TestDb::create();
     let (user, ws, _) = provision(&db, 0);
     let server = Server::start(&db.url());

@@ -380,10 +380,11 @@ impl<B: Backend> Store<B> {
                     Err(_) => break,
                 }
             }
-            self.metrics
-                .store
-                .inbox_depth
-                .store(inbox.len() as i64, Relaxed);
+            let depth = inbox.len();
+            self.metrics.store.inbox_depth.store(depth as i64, Relaxed);
+            // The writer's queue as this turn found it: what it took plus what still waits.
+            let queued = depth + commands.len();
+            self.metrics.store.queue_depth.record(queued as u64);
             // Shutdown came after everything queued before it, all of which is now answered.
             if self.turn(commands.drain(..)) {
                 return;
@@ -497,7 +498,8 @@ impl<B: Backend> Store<B> {
         let size = messages.len();
         let started = Instant::now();
         let mut results = self.backend.send_batch(messages, Utc::now()).into_iter();
-        let micros = started.elapsed().as_micros();
+        let took = started.elapsed();
+        let micros = took.as_micros();
 
         let mut created = 0;
         for origin in origins {
@@ -546,6 +548,10 @@ impl<B: Backend> Store<B> {
         m.batch_micros
             .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Relaxed);
         m.max_batch.fetch_max(size as u64, Relaxed);
+        m.batch_size.record(size as u64);
+        m.batch_time.observe(took);
+        m.max_batch_micros
+            .fetch_max(u64::try_from(micros).unwrap_or(u64::MAX), Relaxed);
     }
 
     fn delete(&mut self, asker: Asker, ack: Option<u64>, message: MessageId) {

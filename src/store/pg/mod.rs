@@ -7,6 +7,7 @@
 //! down or slow turns into `StoreError::Unavailable` answers instead of a stuck server.
 
 mod admin;
+mod batch;
 mod listen;
 mod read;
 pub mod testing;
@@ -55,11 +56,11 @@ const MIGRATION_LOCK: i64 = 0x6f63_6f6d_6d73;
 /// How a send batch reaches the `messages` table; the benchmark compares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertMethod {
-    /// One multi-row `INSERT … SELECT FROM unnest($arrays)` per batch, in one transaction.
+    /// One statement per batch (facts, idempotency, sequences and a multi-row insert from
+    /// `unnest($arrays)`; see `batch.rs`), which is its own transaction.
     Unnest,
-    /// Binary `COPY messages FROM STDIN` per batch, in one transaction.
-    Copy,
-    /// The seed's way, kept as the baseline: each message in its own transaction.
+    /// The same statement for each message alone, kept as the baseline: each message in its
+    /// own transaction.
     PerMessage,
 }
 
@@ -84,9 +85,12 @@ pub fn connect(url: &str) -> Result<Client, StoreError> {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         // Server-side bound on each statement and lock wait: a slow database fails the
-        // batch (the senders get `success: false`) instead of holding every ack.
+        // batch (the senders get `success: false`) instead of holding every ack. No
+        // sequential scans where an index can answer: every statement of the store is a probe
+        // of an index, and this keeps it one while the table's statistics are stale (a
+        // node's first minutes on a table that grew), without an ANALYZE in the ack path.
         .options(&format!(
-            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle}",
+            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle} -c enable_seqscan=off",
             ms = DB_TIMEOUT.as_millis(),
             idle = 2 * DB_TIMEOUT.as_millis()
         ));
@@ -125,10 +129,6 @@ pub(crate) fn unavailable(e: &postgres::Error) -> StoreError {
 pub(crate) struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
-    /// Messages this connection inserted, and the count at which it next refreshes the
-    /// planner's statistics of `messages` (see [`Conn::inserted`]).
-    inserted: u64,
-    next_analyze: u64,
 }
 
 impl Conn {
@@ -140,22 +140,6 @@ impl Conn {
         let s = self.client.prepare(sql)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
-    }
-
-    /// Counts committed inserts and runs `ANALYZE messages` each time the count doubles
-    /// (from 1,000). Autovacuum analyzes a table only after it has grown by 10% and about a
-    /// minute has passed; until then the planner costs `messages` as the near-empty table it
-    /// was, and chose scans of it for the batch's per-row lookups, so each batch got slower
-    /// as the table grew (measured: 2,416 acked msg/s with 4,096 sends in flight, each
-    /// clientMsgId lookup taking 200–430 ms, on a fresh database).
-    pub(crate) fn inserted(&mut self, rows: u64) {
-        self.inserted += rows;
-        if self.inserted >= self.next_analyze {
-            self.next_analyze = self.inserted.saturating_mul(2);
-            if let Err(e) = self.client.batch_execute("ANALYZE messages") {
-                tracing::debug!(error = %e, "ANALYZE messages failed");
-            }
-        }
     }
 }
 
@@ -169,6 +153,8 @@ pub struct PgBackend {
     backoff: Duration,
     last_error: Option<StoreError>,
     metrics: Arc<Metrics>,
+    /// Messages an ambiguous COMMIT may have stored unseen (see [`write::Unconfirmed`]).
+    unconfirmed: write::Unconfirmed,
 }
 
 impl PgBackend {
@@ -183,6 +169,7 @@ impl PgBackend {
             backoff: Duration::from_millis(50),
             last_error: None,
             metrics,
+            unconfirmed: write::Unconfirmed::default(),
         }
     }
 
@@ -207,8 +194,6 @@ impl PgBackend {
                     self.conn = Some(Conn {
                         client,
                         statements: HashMap::new(),
-                        inserted: 0,
-                        next_analyze: 1000,
                     });
                     self.retry_at = None;
                     self.last_error = None;
@@ -432,45 +417,58 @@ impl Backend for PgBackend {
 }
 
 impl PgBackend {
-    /// One batch in one transaction. A connection found broken before COMMIT was sent is
-    /// replaced and the batch tried once more (nothing of it can have been stored); a
-    /// failure at COMMIT is not retried, since the commit may have happened: the senders get
-    /// `Unavailable` and a retry with the same `clientMsgId` finds the original. Deadlocks
-    /// between nodes (SQLSTATE 40P01) roll back everything, so they are retried too.
+    /// One batch, one statement (see [`write::send_batch`]). A connection lost meanwhile is
+    /// replaced and the open messages tried once more, after looking up which of them the
+    /// lost statement did commit (those are answered as new and published now). When that
+    /// fails too, the senders get `Unavailable`; a retry with the same `clientMsgId` then
+    /// finds the original and, if it was stored unseen, publishes it then. Deadlocks between
+    /// nodes (SQLSTATE 40P01) roll the statement back, so they are retried too.
     fn send_once(
         &mut self,
         batch: Vec<NewMessage>,
         now: DateTime<Utc>,
     ) -> Vec<Result<Stored, StoreError>> {
-        let size = batch.len();
-        let method = self.method;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
+        let mut pending = write::Pending::new(&batch, now);
+        let mut unconfirmed = std::mem::take(&mut self.unconfirmed);
+        let mut ambiguous = false;
+        let mut failure = None;
+        for _attempt in 0..2 {
             let conn = match self.conn() {
                 Ok(c) => c,
-                Err(e) => return vec![Err(e); size],
-            };
-            match write::send_batch(conn, &batch, now, method) {
-                Ok(results) => return results,
-                Err(write::BatchError { error, committing }) => {
-                    let err = unavailable(&error);
-                    let lost = error.is_closed()
-                        || error.as_db_error().is_none()
-                        || is_connection_loss(&error);
-                    if lost {
-                        self.down(err.clone());
-                        // The first failure after an idle spell is often a connection the
-                        // server dropped meanwhile: try a fresh one at once.
-                        self.retry_at = None;
-                    }
-                    let retryable =
-                        !committing && (lost || error.code().is_some_and(|c| c.code() == "40P01"));
-                    if !retryable || attempts >= 2 {
-                        return vec![Err(err); size];
-                    }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
+            };
+            let result = if ambiguous {
+                write::recover(conn, &mut pending)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| write::send_batch(conn, &mut pending, &mut unconfirmed));
+            let Err(error) = result else {
+                failure = None;
+                break;
+            };
+            let err = unavailable(&error);
+            let lost =
+                error.is_closed() || error.as_db_error().is_none() || is_connection_loss(&error);
+            if lost {
+                self.down(err.clone());
+                // The first failure after an idle spell is often a connection the server
+                // dropped meanwhile: try a fresh one at once.
+                self.retry_at = None;
+                ambiguous = true;
+            }
+            failure = Some(err);
+            if !lost && error.code().is_none_or(|c| c.code() != "40P01") {
+                break;
             }
         }
+        if failure.is_some() && ambiguous {
+            unconfirmed.add(pending.open_keyed_ids());
+        }
+        self.unconfirmed = unconfirmed;
+        pending.finish(failure)
     }
 }

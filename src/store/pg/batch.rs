@@ -1,0 +1,221 @@
+//! The one statement a send batch costs: membership facts, the clientMsgId lookup, the
+//! sequence reservation and the insert, folded into one round trip. Run outside an explicit
+//! transaction, the statement is its own transaction: it commits whole or not at all.
+//!
+//! Extending it (per-room event positions, docs/cluster.md): the reservation `r` and the
+//! insert `ins` are the places; `r` returns the counter row, and `ins` takes each row's
+//! number as `r.last - r.step + ok.k` (its 1-based rank `k` in its room).
+
+use chrono::{DateTime, Utc};
+use postgres::Row;
+use uuid::Uuid;
+
+use crate::ids::Target;
+use crate::store::NewMessage;
+
+use super::Conn;
+
+/// Columns of each answer row: the original already stored under the row's
+/// `(author, clientMsgId)` in `message_from_row`'s layout (0..=9, all NULL when there is
+/// none), then the row's 1-based position `i` in the statement (10), the author's name
+/// (11, NULL: no such user), the target's workspace (12, NULL: no such target), whether the
+/// author is a member (13), and the sequence the row was inserted with (14, NULL: not
+/// inserted).
+///
+/// Every lookup is a probe of a unique index (a parameterised `LATERAL` or a correlated
+/// subquery, one per row), so the plan does not depend on the table's statistics; the
+/// writer's connection also runs with `enable_seqscan = off` (see [`super::connect_writer`]).
+///
+/// The reservation moves a counter to at least `max(sequence)` of its target before adding
+/// to it (two probes of the `(target, sequence)` unique indexes), so a message the web app
+/// inserted itself at the next sequence is stepped over by the next statement; one that
+/// lands between this statement's snapshot and its insert fails it on the unique index,
+/// and the retry (a new snapshot) steps over it ([`is_sequence_conflict`]).
+pub(super) const SEND: &str = "\
+WITH b AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+                         $6::text[], $7::uuid[])
+        WITH ORDINALITY AS b(id, content, author, ch, cv, cmid, ws, i)
+), f AS (
+    SELECT b.*, COALESCE(b.ch, b.cv) AS t, u.name, COALESCE(c.workspace_id, v.workspace_id) AS home,
+           CASE WHEN b.ch IS NOT NULL
+                THEN EXISTS (SELECT 1 FROM channel_members m
+                             WHERE m.channel_id = b.ch AND m.user_id = b.author)
+                ELSE EXISTS (SELECT 1 FROM conversation_participants p
+                             WHERE p.conversation_id = b.cv AND p.user_id = b.author)
+           END AS member,
+           o.id AS original
+    FROM b
+    LEFT JOIN users u ON u.id = b.author
+    LEFT JOIN channels c ON c.id = b.ch
+    LEFT JOIN conversations v ON v.id = b.cv
+    LEFT JOIN LATERAL (SELECT m.id FROM messages m
+                       WHERE m.author_id = b.author AND m.client_msg_id = b.cmid) o ON true
+), ok AS (
+    SELECT f.*, row_number() OVER (PARTITION BY f.t ORDER BY f.i) AS k
+    FROM f
+    WHERE f.name IS NOT NULL AND f.home IS NOT NULL AND (f.ws IS NULL OR f.ws = f.home)
+      AND f.member AND f.original IS NULL
+), n AS (
+    SELECT t, count(*) AS n FROM ok GROUP BY t
+), r AS (
+    INSERT INTO message_sequences AS s (target_id, last, step)
+    SELECT n.t, n.n + GREATEST(
+               COALESCE((SELECT max(sequence) FROM messages WHERE channel_id = n.t), 0),
+               COALESCE((SELECT max(sequence) FROM messages WHERE conversation_id = n.t), 0)),
+           n.n
+    FROM n ORDER BY n.t
+    ON CONFLICT (target_id) DO UPDATE
+        SET last = GREATEST(s.last + EXCLUDED.step, EXCLUDED.last), step = EXCLUDED.step
+    RETURNING target_id, last, step
+), ins AS (
+    INSERT INTO messages (id, content, author_id, channel_id, conversation_id, sequence,
+                          client_msg_id, created_at, updated_at)
+    SELECT ok.id, ok.content, ok.author, ok.ch, ok.cv, r.last - r.step + ok.k, ok.cmid, $8, $8
+    FROM ok JOIN r ON r.target_id = ok.t
+    ON CONFLICT ON CONSTRAINT messages_author_client_msg_id DO NOTHING
+    RETURNING id, sequence
+)
+SELECT m.id, m.content, m.author_id, f.name, m.channel_id, m.conversation_id, m.sequence,
+       m.client_msg_id, m.created_at, m.deleted_at,
+       f.i, f.name, f.home, f.member, ins.sequence
+FROM f
+LEFT JOIN ins ON ins.id = f.id
+LEFT JOIN messages m ON m.id = f.original
+ORDER BY f.i";
+
+/// Messages already stored under some `(author_id, client_msg_id)` pairs (a row another node
+/// committed while [`SEND`] ran), or under some ids (after an ambiguous COMMIT).
+pub(super) const BY_KEY: &str = "\
+SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, m.sequence,
+       m.client_msg_id, m.created_at, m.deleted_at
+FROM unnest($1::uuid[], $2::text[]) AS k(author, cmid)
+CROSS JOIN LATERAL (
+    SELECT * FROM messages m WHERE m.author_id = k.author AND m.client_msg_id = k.cmid
+) m
+JOIN users u ON u.id = m.author_id
+UNION ALL
+SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, m.sequence,
+       m.client_msg_id, m.created_at, m.deleted_at
+FROM messages m JOIN users u ON u.id = m.author_id
+WHERE m.id = ANY($3::uuid[])";
+
+/// One message as the statement sends it.
+pub(super) struct Outgoing<'a> {
+    pub id: Uuid,
+    pub message: &'a NewMessage,
+}
+
+/// What the statement says of one row.
+pub(super) struct Answer {
+    /// The row as the database returned it.
+    pub row: Row,
+}
+
+impl Answer {
+    /// The original under the same `(author, clientMsgId)`, when there was one.
+    pub fn has_original(&self) -> bool {
+        self.row.get::<_, Option<Uuid>>(0).is_some()
+    }
+
+    /// The row's 0-based position in the statement.
+    pub fn index(&self) -> usize {
+        usize::try_from(self.row.get::<_, i64>(10) - 1).unwrap_or(usize::MAX)
+    }
+
+    /// The author's name (`None`: no such user).
+    pub fn name(&self) -> Option<String> {
+        self.row.get(11)
+    }
+
+    /// The target's workspace (`None`: no such target).
+    pub fn home(&self) -> Option<Uuid> {
+        self.row.get(12)
+    }
+
+    /// Whether the author is a member of the target.
+    pub fn member(&self) -> bool {
+        self.row.get(13)
+    }
+
+    /// The sequence the row was inserted with (`None`: not inserted).
+    pub fn sequence(&self) -> Option<i64> {
+        self.row.get(14)
+    }
+}
+
+/// `(channel, conversation)` of a target, for the two nullable columns.
+pub(super) fn split(target: Target) -> (Option<Uuid>, Option<Uuid>) {
+    match target {
+        Target::Channel(c) => (Some(c.0), None),
+        Target::Dm(d) => (None, Some(d.0)),
+    }
+}
+
+/// Runs [`SEND`] over `rows` (one round trip, one transaction).
+pub(super) fn send(
+    conn: &mut Conn,
+    rows: &[Outgoing<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Answer>, postgres::Error> {
+    let statement = conn.prepare(SEND)?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let contents: Vec<&str> = rows.iter().map(|r| r.message.content.as_str()).collect();
+    let authors: Vec<Uuid> = rows.iter().map(|r| r.message.author.0).collect();
+    let (chans, convs): (Vec<Option<Uuid>>, Vec<Option<Uuid>>) =
+        rows.iter().map(|r| split(r.message.target)).unzip();
+    let cmids: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.message.client_msg_id.as_deref())
+        .collect();
+    let workspaces: Vec<Option<Uuid>> = rows
+        .iter()
+        .map(|r| r.message.workspace.map(|w| w.0))
+        .collect();
+    let answers = conn.client.query(
+        &statement,
+        &[
+            &ids,
+            &contents,
+            &authors,
+            &chans,
+            &convs,
+            &cmids,
+            &workspaces,
+            &now,
+        ],
+    )?;
+    Ok(answers.into_iter().map(|row| Answer { row }).collect())
+}
+
+/// The stored messages under `keys` (`(author, clientMsgId)`) or `ids`.
+pub(super) fn lookup(
+    conn: &mut Conn,
+    keys: &[(Uuid, String)],
+    ids: &[Uuid],
+) -> Result<Vec<Row>, postgres::Error> {
+    let statement = conn.prepare(BY_KEY)?;
+    let authors: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let cmids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    conn.client.query(&statement, &[&authors, &cmids, &ids])
+}
+
+/// A unique violation on `(channel_id, sequence)` or `(conversation_id, sequence)`: someone
+/// else (the web app) inserted at a sequence the statement reserved. Nothing was stored; a
+/// retry reserves past it.
+pub(super) fn is_sequence_conflict(e: &postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code().code() == "23505"
+            && matches!(
+                db.constraint(),
+                Some("messages_channel_sequence" | "messages_conversation_sequence")
+            )
+    })
+}
+
+/// An error one of the rows caused (bad data, a constraint, a value too large): retried in
+/// halves, it ends up with that row alone.
+pub(super) fn is_row_error(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54"))
+}

@@ -1,0 +1,279 @@
+//! Sends on PostgreSQL end to end through the real binary: a NUL character is refused while
+//! an honest sender at the same moment is acked, and a COMMIT whose answer was lost (the
+//! connection cut while it was in flight) is broadcast exactly once, when the sender retries.
+//! Needs PostgreSQL (see `ocomms_rt::store::pg::testing`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{provision, send_and_ack, Server, Socket};
+use ocomms_rt::store::pg::testing::{server_url, TestDb};
+use serde_json::{json, Value};
+
+#[test]
+fn a_nul_is_refused_while_an_honest_sender_at_the_same_moment_is_acked() {
+    let db = TestDb::create();
+    let (user, ws, channels) = provision(&db, 1);
+    let server = Server::start(&db.url());
+    let mut bad = Socket::connect(&server.addr, user, ws);
+    let mut honest = Socket::connect(&server.addr, user, ws);
+    let channel = channels[0];
+    let nul = json!({"targetId": channel, "targetType": "channel", "content": "a\u{0}b", "clientMsgId": "bad"});
+    let nul_id = json!({"targetId": channel, "targetType": "channel", "content": "hi", "clientMsgId": "k\u{0}"});
+    let fine = json!({"targetId": channel, "targetType": "channel", "content": "hello", "clientMsgId": "good"});
+    bad.send(&format!("421[\"message:send\",{nul}]"));
+    bad.send(&format!("422[\"message:send\",{nul_id}]"));
+    let ack = send_and_ack(&mut honest, 1, &fine, |_| {});
+    assert_eq!(ack["success"], true, "the honest send is acked: {ack}");
+    for (id, field) in [(1, "content"), (2, "clientMsgId")] {
+        let ack = loop {
+            let text = bad.recv().expect("the connection stays open");
+            if let Some(rest) = text.strip_prefix(&format!("43{id}[")) {
+                break serde_json::from_str::<Value>(&format!("[{rest}")).unwrap()[0].clone();
+            }
+        };
+        assert_eq!(ack["success"], false, "{ack}");
+        let error = ack["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(&format!("{field} contains a NUL character")),
+            "{error}"
+        );
+    }
+    let stored: Vec<String> = db
+        .client()
+        .query("SELECT content FROM messages", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["hello"]);
+}
+
+/// A TCP proxy in front of PostgreSQL. Armed with a marker, it forwards the first client
+/// packet holding it and the rest of that statement (up to its Sync), lets the server answer in full (up to ReadyForQuery: the implicit
+/// transaction is committed) but drops that answer and closes the client's connection, and
+/// then refuses new connections until [`Proxy::heal`].
+struct Proxy {
+    port: u16,
+    /// One `()` each time the server has answered a cut statement to its end.
+    answered: mpsc::Receiver<()>,
+    marker: Arc<Mutex<Option<Vec<u8>>>>,
+    refusing: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let marker = Arc::new(Mutex::new(None::<Vec<u8>>));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, r, s) = (marker.clone(), refusing.clone(), stop.clone());
+        let (done, answered) = mpsc::channel();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if r.load(SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                pump(client, server, m.clone(), r.clone(), done.clone());
+            }
+        });
+        Proxy {
+            port,
+            answered,
+            marker,
+            refusing,
+            stop,
+        }
+    }
+
+    fn arm(&self, marker: &[u8]) {
+        *self.marker.lock().unwrap() = Some(marker.to_vec());
+    }
+
+    fn heal(&self) {
+        self.refusing.store(false, SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies both ways between `client` and `server`, cutting as [`Proxy`] describes.
+fn pump(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    marker: Arc<Mutex<Option<Vec<u8>>>>,
+    refusing: Arc<AtomicBool>,
+    answered: mpsc::Sender<()>,
+) {
+    let cut = Arc::new(AtomicBool::new(false));
+    let (mut client_w, mut server_r) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let cut_r = cut.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut answer: Vec<u8> = Vec::new();
+        while let Ok(n) = server_r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if !cut_r.load(SeqCst) {
+                if client_w.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                continue;
+            }
+            // After the cut: read the answer to its end (ReadyForQuery), then hang up.
+            answer.extend_from_slice(&buf[..n]);
+            if ready_for_query(&answer) {
+                let _ = answered.send(());
+                break;
+            }
+        }
+        let _ = server_r.shutdown(Shutdown::Both);
+        let _ = client_w.shutdown(Shutdown::Both);
+    });
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        // Since the marker: forwarded until the statement's Sync (which commits it).
+        let mut since: Option<Vec<u8>> = None;
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            let hit = since.is_none() && {
+                let mut armed = marker.lock().unwrap();
+                let hit = armed
+                    .as_ref()
+                    .is_some_and(|m| chunk.windows(m.len()).any(|w| w == &m[..]));
+                if hit {
+                    *armed = None;
+                    refusing.store(true, SeqCst);
+                    cut.store(true, SeqCst);
+                }
+                hit
+            };
+            if server.write_all(chunk).is_err() {
+                break;
+            }
+            if hit {
+                since = Some(Vec::new());
+            }
+            if let Some(since) = since.as_mut() {
+                since.extend_from_slice(chunk);
+                if since.windows(5).any(|w| w == b"S\0\0\0\x04") {
+                    let _ = client.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
+        let _ = server.shutdown(Shutdown::Both);
+    });
+}
+
+/// Whether the backend messages in `bytes` include ReadyForQuery (`Z`).
+fn ready_for_query(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        if bytes[at] == b'Z' {
+            return true;
+        }
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        at += 1 + len;
+    }
+    false
+}
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_broadcast_exactly_once_when_the_sender_retries() {
+    let db = TestDb::create();
+    let (user, ws, channels) = provision(&db, 1);
+    let upstream = server_url()
+        .trim_start_matches("postgres://")
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(upstream);
+    let url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, {
+        db.url().rsplit('/').next().unwrap().to_owned()
+    });
+    let server = Server::start(&url);
+    let mut s = Socket::connect(&server.addr, user, ws);
+    let channel = channels[0];
+    let mut news: Vec<Value> = Vec::new();
+    let mut seen = |text: &str| {
+        if text.starts_with("42[\"message:new\",") {
+            let packet: Value = serde_json::from_str(&text[2..]).unwrap();
+            news.push(packet[1].clone());
+        }
+    };
+
+    proxy.arm(b"cut-at-commit");
+    let data = json!({"targetId": channel, "targetType": "channel",
+                      "content": "cut-at-commit", "clientMsgId": "amb-1"});
+    let ack = send_and_ack(&mut s, 1, &data, &mut seen);
+    assert_eq!(
+        ack["success"], false,
+        "the sender learns nothing stored: {ack}"
+    );
+    proxy
+        .answered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("PostgreSQL answered the cut statement");
+    let rows = db
+        .client()
+        .query(
+            "SELECT id::text, sequence FROM messages WHERE client_msg_id = 'amb-1'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the statement did commit");
+    let (id, sequence): (String, i64) = (rows[0].get(0), rows[0].get(1));
+
+    // The retry (repeated while the server is still reconnecting) returns the original.
+    proxy.heal();
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut ack_id = 2;
+    let ack = loop {
+        let ack = send_and_ack(&mut s, ack_id, &data, &mut seen);
+        if ack["success"] == true {
+            break ack;
+        }
+        assert!(Instant::now() < end, "the retry never succeeded: {ack}");
+        ack_id += 1;
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ack["messageId"], id.as_str(), "{ack}");
+    assert_eq!(ack["sequence"], sequence);
+
+    // Everything published before this ack has reached the socket by now.
+    let next = json!({"targetId": channel, "targetType": "channel", "content": "after"});
+    let ack = send_and_ack(&mut s, 1000, &next, &mut seen);
+    assert_eq!(ack["success"], true, "{ack}");
+    let contents: Vec<&str> = news
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(contents, ["cut-at-commit", "after"], "{news:?}");
+}
