@@ -42,7 +42,7 @@ use crate::chat::auth::JwtVerifier;
 use crate::chat::connect::Admission;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::ids::{ShardId, SocketRef};
+use crate::ids::{Room, ShardId, SocketRef};
 use crate::mesh::{Mesh, PollCommand, ShardCommand};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::transport::Stream;
@@ -165,7 +165,10 @@ impl Core {
 
     /// What admitting a socket reads about this shard (see `chat::connect`).
     fn admit<R>(&self, now: Instant, f: impl FnOnce(&Admission<'_>) -> R) -> R {
-        let can_replay = |offset| self.recovery.can_replay(offset);
+        // Half the slow-consumer bound: the rest of the queue stays for live traffic.
+        let budget = self.limits.outbound / 2;
+        let can_replay =
+            |offset, rooms: &[Room]| self.recovery.can_replay_within(offset, rooms, budget);
         f(&Admission {
             shard: self.id,
             now,
@@ -192,6 +195,7 @@ impl Shard {
                 .register(listener, LISTENER, Interest::READABLE)?;
         }
         let window = shared.config.recovery_window;
+        let log_bytes = shared.config.recovery_log_bytes;
         let limits = Limits::new(&shared.config);
         Ok(Shard {
             poll,
@@ -210,7 +214,7 @@ impl Shard {
                 next_generation: 0,
                 scratch: vec![0; READ_CHUNK],
                 shutdown: None,
-                recovery: recovery::RecoveryLog::new(window),
+                recovery: recovery::RecoveryLog::new(window, log_bytes),
                 ready: Vec::new(),
                 frames_left: read::FRAME_BUDGET,
                 limits,

@@ -150,8 +150,8 @@ impl Sockets {
                     })
                 })
             }
-            (other, _) => self.update(core, socket, now, |_, _, _, out| {
-                chat::handle_reply(other, out)
+            (other, _) => self.update(core, socket, now, |_, core, _, out| {
+                chat::handle_reply(other, core.limits.outbound / 4, out)
             }),
         }
     }
