@@ -20,7 +20,7 @@ use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
 use crate::json::{self, Fields};
 use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
-use crate::store::request::{HistoryQuery, NewMessage, StoreError};
+use crate::store::request::{NewMessage, StoreError};
 
 /// What a handler asks the shard to do.
 #[derive(Debug)]

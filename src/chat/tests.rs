@@ -1,5 +1,6 @@
 use super::*;
 use crate::ids::{ChannelId, ShardId, Target};
+use crate::store::request::HistoryQuery;
 
 fn user() -> User {
     User {
