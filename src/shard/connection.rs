@@ -55,6 +55,11 @@ pub struct Connection {
     pub ready: bool,
     /// Since when the queue has been over the slow-consumer bound with nothing written.
     pub stuck_since: Option<Instant>,
+    /// Closing, with everything written and our side shut: what the peer still sends is
+    /// read and discarded until it closes too, or `closing` comes. Closing at once instead
+    /// would answer its unread bytes with a reset, and it could lose our last response
+    /// (a 413 to a large upload).
+    pub lingering: bool,
 }
 
 /// The bounds on a connection's memory, from the settings.
@@ -133,6 +138,7 @@ impl Connection {
             more: false,
             ready: false,
             stuck_since: None,
+            lingering: false,
         }
     }
 

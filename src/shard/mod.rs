@@ -486,15 +486,15 @@ impl Shard {
             conn.ready = true;
             self.core.ready.push(key);
         }
-        if conn.closing.is_some() && conn.out.is_empty() {
+        if conn.closing.is_some() && conn.out.is_empty() && !conn.lingering {
             // Everything queued is in the stream: only now end TLS (close_notify after the
-            // last record, or the peer loses the response), then drop the socket once that
-            // alert is out too.
+            // last record, or the peer loses the response), then shut our side once that
+            // alert is out too, and linger (see `Connection::lingering`).
             conn.stream.close_notify();
             let _ = conn.stream.flush_tls();
             if !conn.stream.wants_write() {
-                self.close(key, now);
-                return;
+                conn.stream.shutdown_write();
+                conn.lingering = true;
             }
         }
         let next = conn.next_deadline(&limits);
