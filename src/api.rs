@@ -39,6 +39,13 @@ pub enum Route {
     },
     /// Answer now with this complete HTTP response (a page or file of [`crate::web`]).
     Raw(Vec<u8>),
+    /// 405: the path exists, with other methods (the `Allow` header) .
+    NotAllowed {
+        /// The methods the path takes, for `Allow`.
+        allow: &'static str,
+        /// JSON body `{"error": "…"}`.
+        body: String,
+    },
 }
 
 /// The admin API of contract §6, parsed and validated.
@@ -364,23 +371,26 @@ fn query_limit(head: &RequestHead) -> Result<u32, String> {
     history_limit(limit)
 }
 
+/// `/healthz` and `/metrics` take GET, and HEAD (the same head without the body).
 fn only_get(head: &RequestHead) -> Option<Route> {
-    (head.method != "GET").then(|| method_not_allowed(head, "GET"))
+    let allowed = head.method == "GET" || head.method == "HEAD";
+    (!allowed).then(|| method_not_allowed(head, "GET, HEAD"))
 }
 
 fn not_found(head: &RequestHead) -> Route {
     error(404, &format!("no route for {} {}", head.method, head.path))
 }
 
-/// 405 naming the method to use.
-pub(crate) fn method_not_allowed(head: &RequestHead, allowed: &str) -> Route {
-    error(
-        405,
-        &format!(
-            "{} is not allowed on {}: use {allowed}",
-            head.method, head.path
-        ),
-    )
+/// 405 naming the method to use, in the body and in `Allow`.
+pub(crate) fn method_not_allowed(head: &RequestHead, allowed: &'static str) -> Route {
+    let message = format!(
+        "{} is not allowed on {}: use {allowed}",
+        head.method, head.path
+    );
+    Route::NotAllowed {
+        allow: allowed,
+        body: serde_json::json!({ "error": message }).to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,21 @@ pub struct Args {
         default_value = "1048576"
     )]
     max_outbound_bytes: String,
+    /// Milliseconds a client's queue may stay over CHAT_MAX_OUTBOUND_BYTES with nothing
+    /// written before it is dropped as a slow consumer (over 4x the bound: at once).
+    #[arg(
+        long = "slow-consumer-grace-ms",
+        env = "CHAT_SLOW_CONSUMER_GRACE_MS",
+        default_value = "10000"
+    )]
+    slow_consumer_grace_ms: String,
+    /// Bytes of durable events each shard keeps for connection state recovery.
+    #[arg(
+        long = "recovery-log-bytes",
+        env = "CHAT_RECOVERY_LOG_BYTES",
+        default_value = "67108864"
+    )]
+    recovery_log_bytes: String,
     /// Longest HTTP request head in bytes.
     #[arg(
         long = "max-header-bytes",
@@ -187,6 +202,10 @@ pub struct Config {
     pub max_message_chars: usize,
     /// Outbound queue bound per connection.
     pub max_outbound_bytes: usize,
+    /// How long a queue may stay over `max_outbound_bytes` with nothing written.
+    pub slow_consumer_grace: Duration,
+    /// Bytes of durable events a shard keeps for recovery.
+    pub recovery_log_bytes: usize,
     /// HTTP head bound.
     pub max_header_bytes: usize,
     /// Time to send an HTTP head.
@@ -403,6 +422,17 @@ impl Config {
                 &args.max_outbound_bytes,
                 4096usize,
                 1 << 30,
+            )?,
+            slow_consumer_grace: millis(
+                "CHAT_SLOW_CONSUMER_GRACE_MS",
+                &args.slow_consumer_grace_ms,
+                0,
+            )?,
+            recovery_log_bytes: number(
+                "CHAT_RECOVERY_LOG_BYTES",
+                &args.recovery_log_bytes,
+                1usize << 20,
+                1 << 40,
             )?,
             max_header_bytes: number(
                 "CHAT_MAX_HEADER_BYTES",

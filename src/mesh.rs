@@ -324,6 +324,8 @@ pub enum StoreReply {
     History {
         /// Ack id to answer.
         ack: Option<u64>,
+        /// What was asked (the page's direction and size).
+        query: HistoryQuery,
         /// Ascending by sequence.
         result: Result<Vec<Message>, StoreError>,
     },

@@ -39,6 +39,10 @@ fn stored(route: Route) -> AdminRequest {
 /// The status and error text of a `Respond`.
 fn refused(route: Route) -> (u16, String) {
     match route {
+        Route::NotAllowed { allow, body } => {
+            assert!(!allow.is_empty(), "Allow names a method");
+            refused(Route::Respond { status: 405, body })
+        }
         Route::Respond { status, body } => {
             let body: Value = serde_json::from_str(&body).expect("JSON body");
             (

@@ -31,8 +31,10 @@ pub struct Admission<'a> {
     pub recovery: bool,
     /// The newest durable offset this shard has seen.
     pub newest: u64,
-    /// Whether every durable event after an offset is still in this shard's log.
-    pub can_replay: &'a dyn Fn(u64) -> bool,
+    /// Whether every durable event after an offset to any of the rooms is still in this
+    /// shard's log, and all of them fit in one replay (a replay too large to send would
+    /// drop the client: it gets a new session instead and reads history).
+    pub can_replay: &'a dyn Fn(u64, &[Room]) -> bool,
 }
 
 /// The client's CONNECT, with its auth payload and, when it asks to recover a session, the
@@ -132,7 +134,7 @@ fn admit(
     let recovered = found.and_then(|(r, d)| {
         let after = r.offset.unwrap_or(d.since_offset);
         let same = d.user == grant.user.id && d.workspace == grant.workspace;
-        (same && (adm.can_replay)(after)).then_some((r.pid, after))
+        (same && (adm.can_replay)(after, &grant.rooms)).then_some((r.pid, after))
     });
     let pid = match &recovered {
         Some((pid, _)) => Some(pid.as_str().into()),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod connect;
+mod history;
 pub mod state;
 pub mod typing;
 pub mod validate;
@@ -19,7 +20,7 @@ use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
 use crate::json::{self, Fields};
 use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
-use crate::store::request::{HistoryQuery, NewMessage, StoreError};
+use crate::store::request::{NewMessage, StoreError};
 
 /// What a handler asks the shard to do.
 #[derive(Debug)]
@@ -111,7 +112,7 @@ pub fn handle_event(
     let result = match name {
         "message:send" => message_send(ctx, data, ack, out),
         "message:delete" => message_delete(ctx, data, ack, out),
-        "message:history" => message_history(ctx, data, ack, out),
+        "message:history" => history::request(ctx, data, ack, out),
         "room:join" => room_join(ctx, data, ack, out),
         "room:leave" => room_leave(ctx, state, data, ack, out),
         "typing:start" => typing_event(ctx, state, data, true, ack, out),
@@ -130,8 +131,9 @@ pub fn handle_event(
     }
 }
 
-/// Turns the store's answer to a socket request into effects.
-pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
+/// Turns the store's answer to a socket request into effects; a history page takes at
+/// most `max_page_bytes` of JSON.
+pub fn handle_reply(reply: StoreReply, max_page_bytes: usize, out: &mut Vec<Effect>) {
     let failed =
         |ack: Option<u64>, e: StoreError, out: &mut Vec<Effect>| refuse(ack, e.message(), out);
     match reply {
@@ -158,16 +160,13 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
         }
         StoreReply::History {
             ack,
+            query,
             result: Ok(messages),
         } => {
             if let Some(id) = ack {
-                let messages: Vec<Value> = messages
-                    .iter()
-                    .map(|m| serde_json::to_value(m.to_json()).unwrap_or(Value::Null))
-                    .collect();
                 out.push(Effect::Ack(
                     id,
-                    json!({"success": true, "messages": messages}),
+                    history::page(&query, &messages, max_page_bytes),
                 ));
             }
         }
@@ -192,6 +191,7 @@ pub fn handle_reply(reply: StoreReply, out: &mut Vec<Effect>) {
         | StoreReply::History {
             ack,
             result: Err(e),
+            ..
         }
         | StoreReply::Member {
             ack,
@@ -259,46 +259,6 @@ fn message_delete(
         asker: ctx.asker(),
         ack,
         message,
-    }));
-    Ok(())
-}
-
-fn message_history(
-    ctx: &Context<'_>,
-    data: Value,
-    ack: Option<u64>,
-    out: &mut Vec<Effect>,
-) -> Result<(), String> {
-    let fields = object("message:history", data)?;
-    let target = fields.target("targetId", "targetType")?;
-    let limit = match fields.get("limit") {
-        None => validate::history_limit(None)?,
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(v) => validate::history_limit(Some(v))?,
-            None => {
-                return Err(format!(
-                    "field \"limit\" must be a whole number from 1 to {}, got {n}",
-                    validate::MAX_HISTORY_LIMIT
-                ))
-            }
-        },
-        Some(other) => {
-            return Err(format!(
-                "field \"limit\" must be a number, got {}",
-                json::kind(other)
-            ))
-        }
-    };
-    let query = HistoryQuery {
-        target,
-        before: fields.opt_sequence("beforeSequence")?,
-        after: fields.opt_sequence("afterSequence")?,
-        limit,
-    };
-    out.push(Effect::Store(StoreCommand::History {
-        asker: ctx.asker(),
-        ack,
-        query,
     }));
     Ok(())
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::ids::{ChannelId, ShardId, Target};
+use crate::store::request::HistoryQuery;
 
 fn user() -> User {
     User {
@@ -81,10 +82,87 @@ fn history_caps_the_limit_and_refuses_zero() {
     let q = |limit: Value| json!({"targetId": uuid::Uuid::nil().to_string(), "targetType": "dm", "limit": limit});
     let out = run(&mut state, "message:history", q(json!(500)), Some(1));
     assert!(
-        matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 100)
+        matches!(&out[..], [Effect::Store(StoreCommand::History { query, .. })] if query.limit == 101),
+        "100, and one more to tell whether there is more"
     );
     let out = run(&mut state, "message:history", q(json!(0)), Some(1));
     assert!(matches!(&out[..], [Effect::Ack(1, v)] if v["success"] == false));
+}
+
+/// A page of `n` messages (sequences 1..=n) of `chars` characters each, as the store found
+/// it for a query of `limit` (plus one) after `after` or before the end.
+fn page_of(n: i64, chars: usize, limit: u32, after: Option<i64>, max_bytes: usize) -> Value {
+    let messages = (1..=n)
+        .map(|sequence| crate::model::Message {
+            id: MessageId(uuid::Uuid::from_u128(sequence as u128)),
+            content: "x".repeat(chars),
+            author: user(),
+            target: member_of(5),
+            sequence,
+            client_msg_id: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            deleted_at: None,
+        })
+        .collect();
+    let query = HistoryQuery {
+        target: member_of(5),
+        before: None,
+        after,
+        limit: limit + 1,
+    };
+    let mut out = Vec::new();
+    let reply = StoreReply::History {
+        ack: Some(1),
+        query,
+        result: Ok(messages),
+    };
+    handle_reply(reply, max_bytes, &mut out);
+    match out.pop() {
+        Some(Effect::Ack(1, v)) => v,
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+fn sequences(page: &Value) -> Vec<i64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sequence"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn history_pages_are_capped_by_bytes_and_say_there_is_more() {
+    // The store found one more than the limit: there is more.
+    let p = page_of(4, 10, 3, Some(0), 1 << 20);
+    assert_eq!(
+        (sequences(&p), p["hasMore"].clone()),
+        (vec![1, 2, 3], json!(true))
+    );
+    let p = page_of(3, 10, 3, Some(0), 1 << 20);
+    assert_eq!(
+        (sequences(&p), p["hasMore"].clone()),
+        (vec![1, 2, 3], json!(false))
+    );
+    // Newest page: the newest are kept.
+    let p = page_of(4, 10, 3, None, 1 << 20);
+    assert_eq!(sequences(&p), vec![2, 3, 4]);
+    // 1,000-character messages (some 1,200 bytes of JSON), 3,000 bytes a page: two each,
+    // from the anchored end.
+    let p = page_of(5, 1000, 10, Some(0), 3000);
+    assert_eq!(
+        (sequences(&p), p["hasMore"].clone()),
+        (vec![1, 2], json!(true))
+    );
+    let p = page_of(5, 1000, 10, None, 3000);
+    assert_eq!(
+        (sequences(&p), p["hasMore"].clone()),
+        (vec![4, 5], json!(true))
+    );
+    // One message is always sent, whatever its size.
+    let p = page_of(2, 1000, 10, Some(0), 10);
+    assert_eq!(sequences(&p), vec![1]);
 }
 
 #[test]

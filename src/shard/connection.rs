@@ -48,6 +48,53 @@ pub struct Connection {
     /// Durable broadcasts up to this offset were delivered before the session came to this
     /// connection (by the shard that held it while it was polling): skip them. Zero: none.
     pub delivered_through: u64,
+    /// Input may be waiting that was not read or handled: the turn's budget ran out, or
+    /// reading is paused (see [`Connection::may_read`]).
+    pub more: bool,
+    /// On the shard's ready list, to be read next turn.
+    pub ready: bool,
+    /// Since when the queue has been over the slow-consumer bound with nothing written.
+    pub stuck_since: Option<Instant>,
+    /// Closing, with everything written and our side shut: what the peer still sends is
+    /// read and discarded until it closes too, or `closing` comes. Closing at once instead
+    /// would answer its unread bytes with a reset, and it could lose our last response
+    /// (a 413 to a large upload).
+    pub lingering: bool,
+}
+
+/// The bounds on a connection's memory, from the settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Reading pauses while more output than this waits to be written.
+    pub pause_output: usize,
+    /// Most input held: one whole request or frame.
+    pub max_input: usize,
+    /// Most input held while a request waits for its answer (the next request's head).
+    pub max_input_waiting: usize,
+    /// A queue over this for longer than `grace`, with nothing written, is a slow consumer.
+    pub outbound: usize,
+    /// A queue over this is dropped at once.
+    pub outbound_hard: usize,
+    /// See `outbound`.
+    pub grace: Duration,
+}
+
+/// Output that pauses reading (at most the slow-consumer bound).
+const PAUSE_OUTPUT: usize = 64 * 1024;
+
+impl Limits {
+    /// The limits the settings give.
+    pub fn new(config: &crate::config::Config) -> Self {
+        Limits {
+            pause_output: PAUSE_OUTPUT.min(config.max_outbound_bytes),
+            // A WebSocket frame's head is at most 14 bytes.
+            max_input: config.max_header_bytes + config.engine.max_payload + 14,
+            max_input_waiting: config.max_header_bytes,
+            outbound: config.max_outbound_bytes,
+            outbound_hard: config.max_outbound_bytes.saturating_mul(4),
+            grace: config.slow_consumer_grace,
+        }
+    }
 }
 
 /// The phases of a connection. A WebSocket exists only after a complete upgrade request,
@@ -88,6 +135,10 @@ impl Connection {
             dirty: false,
             closing: None,
             delivered_through: 0,
+            more: false,
+            ready: false,
+            stuck_since: None,
+            lingering: false,
         }
     }
 
@@ -117,12 +168,47 @@ impl Connection {
         }
     }
 
+    /// Whether more input may be read now: not while the output it made is unread, nor
+    /// past one whole request or frame held (a request's head while one waits).
+    pub fn may_read(&self, limits: &Limits) -> bool {
+        if self.closing.is_some() {
+            // Drained and discarded (a graceful close).
+            return true;
+        }
+        let held = match self.phase {
+            Phase::Http { waiting: true, .. } => limits.max_input_waiting,
+            _ => limits.max_input,
+        };
+        self.out.bytes() <= limits.pause_output && self.inbuf.len() < held
+    }
+
+    /// Whether the queue stayed over the slow-consumer bound for the grace period without a
+    /// byte written (`written` this time); starts or restarts that clock as needed.
+    pub fn stuck(&mut self, limits: &Limits, written: usize, now: Instant) -> bool {
+        if self.out.bytes() <= limits.outbound {
+            self.stuck_since = None;
+            return false;
+        }
+        match self.stuck_since {
+            Some(since) if written == 0 => now >= since + limits.grace,
+            _ => {
+                self.stuck_since = Some(now);
+                false
+            }
+        }
+    }
+
     /// The earliest deadline this connection has; once it is closing, only the end of its
     /// grace.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         if self.closing.is_some() {
             return self.closing;
         }
+        let stuck = self.stuck_since.map(|since| since + limits.grace);
+        super::timers::earliest(stuck, self.phase_deadline())
+    }
+
+    fn phase_deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Http {
                 deadline,

@@ -154,6 +154,8 @@ impl Pair {
             }
             for shard in &mut self.shards {
                 busy |= !shard.inbox.is_empty() || !shard.core.dirty.is_empty();
+                busy |= !shard.core.ready.is_empty();
+                shard.serve_ready(self.now);
                 shard.end_turn(self.now);
             }
             let commands: Vec<StoreCommand> = self.store_inbox.try_iter().collect();

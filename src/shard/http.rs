@@ -73,16 +73,27 @@ pub fn input(
     let json = "application/json";
     match route {
         Route::Health => {
-            let bytes = http::response(200, json, health(core).as_bytes(), keep_alive);
+            let bytes = without_body(
+                &head,
+                http::response(200, json, health(core).as_bytes(), keep_alive),
+            );
             respond(conn, core, key, bytes, keep_alive, now);
         }
         Route::Metrics => {
             let body = core.shared.metrics.render();
             let kind = "text/plain; version=0.0.4";
-            let bytes = http::response(200, kind, body.as_bytes(), keep_alive);
+            let bytes = without_body(
+                &head,
+                http::response(200, kind, body.as_bytes(), keep_alive),
+            );
             respond(conn, core, key, bytes, keep_alive, now);
         }
         Route::Raw(bytes) => respond(conn, core, key, bytes, keep_alive, now),
+        Route::NotAllowed { allow, body } => {
+            let headers = [("Allow", allow)];
+            let bytes = http::write_response(405, &headers, json, body.as_bytes(), keep_alive);
+            respond(conn, core, key, bytes, keep_alive, now);
+        }
         Route::Respond { status, body } => {
             let bytes = http::response(status, json, body.as_bytes(), keep_alive);
             respond(conn, core, key, bytes, keep_alive, now);
@@ -98,6 +109,17 @@ pub fn input(
         }
     }
     total
+}
+
+/// The response to a HEAD request: the head of `response`, whose `Content-Length` still
+/// gives the body's length (RFC 9110 §9.3.2).
+fn without_body(head: &RequestHead, mut response: Vec<u8>) -> Vec<u8> {
+    if head.method == "HEAD" {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            response.truncate(end + 4);
+        }
+    }
+    response
 }
 
 /// Queues a response; keeps the connection for the next request or closes it after.

@@ -15,6 +15,7 @@
 mod connection;
 mod http;
 mod polling;
+mod read;
 mod recovery;
 mod socket;
 mod sockets;
@@ -41,15 +42,14 @@ use crate::chat::auth::JwtVerifier;
 use crate::chat::connect::Admission;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::ids::{ShardId, SocketRef};
+use crate::ids::{Room, ShardId, SocketRef};
 use crate::mesh::{Mesh, PollCommand, ShardCommand};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::transport::Stream;
 
-use connection::{Connection, Phase};
+use connection::{Connection, Limits, Phase};
 use sockets::Sockets;
 use timers::Timers;
-use upgrade::Step;
 
 /// Token of the shard's listener.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -108,6 +108,13 @@ struct Core {
     shutdown: Option<Instant>,
     /// Recent durable broadcasts and detached sessions (connection state recovery).
     recovery: recovery::RecoveryLog,
+    /// Connections to read next turn: their budget ran out, or their paused reading may go
+    /// on (see `read.rs`).
+    ready: Vec<u32>,
+    /// Frames or requests the connection being read may still have handled this turn.
+    frames_left: usize,
+    /// Bounds on a connection's memory.
+    limits: Limits,
 }
 
 impl Core {
@@ -130,10 +137,16 @@ impl Core {
         }
     }
 
-    /// Counts and logs a client dropped because its queue passed the bound.
-    fn slow_consumer(&self, socket: SocketRef) {
+    /// Counts and logs a client dropped because its queue passed the bound (`queued`
+    /// bytes waiting).
+    fn slow_consumer(&self, socket: SocketRef, queued: usize) {
         self.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
-        tracing::debug!(?socket, "dropping a client that does not read");
+        tracing::info!(
+            shard = self.id.0,
+            ?socket,
+            queued,
+            "dropping a slow consumer: its queue stayed over CHAT_MAX_OUTBOUND_BYTES"
+        );
     }
 
     /// Sends a command to `shard`; to this shard, it is handled later in this turn.
@@ -152,7 +165,10 @@ impl Core {
 
     /// What admitting a socket reads about this shard (see `chat::connect`).
     fn admit<R>(&self, now: Instant, f: impl FnOnce(&Admission<'_>) -> R) -> R {
-        let can_replay = |offset| self.recovery.can_replay(offset);
+        // Half the slow-consumer bound: the rest of the queue stays for live traffic.
+        let budget = self.limits.outbound / 2;
+        let can_replay =
+            |offset, rooms: &[Room]| self.recovery.can_replay_within(offset, rooms, budget);
         f(&Admission {
             shard: self.id,
             now,
@@ -179,6 +195,8 @@ impl Shard {
                 .register(listener, LISTENER, Interest::READABLE)?;
         }
         let window = shared.config.recovery_window;
+        let log_bytes = shared.config.recovery_log_bytes;
+        let limits = Limits::new(&shared.config);
         Ok(Shard {
             poll,
             listener,
@@ -196,7 +214,10 @@ impl Shard {
                 next_generation: 0,
                 scratch: vec![0; READ_CHUNK],
                 shutdown: None,
-                recovery: recovery::RecoveryLog::new(window),
+                recovery: recovery::RecoveryLog::new(window, log_bytes),
+                ready: Vec::new(),
+                frames_left: read::FRAME_BUDGET,
+                limits,
             },
         })
     }
@@ -205,7 +226,7 @@ impl Shard {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if !self.inbox.is_empty() {
+            let timeout = if !self.inbox.is_empty() || !self.core.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 self.core
@@ -236,6 +257,8 @@ impl Shard {
                     }
                 }
             }
+            // Who had more to read last turn goes after this turn's events.
+            self.serve_ready(now);
             if self.end_turn(now) {
                 return Ok(());
             }
@@ -298,102 +321,6 @@ impl Shard {
         m.connections.fetch_add(1, Relaxed);
         self.sockets.mark(&mut self.core, SocketRef::Conn(key));
         Some(key)
-    }
-
-    /// The read path: reads a readable connection until it would block, and hands what it
-    /// read to the connection's phase.
-    fn on_readable(&mut self, key: u32, now: Instant) {
-        let mut buf = std::mem::take(&mut self.core.scratch);
-        while let Some(conn) = self.sockets.conns.get_mut(key as usize) {
-            if conn.closing.is_some_and(|at| at <= now) {
-                // Dropped at the end of this turn.
-                break;
-            }
-            let n = match conn.stream.read(&mut buf) {
-                Ok(0) => {
-                    conn.close_now(now, "peer closed");
-                    break;
-                }
-                Ok(n) => n,
-                // Drained the socket for this readiness event.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(key, error = %e, "read failed");
-                    conn.close_now(now, "read error");
-                    break;
-                }
-            };
-            if conn.closing.is_some() {
-                // Input after we decided to close is discarded.
-                continue;
-            }
-            if conn.inbuf.is_empty() {
-                // Fast path: parse straight from the shard's buffer, keep only a remainder.
-                let used = self.process(key, &mut buf[..n], now);
-                if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
-                    if used < n && conn.closing.is_none() {
-                        conn.inbuf.extend_from_slice(&buf[used..n]);
-                    }
-                }
-            } else {
-                let mut pending = std::mem::take(&mut conn.inbuf);
-                pending.extend_from_slice(&buf[..n]);
-                self.resume(key, pending, now);
-            }
-            if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
-                if conn.inbuf.capacity() > 0 && conn.inbuf.is_empty() {
-                    // Give the remainder buffer back: idle sockets should own none.
-                    conn.inbuf = Vec::new();
-                }
-            }
-        }
-        self.core.scratch = buf;
-        // Write what the input made, or drop the connection if it is done.
-        self.sockets.mark(&mut self.core, SocketRef::Conn(key));
-    }
-
-    /// Uses as much of `buf` as makes whole requests or frames; returns how much.
-    fn process(&mut self, key: u32, buf: &mut [u8], now: Instant) -> usize {
-        let mut used = 0;
-        loop {
-            let Some(conn) = self.sockets.conns.get(key as usize) else {
-                return used;
-            };
-            if conn.closing.is_some() || used == buf.len() {
-                return used;
-            }
-            let reader = match &conn.phase {
-                Phase::Http { waiting: true, .. } => return used,
-                Phase::Http { .. } => http::input,
-                Phase::Socket(_) => ws::input,
-                // Its frames wait for the `101`, or for the session to arrive.
-                Phase::Upgrading(up) if !matches!(up.step, Step::Probing) => return used,
-                Phase::Upgrading(_) => upgrade::input,
-            };
-            let step = reader(
-                &mut self.sockets,
-                &mut self.core,
-                key,
-                &mut buf[used..],
-                now,
-            );
-            match step {
-                0 => return used,
-                n => used += n,
-            }
-        }
-    }
-
-    /// Processes bytes held back for a connection; keeps what is still incomplete.
-    fn resume(&mut self, key: u32, mut pending: Vec<u8>, now: Instant) {
-        let used = self.process(key, &mut pending, now);
-        if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
-            if conn.closing.is_none() && used < pending.len() {
-                pending.drain(..used);
-                conn.inbuf = pending;
-            }
-        }
     }
 
     fn drain_inbox(&mut self, now: Instant) {
@@ -466,6 +393,7 @@ impl Shard {
             } else if let Some(key) = self.core.resume.pop() {
                 if let Some(conn) = self.sockets.conns.get_mut(key as usize) {
                     if conn.closing.is_none() && !conn.inbuf.is_empty() {
+                        self.core.frames_left = read::FRAME_BUDGET;
                         let pending = std::mem::take(&mut conn.inbuf);
                         self.resume(key, pending, now);
                     }
@@ -532,31 +460,44 @@ impl Shard {
             return;
         }
         let before = conn.out.bytes();
-        match conn.flush() {
+        let written = match conn.flush() {
             Ok(written) => {
                 let m = &self.core.shared.metrics.shards[usize::from(self.core.id.0)];
                 m.bytes_out.fetch_add(written as u64, Relaxed);
                 m.queued_bytes
                     .fetch_sub((before - conn.out.bytes()) as i64, Relaxed);
+                written
             }
             Err(e) => {
                 tracing::debug!(key, error = %e, "write failed");
                 self.close(key, now);
                 return;
             }
+        };
+        let limits = self.core.limits;
+        if conn.closing.is_none() && conn.stuck(&limits, written, now) {
+            let queued = conn.out.bytes();
+            self.core.slow_consumer(SocketRef::Conn(key), queued);
+            self.close(key, now);
+            return;
         }
-        if conn.closing.is_some() && conn.out.is_empty() {
+        if conn.more && !conn.ready && conn.may_read(&limits) {
+            // Its reading was cut short or paused, and may go on: next turn.
+            conn.ready = true;
+            self.core.ready.push(key);
+        }
+        if conn.closing.is_some() && conn.out.is_empty() && !conn.lingering {
             // Everything queued is in the stream: only now end TLS (close_notify after the
-            // last record, or the peer loses the response), then drop the socket once that
-            // alert is out too.
+            // last record, or the peer loses the response), then shut our side once that
+            // alert is out too, and linger (see `Connection::lingering`).
             conn.stream.close_notify();
             let _ = conn.stream.flush_tls();
             if !conn.stream.wants_write() {
-                self.close(key, now);
-                return;
+                conn.stream.shutdown_write();
+                conn.lingering = true;
             }
         }
-        let next = conn.next_deadline();
+        let next = conn.next_deadline(&limits);
         let socket = SocketRef::Conn(key);
         (self.core.timers).arm(&mut conn.armed, next, socket, conn.generation);
         let interest = conn.interest();

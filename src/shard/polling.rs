@@ -60,6 +60,9 @@ pub struct PollSession {
     /// The rooms the upgrading WebSocket's shard was told to join (it keeps their
     /// broadcasts aside); the handover waits until they cover the session's rooms.
     pub told: Vec<Room>,
+    /// Since when its packets have been over the slow-consumer bound with no GET to take
+    /// them.
+    pub stuck_since: Option<Instant>,
 }
 
 /// A polling session's packets waiting for a GET, oldest first.
@@ -158,6 +161,7 @@ impl Polling {
             dirty: false,
             probed: false,
             told: Vec::new(),
+            stuck_since: None,
         }) as u32;
         self.sids.insert(sid.into_boxed_str(), index);
         index
@@ -239,7 +243,7 @@ impl Polling {
         match p.socket.update(outlet, core, id, now, f) {
             Flow::Open => core.mark(socket, &mut p.dirty),
             Flow::Over => {
-                core.slow_consumer(socket);
+                core.slow_consumer(socket, p.packets.bytes());
                 self.close(core, index, "slow consumer", now);
             }
             Flow::Ended => self.close(core, index, "client ended the session", now),
@@ -309,11 +313,25 @@ impl Polling {
     /// The end of a turn for session `index`: answers its held GET when there is something
     /// to send (or the session is probed: then a `6` noop releases the poll), and arms its
     /// next deadline.
-    pub fn flush(&mut self, core: &mut Core, index: u32, _now: Instant) {
+    pub fn flush(&mut self, core: &mut Core, index: u32, now: Instant) {
         let Some(p) = self.sessions.get_mut(index as usize) else {
             return;
         };
         p.dirty = false;
+        let limits = core.limits;
+        if p.packets.bytes() <= limits.outbound || p.get.is_some() {
+            p.stuck_since = None;
+        } else if p
+            .stuck_since
+            .is_some_and(|since| now >= since + limits.grace)
+        {
+            // Over the bound, and no GET came for the whole grace period.
+            core.slow_consumer(SocketRef::Poll(index), p.packets.bytes());
+            self.close(core, index, "slow consumer", now);
+            return;
+        } else {
+            p.stuck_since.get_or_insert(now);
+        }
         if p.get.is_some() && (p.packets.bytes() > 0 || p.probed) {
             let get = p.get.take().expect("checked just above");
             let packets = p.packets.take();
@@ -327,7 +345,8 @@ impl Polling {
             m.bytes_out.fetch_add(body.len() as u64, Relaxed);
             get.answer(core, &body);
         }
-        let next = p.socket.deadline();
+        let stuck = p.stuck_since.map(|since| since + limits.grace);
+        let next = super::timers::earliest(p.socket.deadline(), stuck);
         let socket = SocketRef::Poll(index);
         core.timers.arm(&mut p.armed, next, socket, p.generation);
     }

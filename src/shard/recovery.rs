@@ -26,6 +26,9 @@ pub struct RecoveryLog {
     /// How long broadcasts stay in the log.
     log_window: Duration,
     log: VecDeque<(Instant, Arc<Broadcast>)>,
+    /// Bytes of the packets in `log`, and the most it may hold.
+    bytes: usize,
+    max_bytes: usize,
     /// Highest offset dropped from the log: a client that last saw an offset below it has
     /// missed events we no longer have, and gets a new session instead.
     floor: u64,
@@ -35,12 +38,15 @@ pub struct RecoveryLog {
 }
 
 impl RecoveryLog {
-    /// A log for `window` (zero: recovery is off and nothing is kept).
-    pub fn new(window: Duration) -> Self {
+    /// A log for `window` (zero: recovery is off and nothing is kept) of at most
+    /// `max_bytes` of packets.
+    pub fn new(window: Duration, max_bytes: usize) -> Self {
         RecoveryLog {
             window,
             log_window: window.max(MIN_LOG_WINDOW),
             log: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
             floor: 0,
             newest: 0,
             detached: FxHashMap::default(),
@@ -64,17 +70,22 @@ impl RecoveryLog {
             return;
         };
         self.newest = self.newest.max(offset);
+        self.bytes += broadcast.packet.len();
         self.log.push_back((now, Arc::clone(broadcast)));
         self.sweep(now);
     }
 
-    /// Drops what fell out of the window (or past the size bound).
+    /// Drops what fell out of the window (or past the size bounds).
     pub fn sweep(&mut self, now: Instant) {
         while let Some((at, b)) = self.log.front() {
-            if self.log.len() <= MAX_LOG && now.saturating_duration_since(*at) <= self.log_window {
+            if self.log.len() <= MAX_LOG
+                && self.bytes <= self.max_bytes
+                && now.saturating_duration_since(*at) <= self.log_window
+            {
                 break;
             }
             self.floor = self.floor.max(b.offset.unwrap_or(0));
+            self.bytes -= b.packet.len();
             self.log.pop_front();
         }
         while let Some((until, _)) = self.expiry.front() {
@@ -110,6 +121,17 @@ impl RecoveryLog {
     /// Whether every broadcast after `offset` is still in the log.
     pub fn can_replay(&self, offset: u64) -> bool {
         offset >= self.floor
+    }
+
+    /// Whether the broadcasts after `offset` to any of `rooms` are all in the log and
+    /// together take at most `budget` bytes: a replay that can be sent whole.
+    pub fn can_replay_within(&self, offset: u64, rooms: &[Room], budget: usize) -> bool {
+        let mut bytes = 0;
+        self.can_replay(offset)
+            && self.replay(offset, rooms).all(|b| {
+                bytes += b.packet.len();
+                bytes <= budget
+            })
     }
 
     /// The broadcasts after `offset` to any of `rooms`, in order.
@@ -150,7 +172,7 @@ mod tests {
     #[test]
     fn replays_later_broadcasts_of_the_sessions_rooms_in_order() {
         let t0 = Instant::now();
-        let mut log = RecoveryLog::new(Duration::from_secs(120));
+        let mut log = RecoveryLog::new(Duration::from_secs(120), 1 << 20);
         for (i, r) in [(1, room(1)), (2, room(2)), (3, room(1)), (4, room(1))] {
             log.remember(t0, &broadcast(r, i));
         }
@@ -164,7 +186,7 @@ mod tests {
     fn sessions_and_broadcasts_expire_with_the_window() {
         let t0 = Instant::now();
         let window = Duration::from_secs(120);
-        let mut log = RecoveryLog::new(window);
+        let mut log = RecoveryLog::new(window, 1 << 20);
         log.remember(t0, &broadcast(room(1), 1));
         let session = Detached {
             user: UserId(uuid::Uuid::from_u128(1)),
@@ -186,9 +208,31 @@ mod tests {
     }
 
     #[test]
+    fn the_log_is_bounded_in_bytes_and_a_replay_over_budget_is_refused() {
+        let t0 = Instant::now();
+        // Packets "1" to "9" are one byte each; keep at most 4 bytes.
+        let mut log = RecoveryLog::new(Duration::from_secs(120), 4);
+        for i in 1..=9 {
+            log.remember(t0, &broadcast(room(1), i));
+        }
+        assert_eq!(
+            log.replay(0, &[room(1)]).count(),
+            4,
+            "the oldest were dropped"
+        );
+        assert!(!log.can_replay(4), "offset 5 fell out");
+        assert!(log.can_replay_within(5, &[room(1)], 4));
+        assert!(
+            !log.can_replay_within(5, &[room(1)], 3),
+            "4 bytes to replay"
+        );
+        assert!(log.can_replay_within(8, &[room(1)], 1));
+    }
+
+    #[test]
     fn off_keeps_no_session_but_still_logs_for_upgrades() {
         let t0 = Instant::now();
-        let mut log = RecoveryLog::new(Duration::ZERO);
+        let mut log = RecoveryLog::new(Duration::ZERO, 1 << 20);
         assert!(!log.enabled());
         let session = Detached {
             user: UserId(uuid::Uuid::from_u128(1)),

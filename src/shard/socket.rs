@@ -52,7 +52,7 @@ pub enum Outlet<'a> {
 pub enum Flow {
     /// It goes on.
     Open,
-    /// Its queue passed the bound: a client that does not read, dropped.
+    /// Its queue passed the hard bound: a client that does not read, dropped at once.
     Over,
     /// The client ended it: write what is queued, then close.
     Ended,
@@ -121,7 +121,7 @@ impl Socket {
         id: ConnectionId,
         now: Instant,
     ) -> Flow {
-        let max = core.shared.config.max_outbound_bytes;
+        let max = core.limits.outbound_hard;
         loop {
             while let Some(text) = self.session.poll_transmit() {
                 outlet.packet(text, core.metrics());
@@ -295,10 +295,11 @@ impl Outlet<'_> {
 
 /// Queues a broadcast on every local member of its room: each WebSocket gets the frame
 /// this shard makes once, each polling session the packet. Members whose queue passes
-/// the bound are dropped afterwards. The hot path of a fan-out.
+/// the hard bound are dropped afterwards (those over the soft bound get a grace period, see
+/// `Connection::stuck`). The hot path of a fan-out.
 pub fn deliver(sockets: &mut Sockets, core: &mut Core, broadcast: &Arc<Broadcast>, now: Instant) {
     core.recovery.remember(now, broadcast);
-    let max = core.shared.config.max_outbound_bytes;
+    let max = core.limits.outbound_hard;
     let mut frame: Option<Bytes> = None;
     let (mut delivered, mut framed) = (0u64, 0usize);
     let mut over = Vec::new();

@@ -121,7 +121,11 @@ impl Sockets {
 
     /// Drops a client whose queue passed the bound; nobody else waits for it.
     pub fn slow_consumer(&mut self, core: &mut Core, socket: SocketRef, now: Instant) {
-        core.slow_consumer(socket);
+        let queued = match socket {
+            SocketRef::Conn(key) => self.conns.get(key as usize).map(|c| c.out.bytes()),
+            SocketRef::Poll(index) => self.polls.session(index).map(|p| p.packets.bytes()),
+        };
+        core.slow_consumer(socket, queued.unwrap_or(0));
         self.close(core, socket, Close::Now("slow consumer"), now);
     }
 
@@ -146,8 +150,8 @@ impl Sockets {
                     })
                 })
             }
-            (other, _) => self.update(core, socket, now, |_, _, _, out| {
-                chat::handle_reply(other, out)
+            (other, _) => self.update(core, socket, now, |_, core, _, out| {
+                chat::handle_reply(other, core.limits.outbound / 4, out)
             }),
         }
     }

@@ -220,7 +220,8 @@ fn describe(target: Target) -> String {
 /// The index range of a history page in a timeline of `len` messages (see
 /// [`Backend::history`]); sequence `s` is at index `s - 1`.
 fn page(len: usize, query: &HistoryQuery) -> std::ops::Range<usize> {
-    let limit = query.limit.clamp(1, MAX_HISTORY_LIMIT) as usize;
+    // One more than a page: a socket asks for it to tell whether there is more.
+    let limit = query.limit.clamp(1, MAX_HISTORY_LIMIT + 1) as usize;
     let len64 = len as i64;
     // Sequences above `after` start at index `after`.
     let lo = query.after.map_or(0, |a| a.clamp(0, len64) as usize);

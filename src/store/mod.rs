@@ -114,7 +114,7 @@ pub trait Backend {
 
     /// A page of a target's messages, ascending by sequence, tombstones included. With
     /// `after`, the oldest `limit` above it; otherwise the newest `limit` below `before` (or
-    /// of all). `limit` is capped at [`MAX_HISTORY_LIMIT`]. With a `reader`, they must be a
+    /// of all). `limit` is capped at one more than [`MAX_HISTORY_LIMIT`]. With a `reader`, they must be a
     /// member of the target and the target must be in their workspace; without one (admin
     /// API) only the target's existence is checked.
     fn history(
@@ -298,7 +298,7 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
                 workspace: asker.workspace,
             };
             let result = backend.history(Some(reader), &query);
-            mesh.reply(asker.from, StoreReply::History { ack, result });
+            mesh.reply(asker.from, StoreReply::History { ack, query, result });
         }
         ReadJob::CheckMember { asker, ack, target } => {
             let result = backend.check_member(asker.user, asker.workspace, target);

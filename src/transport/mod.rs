@@ -133,6 +133,14 @@ impl Stream {
         }
     }
 
+    /// Ends our direction of the TCP stream (a FIN after the last byte), while the peer's
+    /// bytes can still be read: the peer reads everything we sent, then sees the end.
+    pub fn shutdown_write(&mut self) {
+        if let Some(tcp) = self.source() {
+            let _ = tcp.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
     /// Starts an orderly TLS close (close_notify); nothing for plain TCP.
     pub fn close_notify(&mut self) {
         if let Stream::Tls(s) = self {

@@ -142,7 +142,7 @@ fn sign_in(demo: &Demo, body: &[u8]) -> Route {
 }
 
 /// A 405 unless the request uses `method`.
-fn only(head: &RequestHead, method: &str) -> Option<Route> {
+fn only(head: &RequestHead, method: &'static str) -> Option<Route> {
     (head.method != method).then(|| api::method_not_allowed(head, method))
 }
 

@@ -36,6 +36,7 @@ fn refused(route: Option<Route>) -> (u16, String) {
             let v: Value = serde_json::from_str(&body).unwrap();
             (status, v["error"].as_str().unwrap().to_owned())
         }
+        Some(Route::NotAllowed { body, .. }) => refused(Some(Route::Respond { status: 405, body })),
         other => panic!("expected an error, got {other:?}"),
     }
 }

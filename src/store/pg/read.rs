@@ -216,7 +216,8 @@ pub(super) fn history(
             }
         }
     }
-    let limit = i64::from(query.limit.clamp(1, MAX_HISTORY_LIMIT));
+    // One more than a page: a socket asks for it to tell whether there is more.
+    let limit = i64::from(query.limit.clamp(1, MAX_HISTORY_LIMIT + 1));
     let after = query.after.unwrap_or(0);
     let before = query.before.unwrap_or(i64::MAX);
     let ascending = query.after.is_some();

@@ -149,8 +149,8 @@ fn history_pages_through_120_messages() {
     );
     assert_eq!(
         h.history(w.ann, query(general, None, None, 500)),
-        Ok(seqs(21, 120)),
-        "capped at 100"
+        Ok(seqs(20, 120)),
+        "capped at 100, and one more that tells a socket whether there is more"
     );
     assert_eq!(
         h.history(w.ann, query(general, Some(71), None, 50)),
