@@ -81,6 +81,7 @@ pub mod config;
 pub mod hub;
 pub mod ids;
 pub mod json;
+pub mod limits;
 pub mod mesh;
 pub mod metrics;
 pub mod model;

@@ -12,9 +12,11 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::auth::{self, JwtVerifier};
+use super::budget::Kind;
 use super::state::{Auth, ChatState, Detached, Member, Recovery};
 use super::{typing_update, Effect};
 use crate::ids::{new_session_id, ConnectionId, Room, ShardId};
+use crate::limits::EventBudgets;
 use crate::mesh::{PresenceCommand, StoreCommand};
 use crate::model::{Grant, MembershipChange, User};
 use crate::protocol::CloseReason;
@@ -192,10 +194,27 @@ pub fn gone(auth: Auth, out: &mut Vec<Effect>) {
     }
 }
 
-/// Typing timers that ran out by `now`: tell the rooms the user stopped.
-pub fn expire(member: &mut Member, now: Instant, out: &mut Vec<Effect>) {
+/// Typing timers that ran out by `now`: tell the rooms the user stopped. A presence change
+/// that waited for its budget is announced if the budget allows it now.
+pub fn expire(member: &mut Member, budgets: &EventBudgets, now: Instant, out: &mut Vec<Effect>) {
     for target in member.chat.typing.expire(now) {
         out.push(Effect::Publish(typing_update(&member.user, target, false)));
+    }
+    let chat = &mut member.chat;
+    if let Some((away, at)) = chat.pending_away {
+        if at <= now && chat.budgets.try_take(budgets, Kind::Presence, now) {
+            chat.pending_away = None;
+            chat.away = away;
+            out.push(Effect::Presence(PresenceCommand::Away {
+                user: member.user.id,
+                workspace: member.workspace,
+                away,
+            }));
+        } else if at <= now {
+            let soonest = now + std::time::Duration::from_millis(1);
+            let at = chat.budgets.ready(budgets, Kind::Presence).max(soonest);
+            chat.pending_away = Some((away, at));
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::ids::{Room, UserId, WorkspaceId};
 use crate::model::{Grant, User};
 use crate::protocol::http::RequestHead;
 
+use super::budget::Budgets;
 use super::typing;
 
 /// Authentication of a socket.
@@ -84,16 +85,33 @@ pub struct Member {
 pub struct ChatState {
     /// Where it is typing.
     pub typing: typing::Typing,
-    /// `presence:setAway` was its last word (until `presence:setActive`).
+    /// `presence:setAway` was its last word (until `presence:setActive`), as announced.
     pub away: bool,
+    /// A change of `away` the socket asked for while over its presence budget, and when the
+    /// budget allows it: announced then (the last word wins).
+    pub pending_away: Option<(bool, Instant)>,
+    /// Its event budgets.
+    pub budgets: Budgets,
 }
 
 impl ChatState {
-    /// A socket that just connected: active, not typing.
+    /// A socket that just connected: active, not typing, with full budgets.
     pub fn new(now: Instant) -> Self {
         ChatState {
-            typing: typing::Typing::new(now),
+            typing: typing::Typing::new(),
             away: false,
+            pending_away: None,
+            budgets: Budgets::new(now),
+        }
+    }
+
+    /// When something of this state must be looked at: a typing indicator running out, or a
+    /// presence change waiting for its budget.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let typing = self.typing.poll_timeout();
+        match (typing, self.pending_away.map(|(_, at)| at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

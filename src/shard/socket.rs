@@ -36,6 +36,8 @@ pub struct Socket {
     /// A fragmented WebSocket message being reassembled (rare: socket.io-client sends whole
     /// frames). Always `None` on a polling session.
     pub fragment: Option<Vec<u8>>,
+    /// Chat cut the socket (`Effect::Cut`): write what is queued, then close.
+    pub cut: bool,
 }
 
 /// Where a socket's packets leave.
@@ -75,6 +77,7 @@ impl Socket {
             session,
             auth: Auth::Pending(credentials),
             fragment: None,
+            cut: false,
         }
     }
 
@@ -90,7 +93,7 @@ impl Socket {
     /// or a typing indicator running out.
     pub fn deadline(&self) -> Option<Instant> {
         let typing = match &self.auth {
-            Auth::Connected(member) => member.chat.typing.poll_timeout(),
+            Auth::Connected(member) => member.chat.poll_timeout(),
             _ => None,
         };
         earliest(self.session.poll_timeout(), typing)
@@ -128,6 +131,9 @@ impl Socket {
             }
             if outlet.bytes() > max {
                 return Flow::Over;
+            }
+            if self.cut {
+                return Flow::Ended;
             }
             let Some(event) = self.session.poll_event() else {
                 return Flow::Open;
@@ -182,6 +188,7 @@ impl Socket {
             user: &member.user,
             workspace: member.workspace,
             max_message_chars: core.shared.config.max_message_chars,
+            budgets: &core.shared.config.limits.events,
             now,
             in_room: &in_room,
         };
@@ -252,6 +259,14 @@ impl Socket {
                     }
                 }
                 Effect::Detach(pid, session) => detach(core, pid, session, now),
+                Effect::Cut(reason) => {
+                    core.metrics().clients_cut.fetch_add(1, Relaxed);
+                    tracing::info!(?id, user = ?self.user(), "{reason}");
+                    self.session
+                        .emit("error", &serde_json::json!({"message": reason}));
+                    self.session.disconnect();
+                    self.cut = true;
+                }
             }
         }
     }
