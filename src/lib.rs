@@ -78,6 +78,7 @@ pub mod api;
 pub mod broker;
 pub mod chat;
 pub mod config;
+pub mod gate;
 pub mod hub;
 pub mod ids;
 pub mod json;

@@ -127,6 +127,7 @@ impl Node {
             metrics,
             store_kind,
             started: Instant::now(),
+            gate: crate::gate::Gate::new(config.limits.connections),
             config: config.clone(),
             demo,
         });

@@ -156,6 +156,20 @@ impl Budgets {
         self.refuse(b, bit, ms)
     }
 
+    /// Takes a token for work that waits for its budget instead of being refused (a presence
+    /// change): never cuts; `Refuse { told }` says it must wait, and whether to say so.
+    pub fn defer(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
+        let ms = self.ms(now);
+        let bit = 1u16 << kind as u16;
+        if self.buckets[kind as usize].take(kind.rate(b), ms) {
+            self.told &= !bit;
+            return Verdict::Allow;
+        }
+        let told = self.told & bit == 0;
+        self.told |= bit;
+        Verdict::Refuse { told }
+    }
+
     /// Counts a request that will be answered later, if there is room for it.
     pub fn request(&mut self, b: &EventBudgets, now: Instant) -> Verdict {
         if self.in_flight < b.in_flight {

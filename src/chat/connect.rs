@@ -45,6 +45,7 @@ pub struct Admission<'a> {
 pub fn connect(
     from: ConnectionId,
     jwt: &JwtVerifier,
+    budgets: &EventBudgets,
     recovery: bool,
     auth: &mut Auth,
     payload: Option<Value>,
@@ -60,8 +61,24 @@ pub fn connect(
         creds.bearer.as_deref(),
         creds.cookie.as_deref(),
     );
+    creds.attempts += 1;
+    if creds.attempts > budgets.connect_attempts {
+        let reason = format!(
+            "disconnected: {} CONNECT attempts on one socket; open a new connection",
+            budgets.connect_attempts
+        );
+        out.push(Effect::Cut(reason));
+        return;
+    }
     let checked = match (request.token, request.workspace) {
-        (None, _) => Err(auth::NO_TOKEN.to_string()),
+        (None, _) => Err(match &creds.foreign_origin {
+            Some(origin) => format!(
+                "the session cookie was not used: the request came from origin {origin}, \
+                 which is not in CHAT_CORS_ORIGINS; add that origin to CHAT_CORS_ORIGINS, \
+                 or send auth {{token}}"
+            ),
+            None => auth::NO_TOKEN.to_string(),
+        }),
         (Some(_), Err(e)) => Err(e),
         (Some(token), Ok(workspace)) => jwt
             .credential(&token)

@@ -439,7 +439,7 @@ fn set_away(
 ) -> Result<(), String> {
     state.pending_away = None;
     if state.away != away {
-        match state.budgets.take(ctx.budgets, Kind::Presence, ctx.now) {
+        match state.budgets.defer(ctx.budgets, Kind::Presence, ctx.now) {
             Verdict::Allow => {
                 state.away = away;
                 out.push(Effect::Presence(PresenceCommand::Away {
@@ -458,11 +458,7 @@ fn set_away(
                      announced when the budget refills",
                     ctx.budgets.presence
                 );
-                let cut = verdict == Verdict::Cut;
                 over_budget(verdict, error, None, out);
-                if cut {
-                    return Ok(());
-                }
             }
         }
     }

@@ -40,15 +40,35 @@ pub struct Credentials {
     pub bearer: Option<Box<str>>,
     /// `better-auth.session_token` cookie value.
     pub cookie: Option<Box<str>>,
+    /// The `Origin` of a request whose cookie was not taken, as it is not allowed.
+    pub foreign_origin: Option<Box<str>>,
+    /// CONNECTs this socket tried.
+    pub attempts: u32,
+    /// The client's address, when the gate counts it (its CONNECTs are limited per address).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Credentials {
     /// What an upgrade or handshake request carries: its `Authorization: Bearer` token and
-    /// its better-auth session cookie.
-    pub fn from_head(head: &RequestHead) -> Self {
+    /// its better-auth session cookie. The cookie counts only from an origin in `allowed`
+    /// (`CHAT_CORS_ORIGINS`) or without an `Origin` header (contract §2): a page elsewhere
+    /// cannot borrow a user's cookie. Browsers do not let a page set `Authorization` on a
+    /// WebSocket, so the bearer token needs no such check.
+    pub fn from_head(head: &RequestHead, allowed: &[String]) -> Self {
+        let mut cookie = super::auth::session_cookie(head).map(Box::from);
+        let mut foreign_origin = None;
+        if let Some(origin) = head.header("origin") {
+            if cookie.is_some() && !allowed.iter().any(|a| a == origin) {
+                cookie = None;
+                foreign_origin = Some(Box::from(origin));
+            }
+        }
         Credentials {
             bearer: head.bearer_token().map(Box::from),
-            cookie: super::auth::session_cookie(head).map(Box::from),
+            cookie,
+            foreign_origin,
+            attempts: 0,
+            peer: None,
         }
     }
 }

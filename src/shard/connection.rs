@@ -48,6 +48,8 @@ pub struct Connection {
     /// Durable broadcasts up to this offset were delivered before the session came to this
     /// connection (by the shard that held it while it was polling): skip them. Zero: none.
     pub delivered_through: u64,
+    /// The client's address, when the gate counts this connection (see `crate::gate`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The phases of a connection. A WebSocket exists only after a complete upgrade request,
@@ -88,6 +90,7 @@ impl Connection {
             dirty: false,
             closing: None,
             delivered_through: 0,
+            peer: None,
         }
     }
 

@@ -140,9 +140,11 @@ impl Socket {
             };
             let mut effects = Vec::new();
             match event {
+                SessionEvent::Connect { .. } if !self.connect_allowed(core, now) => {}
                 SessionEvent::Connect { auth, pid, offset } => connect::connect(
                     id,
                     &core.shared.jwt,
+                    &core.shared.config.limits.events,
                     core.recovery.enabled(),
                     &mut self.auth,
                     auth,
@@ -161,6 +163,25 @@ impl Socket {
                 }
             }
             self.apply(outlet, core, id, effects, now);
+        }
+    }
+
+    /// Whether the gate lets this socket's address try a CONNECT now; if not, the CONNECT
+    /// is refused with the reason. Only a CONNECT that would be checked is counted.
+    fn connect_allowed(&mut self, core: &Core, now: Instant) -> bool {
+        let Auth::Pending(credentials) = &self.auth else {
+            return true;
+        };
+        let Some(ip) = credentials.peer else {
+            return true;
+        };
+        match core.shared.gate.connect_attempt(ip, now) {
+            Ok(()) => true,
+            Err(refusal) => {
+                core.metrics().auth_failures.fetch_add(1, Relaxed);
+                self.session.refuse(&refusal.0);
+                false
+            }
         }
     }
 
