@@ -174,6 +174,7 @@ fn admit(
         chat: ChatState::new(adm.now),
         pid,
         since_offset: adm.newest,
+        removed: false,
     });
 }
 
@@ -196,11 +197,13 @@ pub fn gone(auth: Auth, out: &mut Vec<Effect>) {
     for target in member.chat.typing.stop_all() {
         out.push(Effect::Publish(typing_update(&member.user, target, false)));
     }
-    out.push(Effect::Presence(PresenceCommand::Disconnected {
-        user: member.user.id,
-        workspace: member.workspace,
-        away: member.chat.away,
-    }));
+    if !member.removed {
+        out.push(Effect::Presence(PresenceCommand::Disconnected {
+            user: member.user.id,
+            workspace: member.workspace,
+            away: member.chat.away,
+        }));
+    }
     if let Some(pid) = member.pid {
         let session = Detached {
             user: member.user.id,
@@ -238,7 +241,13 @@ pub fn expire(member: &mut Member, budgets: &EventBudgets, now: Instant, out: &m
 /// A membership changed (admin API, or the web app writing the tables): the socket joins or
 /// leaves the room if it is scoped to that workspace.
 pub fn membership(member: &mut Member, change: MembershipChange, out: &mut Vec<Effect>) {
-    if member.workspace != change.workspace {
+    if member.workspace != change.workspace || member.removed {
+        return;
+    }
+    if change.room == Room::Workspace(change.workspace) {
+        if !change.joined {
+            removed(member, out);
+        }
         return;
     }
     if change.joined {
@@ -247,6 +256,33 @@ pub fn membership(member: &mut Member, change: MembershipChange, out: &mut Vec<E
         leave(&member.user, &mut member.chat, change.room, out);
     }
 }
+
+/// The user was removed from the socket's workspace: it leaves every room of it (its
+/// `user:` room stays, so it still hears of membership changes), its presence there ends,
+/// it is told once, and from then on every event is refused (see [`REMOVED`]). It is not
+/// kept for recovery: a reconnect would be refused anyway.
+fn removed(member: &mut Member, out: &mut Vec<Effect>) {
+    member.removed = true;
+    member.pid = None;
+    for room in member.rooms.clone() {
+        if room != Room::User(member.user.id) {
+            leave(&member.user, &mut member.chat, room, out);
+        }
+    }
+    out.push(Effect::Presence(PresenceCommand::Disconnected {
+        user: member.user.id,
+        workspace: member.workspace,
+        away: member.chat.away,
+    }));
+    let message = format!("{REMOVED} {}", member.workspace);
+    out.push(Effect::Emit(
+        "error",
+        serde_json::json!({ "message": message }),
+    ));
+}
+
+/// Why every event of a socket whose user was removed from its workspace is refused.
+pub const REMOVED: &str = "you were removed from workspace";
 
 /// Takes the socket out of a room, and ends its typing there.
 pub(super) fn leave(user: &User, state: &mut ChatState, room: Room, out: &mut Vec<Effect>) {

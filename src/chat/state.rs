@@ -98,6 +98,8 @@ pub struct Member {
     /// The newest recovery offset this shard had seen when the socket connected: a recovering
     /// client that received no offset has missed everything after it.
     pub since_offset: u64,
+    /// The user was removed from the workspace: out of its rooms, every event refused.
+    pub removed: bool,
 }
 
 /// A connected socket's own chat state.

@@ -231,6 +231,7 @@ fn requests_in_flight_are_bounded_and_freed_by_answers() {
         chat: state,
         pid: None,
         since_offset: 0,
+        removed: false,
     });
     let mut out = Vec::new();
     handle_reply(
@@ -285,6 +286,7 @@ fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
         chat: state,
         pid: None,
         since_offset: 0,
+        removed: false,
     };
     let mut out = Vec::new();
     connect::expire(&mut member, &b, at, &mut out);
@@ -293,4 +295,55 @@ fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
         [Effect::Presence(PresenceCommand::Away { away: true, .. })]
     ));
     assert_eq!(member.chat.pending_away, None);
+}
+
+#[test]
+fn removal_from_the_workspace_leaves_every_room_but_the_users_own() {
+    let ws = WorkspaceId(uuid::Uuid::from_u128(9));
+    let mut member = crate::chat::Member {
+        user: user(),
+        workspace: ws,
+        rooms: vec![
+            Room::User(user().id),
+            Room::Workspace(ws),
+            member_of(5).room(),
+        ],
+        chat: ChatState::new(Instant::now()),
+        pid: Some("p".into()),
+        since_offset: 0,
+        removed: false,
+    };
+    let change = |workspace| crate::model::MembershipChange {
+        user: user().id,
+        workspace,
+        room: Room::Workspace(workspace),
+        joined: false,
+    };
+    let mut out = Vec::new();
+    connect::membership(
+        &mut member,
+        change(WorkspaceId(uuid::Uuid::from_u128(8))),
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "another workspace's removal changes nothing"
+    );
+    connect::membership(&mut member, change(ws), &mut out);
+    let left: Vec<Room> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Leave(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left, vec![Room::Workspace(ws), member_of(5).room()]);
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Presence(PresenceCommand::Disconnected { .. }))));
+    assert!(out.iter().any(|e| matches!(e, Effect::Emit("error", _))));
+    assert!(
+        member.removed && member.pid.is_none(),
+        "not kept for recovery"
+    );
 }

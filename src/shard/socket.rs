@@ -202,6 +202,18 @@ impl Socket {
             chat::refuse(ack, reason, out);
             return;
         };
+        if member.removed {
+            let reason = format!(
+                "{} {}; nothing more can be done on this socket",
+                connect::REMOVED,
+                member.workspace
+            );
+            // Told once when it was removed; only acks are answered from then on.
+            if ack.is_some() {
+                chat::refuse(ack, &reason, out);
+            }
+            return;
+        }
         let hub = &core.hub;
         let in_room = |room: Room| hub.contains(&room, id.slot);
         let ctx = Context {
