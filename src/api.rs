@@ -74,6 +74,14 @@ pub enum AdminRequest {
         /// `role`
         role: Option<String>,
     },
+    /// `DELETE /api/v1/workspaces/{id}/members/{userId}`: the user's live sockets in that
+    /// workspace leave all its rooms at once.
+    RemoveWorkspaceMember {
+        /// Path id.
+        workspace: WorkspaceId,
+        /// Path user id.
+        user: UserId,
+    },
     /// `POST /api/v1/channels`
     CreateChannel {
         /// `workspaceId`
@@ -212,7 +220,7 @@ fn admin_method(rest: &[&str]) -> Option<&'static str> {
         | ["sessions"]
         | ["messages"] => "POST",
         ["workspaces", _, "members"] | ["channels", _, "members"] => "POST",
-        ["channels", _, "members", _] => "DELETE",
+        ["workspaces" | "channels", _, "members", _] => "DELETE",
         ["channels" | "conversations", _, "messages"] => "GET",
         _ => return None,
     })
@@ -270,6 +278,10 @@ fn admin(
                 user: f.id("userId")?,
             }
         }
+        ["workspaces", id, "members", user] => AdminRequest::RemoveWorkspaceMember {
+            workspace: path_id(id, "workspace")?,
+            user: path_id(user, "user")?,
+        },
         ["channels", id, "members", user] => AdminRequest::RemoveChannelMember {
             channel: path_id(id, "channel")?,
             user: path_id(user, "user")?,

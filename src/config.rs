@@ -170,6 +170,9 @@ pub struct Args {
         default_value = "0"
     )]
     demo: String,
+    /// Event budgets and connection limits (`crate::limits`).
+    #[command(flatten)]
+    limits: crate::limits::LimitArgs,
 }
 
 /// Subcommands.
@@ -218,6 +221,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Demo mode (only with the embedded store).
     pub demo: bool,
+    /// Event budgets and connection limits.
+    pub limits: crate::limits::Limits,
 }
 
 /// Engine.IO timing and size settings, sent to clients in the open packet.
@@ -286,7 +291,7 @@ where
 }
 
 /// A yes/no setting: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case).
-fn switch(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
+pub(crate) fn switch(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
@@ -450,6 +455,7 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect(),
             demo,
+            limits: crate::limits::Limits::from_args(&args.limits)?,
         })
     }
 }
@@ -529,6 +535,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
         assert_eq!(c.engine, EngineLimits::default());
         assert_eq!(c.max_message_chars, 4000);
+        assert_eq!(c.limits, crate::limits::Limits::default());
         assert!(c.shards >= 1);
     }
 }

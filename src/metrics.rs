@@ -28,6 +28,10 @@ pub struct ShardMetrics {
     pub protocol_errors: AtomicU64,
     /// CONNECTs refused (bad token, not a member).
     pub auth_failures: AtomicU64,
+    /// Sockets disconnected for going on over their event budgets.
+    pub clients_cut: AtomicU64,
+    /// Connections and new sockets refused by the connection limits.
+    pub connections_refused: AtomicU64,
     /// Bytes currently queued for clients.
     pub queued_bytes: AtomicI64,
     /// Commands waiting in this shard's inbox at the last loop turn.
@@ -257,6 +261,18 @@ impl Metrics {
             "ocomms_auth_failures_total",
             "counter",
             "CONNECTs refused."
+        );
+        shard_metric!(
+            clients_cut,
+            "ocomms_clients_cut_total",
+            "counter",
+            "Sockets disconnected for going on over their event budgets."
+        );
+        shard_metric!(
+            connections_refused,
+            "ocomms_connections_refused_total",
+            "counter",
+            "Connections and new sockets refused by the connection limits."
         );
         shard_metric!(
             queued_bytes,

@@ -32,6 +32,48 @@ pub struct Node {
     store: JoinHandle<()>,
     presence: (crossbeam_channel::Sender<PresenceCommand>, JoinHandle<()>),
     grace: std::time::Duration,
+    /// Held while the node runs (see [`lock_port`]).
+    _port_lock: std::os::unix::net::UnixListener,
+}
+
+/// Refuses a port another process listens on. `SO_REUSEPORT` would let a second process
+/// of the same user join this one's listeners (and the kernel split connections between two
+/// servers with different state), so first a plain bind, without it, must succeed; then,
+/// once the shards' listeners are bound, an abstract Unix socket named after the address is
+/// held for the life of the process, so two servers starting at the same instant cannot
+/// both pass the first check.
+fn claim_port(addr: SocketAddr) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    // Connections in TIME_WAIT from an earlier run do not count.
+    let _ = probe.set_reuse_address(true);
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(in_use(addr)),
+        Err(e) => Err(format!("cannot listen on {addr} (CHAT_LISTEN): {e}")),
+    }
+}
+
+fn in_use(addr: SocketAddr) -> String {
+    format!(
+        "cannot listen on {addr} (CHAT_LISTEN): another process listens on that port \
+         (another ocomms-rt?); stop it, or set CHAT_LISTEN to a free port"
+    )
+}
+
+/// Holds the abstract socket that says this process serves `addr` (see [`claim_port`]).
+fn lock_port(addr: SocketAddr) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("ocomms-rt/{addr}");
+    let lock = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| format!("cannot name the port lock {name}: {e}"))?;
+    std::os::unix::net::UnixListener::bind_addr(&lock).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => in_use(addr),
+        _ => format!("cannot take the port lock {name}: {e}"),
+    })
 }
 
 /// Binds one `SO_REUSEPORT` listener; the kernel spreads new connections over the shards'
@@ -54,6 +96,7 @@ impl Node {
             Some((cert, key)) => Some(crate::transport::tls::server_config(cert, key)?),
             None => None,
         };
+        claim_port(config.listen)?;
         let first = listener(config.listen)
             .map_err(|e| format!("cannot listen on {} (CHAT_LISTEN): {e}", config.listen))?;
         let local_addr = first.local_addr().map_err(|e| e.to_string())?;
@@ -64,6 +107,7 @@ impl Node {
                 listener(local_addr).map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
             );
         }
+        let port_lock = lock_port(local_addr)?;
 
         let metrics = Arc::new(Metrics::new(shards));
         let mut polls = Vec::with_capacity(shards);
@@ -127,6 +171,7 @@ impl Node {
             metrics,
             store_kind,
             started: Instant::now(),
+            gate: crate::gate::Gate::new(config.limits.connections),
             config: config.clone(),
             demo,
         });
@@ -179,6 +224,7 @@ impl Node {
             store,
             presence: (presence_tx, presence),
             grace: config.shutdown_grace,
+            _port_lock: port_lock,
         })
     }
 

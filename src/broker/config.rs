@@ -281,7 +281,8 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
             "cannot be read ({e}); give a PEM file of CA certificates"
         ))
     })?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             bad(format!(

@@ -12,9 +12,11 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::auth::{self, JwtVerifier};
+use super::budget::Kind;
 use super::state::{Auth, ChatState, Detached, Member, Recovery};
 use super::{typing_update, Effect};
 use crate::ids::{new_session_id, ConnectionId, Room, ShardId};
+use crate::limits::EventBudgets;
 use crate::mesh::{PresenceCommand, StoreCommand};
 use crate::model::{Grant, MembershipChange, User};
 use crate::protocol::CloseReason;
@@ -45,6 +47,7 @@ pub struct Admission<'a> {
 pub fn connect(
     from: ConnectionId,
     jwt: &JwtVerifier,
+    budgets: &EventBudgets,
     recovery: bool,
     auth: &mut Auth,
     payload: Option<Value>,
@@ -60,8 +63,24 @@ pub fn connect(
         creds.bearer.as_deref(),
         creds.cookie.as_deref(),
     );
+    creds.attempts += 1;
+    if creds.attempts > budgets.connect_attempts {
+        let reason = format!(
+            "disconnected: {} CONNECT attempts on one socket; open a new connection",
+            budgets.connect_attempts
+        );
+        out.push(Effect::Cut(reason));
+        return;
+    }
     let checked = match (request.token, request.workspace) {
-        (None, _) => Err(auth::NO_TOKEN.to_string()),
+        (None, _) => Err(match &creds.foreign_origin {
+            Some(origin) => format!(
+                "the session cookie was not used: the request came from origin {origin}, \
+                 which is not in CHAT_CORS_ORIGINS; add that origin to CHAT_CORS_ORIGINS, \
+                 or send auth {{token}}"
+            ),
+            None => auth::NO_TOKEN.to_string(),
+        }),
         (Some(_), Err(e)) => Err(e),
         (Some(token), Ok(workspace)) => jwt
             .credential(&token)
@@ -157,6 +176,7 @@ fn admit(
         chat: ChatState::new(adm.now),
         pid,
         since_offset: adm.newest,
+        removed: false,
     });
 }
 
@@ -179,11 +199,13 @@ pub fn gone(auth: Auth, out: &mut Vec<Effect>) {
     for target in member.chat.typing.stop_all() {
         out.push(Effect::Publish(typing_update(&member.user, target, false)));
     }
-    out.push(Effect::Presence(PresenceCommand::Disconnected {
-        user: member.user.id,
-        workspace: member.workspace,
-        away: member.chat.away,
-    }));
+    if !member.removed {
+        out.push(Effect::Presence(PresenceCommand::Disconnected {
+            user: member.user.id,
+            workspace: member.workspace,
+            away: member.chat.away,
+        }));
+    }
     if let Some(pid) = member.pid {
         let session = Detached {
             user: member.user.id,
@@ -194,17 +216,40 @@ pub fn gone(auth: Auth, out: &mut Vec<Effect>) {
     }
 }
 
-/// Typing timers that ran out by `now`: tell the rooms the user stopped.
-pub fn expire(member: &mut Member, now: Instant, out: &mut Vec<Effect>) {
+/// Typing timers that ran out by `now`: tell the rooms the user stopped. A presence change
+/// that waited for its budget is announced if the budget allows it now.
+pub fn expire(member: &mut Member, budgets: &EventBudgets, now: Instant, out: &mut Vec<Effect>) {
     for target in member.chat.typing.expire(now) {
         out.push(Effect::Publish(typing_update(&member.user, target, false)));
+    }
+    let chat = &mut member.chat;
+    if let Some((away, at)) = chat.pending_away {
+        if at <= now && chat.budgets.try_take(budgets, Kind::Presence, now) {
+            chat.pending_away = None;
+            chat.away = away;
+            out.push(Effect::Presence(PresenceCommand::Away {
+                user: member.user.id,
+                workspace: member.workspace,
+                away,
+            }));
+        } else if at <= now {
+            let soonest = now + std::time::Duration::from_millis(1);
+            let at = chat.budgets.ready(budgets, Kind::Presence).max(soonest);
+            chat.pending_away = Some((away, at));
+        }
     }
 }
 
 /// A membership changed (admin API, or the web app writing the tables): the socket joins or
 /// leaves the room if it is scoped to that workspace.
 pub fn membership(member: &mut Member, change: MembershipChange, out: &mut Vec<Effect>) {
-    if member.workspace != change.workspace {
+    if member.workspace != change.workspace || member.removed {
+        return;
+    }
+    if change.room == Room::Workspace(change.workspace) {
+        if !change.joined {
+            removed(member, out);
+        }
         return;
     }
     if change.joined {
@@ -213,6 +258,33 @@ pub fn membership(member: &mut Member, change: MembershipChange, out: &mut Vec<E
         leave(&member.user, &mut member.chat, change.room, out);
     }
 }
+
+/// The user was removed from the socket's workspace: it leaves every room of it (its
+/// `user:` room stays, so it still hears of membership changes), its presence there ends,
+/// it is told once, and from then on every event is refused (see [`REMOVED`]). It is not
+/// kept for recovery: a reconnect would be refused anyway.
+fn removed(member: &mut Member, out: &mut Vec<Effect>) {
+    member.removed = true;
+    member.pid = None;
+    for room in member.rooms.clone() {
+        if room != Room::User(member.user.id) {
+            leave(&member.user, &mut member.chat, room, out);
+        }
+    }
+    out.push(Effect::Presence(PresenceCommand::Disconnected {
+        user: member.user.id,
+        workspace: member.workspace,
+        away: member.chat.away,
+    }));
+    let message = format!("{REMOVED} {}", member.workspace);
+    out.push(Effect::Emit(
+        "error",
+        serde_json::json!({ "message": message }),
+    ));
+}
+
+/// Why every event of a socket whose user was removed from its workspace is refused.
+pub const REMOVED: &str = "you were removed from workspace";
 
 /// Takes the socket out of a room, and ends its typing there.
 pub(super) fn leave(user: &User, state: &mut ChatState, room: Room, out: &mut Vec<Effect>) {

@@ -4,6 +4,7 @@
 //! they never touch a socket, a clock or another thread.
 
 pub mod auth;
+pub mod budget;
 pub mod connect;
 mod history;
 pub mod state;
@@ -14,10 +15,12 @@ pub use state::{Auth, ChatState, Credentials, Detached, Member, Recovery};
 
 use std::time::Instant;
 
+use budget::{Kind, Verdict};
 use serde_json::{json, Map, Value};
 
 use crate::ids::{ConnectionId, MessageId, Room, Target, UserId, WorkspaceId};
 use crate::json::{self, Fields};
+use crate::limits::EventBudgets;
 use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, StoreReply};
 use crate::model::{timestamp, User};
 use crate::store::request::{NewMessage, StoreError};
@@ -54,6 +57,9 @@ pub enum Effect {
     Replay(u64),
     /// Keep this session for the recovery window, on the shard that made its pid.
     Detach(Box<str>, Detached),
+    /// The socket kept going over its budget after it was told: tell it why, end it with a
+    /// Socket.IO DISCONNECT (socket.io-client does not retry that) and close it.
+    Cut(String),
 }
 
 /// Most users one `presence:query` may ask about.
@@ -70,6 +76,8 @@ pub struct Context<'a> {
     pub workspace: WorkspaceId,
     /// Longest message content.
     pub max_message_chars: usize,
+    /// Event budgets.
+    pub budgets: &'a EventBudgets,
     /// The current time.
     pub now: Instant,
     /// Whether the socket is in a room (membership is kept current on live sockets).
@@ -95,6 +103,43 @@ pub fn refuse(ack: Option<u64>, error: &str, out: &mut Vec<Effect>) {
     }
 }
 
+/// The budget an event is counted against before it is handled (presence changes are
+/// counted only when they change something, in [`set_away`]), and whether it asks the
+/// store or presence something (so counts as a request in flight until answered).
+fn budget_of(name: &str) -> (Option<Kind>, bool) {
+    match name {
+        "message:send" => (Some(Kind::Send), true),
+        "message:delete" => (Some(Kind::Delete), true),
+        "message:history" => (Some(Kind::History), true),
+        "room:join" => (Some(Kind::Join), true),
+        "room:leave" => (Some(Kind::Join), false),
+        "typing:start" | "typing:stop" => (Some(Kind::Typing), false),
+        "presence:setAway" | "presence:setActive" => (None, false),
+        "presence:query" => (Some(Kind::Query), true),
+        _ => (Some(Kind::Other), false),
+    }
+}
+
+/// An event over a budget: refused (told once with an `error` event, and answered with
+/// `{success: false, error}` when it asked for an ack), or the socket is cut.
+fn over_budget(verdict: Verdict, error: String, ack: Option<u64>, out: &mut Vec<Effect>) {
+    match verdict {
+        Verdict::Allow => {}
+        Verdict::Refuse { told } => {
+            if let Some(id) = ack {
+                out.push(Effect::Ack(id, json!({"success": false, "error": error})));
+            }
+            if told {
+                out.push(Effect::Emit("error", json!({"message": error})));
+            }
+        }
+        Verdict::Cut => out.push(Effect::Cut(format!(
+            "disconnected: this socket went on sending after it was told it was over its \
+             budget ({error})"
+        ))),
+    }
+}
+
 /// Handles one client event. `args` are the event's arguments after its name.
 pub fn handle_event(
     ctx: &Context<'_>,
@@ -104,6 +149,20 @@ pub fn handle_event(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) {
+    let (kind, asks) = budget_of(name);
+    if let Some(kind) = kind {
+        let verdict = state.budgets.take(ctx.budgets, kind, ctx.now);
+        if verdict != Verdict::Allow {
+            return over_budget(verdict, budget::over(ctx.budgets, kind), ack, out);
+        }
+    }
+    if asks {
+        let verdict = state.budgets.request(ctx.budgets, ctx.now);
+        if verdict != Verdict::Allow {
+            let error = budget::too_many_in_flight(ctx.budgets);
+            return over_budget(verdict, error, ack, out);
+        }
+    }
     let data = if args.is_empty() {
         Value::Null
     } else {
@@ -127,13 +186,25 @@ pub fn handle_event(
         )),
     };
     if let Err(error) = result {
+        if asks {
+            // Refused here: nothing was asked.
+            state.budgets.answered();
+        }
         refuse(ack, &error, out);
     }
 }
 
-/// Turns the store's answer to a socket request into effects; a history page takes at
-/// most `max_page_bytes` of JSON.
-pub fn handle_reply(reply: StoreReply, max_page_bytes: usize, out: &mut Vec<Effect>) {
+/// Turns the store's (or presence's) answer to a socket request into effects; a history page
+/// takes at most `max_page_bytes` of JSON.
+pub fn handle_reply(
+    auth: &mut Auth,
+    reply: StoreReply,
+    max_page_bytes: usize,
+    out: &mut Vec<Effect>,
+) {
+    if let Auth::Connected(member) = auth {
+        member.chat.budgets.answered();
+    }
     let failed =
         |ack: Option<u64>, e: StoreError, out: &mut Vec<Effect>| refuse(ack, e.message(), out);
     match reply {
@@ -319,19 +390,6 @@ fn typing_event(
             out.push(Effect::Publish(typing_update(ctx.user, target, is_typing)));
         }
         typing::Outcome::Quiet => {}
-        typing::Outcome::Throttled(first) => {
-            if first || ack.is_some() {
-                refuse(
-                    ack,
-                    &format!(
-                        "typing events are limited to {} per second; extra ones are dropped",
-                        typing::TYPING_RATE
-                    ),
-                    out,
-                );
-            }
-            return Ok(());
-        }
     }
     ok(ack, out);
     Ok(())
@@ -344,13 +402,30 @@ fn set_away(
     ack: Option<u64>,
     out: &mut Vec<Effect>,
 ) -> Result<(), String> {
+    state.pending_away = None;
     if state.away != away {
-        state.away = away;
-        out.push(Effect::Presence(PresenceCommand::Away {
-            user: ctx.user.id,
-            workspace: ctx.workspace,
-            away,
-        }));
+        match state.budgets.defer(ctx.budgets, Kind::Presence, ctx.now) {
+            Verdict::Allow => {
+                state.away = away;
+                out.push(Effect::Presence(PresenceCommand::Away {
+                    user: ctx.user.id,
+                    workspace: ctx.workspace,
+                    away,
+                }));
+            }
+            verdict => {
+                // Announced once the budget refills (`connect::expire`), unless the socket
+                // changes its mind before.
+                let at = state.budgets.ready(ctx.budgets, Kind::Presence);
+                state.pending_away = Some((away, at));
+                let error = format!(
+                    "presence changes are limited to {} on this socket; the last one is \
+                     announced when the budget refills",
+                    ctx.budgets.presence
+                );
+                over_budget(verdict, error, None, out);
+            }
+        }
     }
     ok(ack, out);
     Ok(())

@@ -15,6 +15,19 @@ fn member_of(n: u128) -> Target {
 
 /// Runs one event for Ann, who is in the room of channel 5 only.
 fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<Effect> {
+    let budgets = EventBudgets::default();
+    run_at(state, &budgets, Instant::now(), name, data, ack)
+}
+
+/// [`run`] with these budgets, at `now`.
+fn run_at(
+    state: &mut ChatState,
+    budgets: &EventBudgets,
+    now: Instant,
+    name: &str,
+    data: Value,
+    ack: Option<u64>,
+) -> Vec<Effect> {
     let u = user();
     let in_room = |room: Room| room == member_of(5).room();
     let ctx = Context {
@@ -26,7 +39,8 @@ fn run(state: &mut ChatState, name: &str, data: Value, ack: Option<u64>) -> Vec<
         user: &u,
         workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
         max_message_chars: 10,
-        now: Instant::now(),
+        budgets,
+        now,
         in_room: &in_room,
     };
     let mut out = Vec::new();
@@ -214,5 +228,200 @@ fn presence_changes_only_on_a_real_switch() {
     );
     assert!(
         matches!(&bad[..], [Effect::Ack(5, v)] if v["error"].as_str().unwrap().contains("\"x\""))
+    );
+}
+
+fn small_budgets() -> EventBudgets {
+    let rate = |burst| crate::limits::Rate {
+        burst,
+        per: std::time::Duration::from_secs(1),
+    };
+    EventBudgets {
+        sends: rate(3),
+        presence: rate(2),
+        refused: rate(10),
+        ..EventBudgets::default()
+    }
+}
+
+#[test]
+fn a_send_flood_is_refused_told_once_then_cut() {
+    let b = small_budgets();
+    let t0 = Instant::now();
+    let mut state = ChatState::new(t0);
+    let send = json!({"targetId": uuid::Uuid::from_u128(5).to_string(), "targetType": "channel", "content": "hi"});
+    let outs: Vec<Vec<Effect>> = (0..14)
+        .map(|i| run_at(&mut state, &b, t0, "message:send", send.clone(), Some(i)))
+        .collect();
+    for out in &outs[..3] {
+        assert!(matches!(
+            &out[..],
+            [Effect::Store(StoreCommand::Send { .. })]
+        ));
+    }
+    // The first refusal: its ack, and the one error event.
+    match &outs[3][..] {
+        [Effect::Ack(3, v), Effect::Emit("error", e)] => {
+            assert_eq!(v["success"], false);
+            assert!(e["message"]
+                .as_str()
+                .unwrap()
+                .contains("message:send are limited to 3 per 1 s"));
+        }
+        other => panic!("{other:?}"),
+    }
+    for out in &outs[4..13] {
+        assert!(
+            matches!(&out[..], [Effect::Ack(_, v)] if v["success"] == false),
+            "{out:?}"
+        );
+    }
+    assert!(matches!(&outs[13][..], [Effect::Cut(_)]), "{:?}", outs[13]);
+}
+
+#[test]
+fn requests_in_flight_are_bounded_and_freed_by_answers() {
+    let b = EventBudgets {
+        in_flight: 1,
+        ..EventBudgets::default()
+    };
+    let t0 = Instant::now();
+    let mut state = ChatState::new(t0);
+    let q = json!({"userIds": []});
+    let out = run_at(&mut state, &b, t0, "presence:query", q.clone(), Some(1));
+    assert!(matches!(
+        &out[..],
+        [Effect::Presence(PresenceCommand::Query { .. })]
+    ));
+    let out = run_at(&mut state, &b, t0, "presence:query", q.clone(), Some(2));
+    assert!(
+        matches!(&out[..], [Effect::Ack(2, v), Effect::Emit(..)] if v["error"].as_str().unwrap().contains("unanswered"))
+    );
+    // A refused request does not count.
+    let bad = run_at(&mut state, &b, t0, "message:history", json!(1), Some(3));
+    assert!(
+        matches!(&bad[..], [Effect::Ack(3, v)] if v["error"].as_str().unwrap().contains("unanswered"))
+    );
+    let mut auth = Auth::Connected(crate::chat::Member {
+        user: user(),
+        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
+        rooms: Vec::new(),
+        chat: state,
+        pid: None,
+        since_offset: 0,
+        removed: false,
+    });
+    let mut out = Vec::new();
+    handle_reply(
+        &mut auth,
+        StoreReply::Presence {
+            ack: Some(1),
+            statuses: vec![],
+        },
+        &mut out,
+    );
+    let Auth::Connected(member) = &mut auth else {
+        unreachable!()
+    };
+    let out = run_at(&mut member.chat, &b, t0, "presence:query", q, Some(4));
+    assert!(matches!(&out[..], [Effect::Presence(_)]));
+}
+
+#[test]
+fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
+    // 10 refusals cut a socket; 98 merged changes are not refusals.
+    let b = small_budgets();
+    let t0 = Instant::now();
+    let mut state = ChatState::new(t0);
+    let mut announced = Vec::new();
+    let mut errors = 0;
+    for i in 0..100 {
+        let name = if i % 2 == 0 {
+            "presence:setAway"
+        } else {
+            "presence:setActive"
+        };
+        for e in run_at(&mut state, &b, t0, name, Value::Null, None) {
+            match e {
+                Effect::Presence(PresenceCommand::Away { away, .. }) => announced.push(away),
+                Effect::Emit("error", _) => errors += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(announced, vec![true, false], "the burst of 2, then nothing");
+    assert_eq!(errors, 1, "told once");
+    // The last word was setActive (i = 99): already announced, nothing waits.
+    assert_eq!(state.pending_away, None);
+    run_at(&mut state, &b, t0, "presence:setAway", Value::Null, None);
+    let (away, at) = state.pending_away.expect("waits for the budget");
+    assert!(away && at > t0);
+    assert_eq!(state.poll_timeout(), Some(at));
+    let mut member = crate::chat::Member {
+        user: user(),
+        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
+        rooms: Vec::new(),
+        chat: state,
+        pid: None,
+        since_offset: 0,
+        removed: false,
+    };
+    let mut out = Vec::new();
+    connect::expire(&mut member, &b, at, &mut out);
+    assert!(matches!(
+        &out[..],
+        [Effect::Presence(PresenceCommand::Away { away: true, .. })]
+    ));
+    assert_eq!(member.chat.pending_away, None);
+}
+
+#[test]
+fn removal_from_the_workspace_leaves_every_room_but_the_users_own() {
+    let ws = WorkspaceId(uuid::Uuid::from_u128(9));
+    let mut member = crate::chat::Member {
+        user: user(),
+        workspace: ws,
+        rooms: vec![
+            Room::User(user().id),
+            Room::Workspace(ws),
+            member_of(5).room(),
+        ],
+        chat: ChatState::new(Instant::now()),
+        pid: Some("p".into()),
+        since_offset: 0,
+        removed: false,
+    };
+    let change = |workspace| crate::model::MembershipChange {
+        user: user().id,
+        workspace,
+        room: Room::Workspace(workspace),
+        joined: false,
+    };
+    let mut out = Vec::new();
+    connect::membership(
+        &mut member,
+        change(WorkspaceId(uuid::Uuid::from_u128(8))),
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "another workspace's removal changes nothing"
+    );
+    connect::membership(&mut member, change(ws), &mut out);
+    let left: Vec<Room> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Leave(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left, vec![Room::Workspace(ws), member_of(5).room()]);
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Presence(PresenceCommand::Disconnected { .. }))));
+    assert!(out.iter().any(|e| matches!(e, Effect::Emit("error", _))));
+    assert!(
+        member.removed && member.pid.is_none(),
+        "not kept for recovery"
     );
 }

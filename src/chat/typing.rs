@@ -1,7 +1,8 @@
 //! Typing indicators (contract §3–§5): broadcast to the room's other members, never stored;
 //! a repeated `typing:start` only refreshes the 5 s timer; typing ends on `typing:stop`,
 //! after 5 s without a refresh, or at once when the socket goes away. A socket that floods
-//! typing events is throttled (the seed's pitfall 6) without affecting anyone else.
+//! typing events is throttled (the seed's pitfall 6) by its typing budget (`budget.rs`)
+//! without affecting anyone else.
 
 use std::time::{Duration, Instant};
 
@@ -9,23 +10,14 @@ use crate::ids::Target;
 
 /// A user who stops sending `typing:start` is shown as not typing after this long.
 pub const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Typing events one socket may send per second, on average.
-pub const TYPING_RATE: f64 = 5.0;
-/// Typing events one socket may send in a burst.
-pub const TYPING_BURST: f64 = 10.0;
 /// Rooms one socket may be typing in at once.
 const MAX_TYPING_ROOMS: usize = 16;
 
 /// One socket's typing state.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Typing {
     /// Targets being typed in, with the instant each expires.
     active: Vec<(Target, Instant)>,
-    /// Token bucket: events left, and when it was last filled.
-    tokens: f64,
-    filled: Instant,
-    /// The socket was told it is throttled and has not been let through since.
-    throttled: bool,
 }
 
 /// What a typing event led to.
@@ -35,41 +27,16 @@ pub enum Outcome {
     Update(bool),
     /// Nothing to tell (a refresh, or a stop while not typing).
     Quiet,
-    /// Over the rate: dropped. `true` the first time, so the socket is told once.
-    Throttled(bool),
 }
 
 impl Typing {
-    /// A socket that is not typing, with a full budget.
-    pub fn new(now: Instant) -> Self {
-        Typing {
-            active: Vec::new(),
-            tokens: TYPING_BURST,
-            filled: now,
-            throttled: false,
-        }
+    /// A socket that is not typing.
+    pub fn new() -> Self {
+        Typing { active: Vec::new() }
     }
 
-    fn take_token(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * TYPING_RATE).min(TYPING_BURST);
-        self.filled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// `typing:start` (`start`) or `typing:stop` in `target`.
+    /// `typing:start` (`start`) or `typing:stop` in `target` (within the socket's budget).
     pub fn handle(&mut self, now: Instant, target: Target, start: bool) -> Outcome {
-        if !self.take_token(now) {
-            let first = !self.throttled;
-            self.throttled = true;
-            return Outcome::Throttled(first);
-        }
-        self.throttled = false;
         let position = self.active.iter().position(|(t, _)| *t == target);
         match (start, position) {
             (true, Some(i)) => {
@@ -132,7 +99,7 @@ mod tests {
     #[test]
     fn repeated_start_only_refreshes_the_timer() {
         let t0 = Instant::now();
-        let mut typing = Typing::new(t0);
+        let mut typing = Typing::new();
         assert_eq!(typing.handle(t0, target(1), true), Outcome::Update(true));
         let later = t0 + Duration::from_secs(3);
         assert_eq!(typing.handle(later, target(1), true), Outcome::Quiet);
@@ -148,35 +115,11 @@ mod tests {
     #[test]
     fn typing_expires_after_five_seconds_without_a_refresh() {
         let t0 = Instant::now();
-        let mut typing = Typing::new(t0);
+        let mut typing = Typing::new();
         typing.handle(t0, target(1), true);
         typing.handle(t0 + Duration::from_secs(2), target(2), true);
         assert!(typing.expire(t0 + Duration::from_millis(4999)).is_empty());
         assert_eq!(typing.expire(t0 + TYPING_TIMEOUT), vec![target(1)]);
         assert_eq!(typing.stop_all(), vec![target(2)]);
-    }
-
-    #[test]
-    fn a_flood_is_throttled_and_told_once() {
-        let t0 = Instant::now();
-        let mut typing = Typing::new(t0);
-        let outcomes: Vec<Outcome> = (0..14)
-            .map(|i| typing.handle(t0, target(1), i % 2 == 0))
-            .collect();
-        assert_eq!(
-            outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Update(_)))
-                .count(),
-            10
-        );
-        assert_eq!(outcomes[10], Outcome::Throttled(true));
-        assert_eq!(outcomes[11], Outcome::Throttled(false));
-        // The budget refills at TYPING_RATE per second.
-        let later = t0 + Duration::from_secs(1);
-        assert!(matches!(
-            typing.handle(later, target(1), true),
-            Outcome::Update(true)
-        ));
     }
 }

@@ -60,6 +60,8 @@ pub struct Connection {
     /// would answer its unread bytes with a reset, and it could lose our last response
     /// (a 413 to a large upload).
     pub lingering: bool,
+    /// The client's address, when the gate counts this connection (see `crate::gate`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The bounds on a connection's memory, from the settings.
@@ -139,6 +141,7 @@ impl Connection {
             ready: false,
             stuck_since: None,
             lingering: false,
+            peer: None,
         }
     }
 

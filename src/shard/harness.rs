@@ -96,6 +96,7 @@ impl Pair {
             metrics,
             store_kind: "memory",
             started: Instant::now(),
+            gate: crate::gate::Gate::new(config.limits.connections),
             config,
             demo: None,
         });

@@ -202,10 +202,15 @@ fn engine_request(
         }
         return;
     }
+    if let Some(refusal) = over_socket_limit(conn, core, now) {
+        return respond(conn, core, key, refusal, false, now);
+    }
     let session = Session::new(now, new_session_id(core.id), core.shared.config.engine);
     conn.out
         .queue(http::websocket_accept(websocket_key).into(), core.metrics());
-    let socket = Socket::new(session, Credentials::from_head(head));
+    let mut credentials = Credentials::from_head(head, &core.shared.config.cors_origins);
+    credentials.peer = conn.peer;
+    let socket = Socket::new(session, credentials);
     conn.phase = Phase::Socket(Box::new(socket));
     sockets.drive(core, SocketRef::Conn(key), now);
 }
@@ -239,13 +244,16 @@ fn polling_request(
             respond(conn, core, key, refuse(2, &message), false, now);
             return;
         }
+        if let Some(refusal) = over_socket_limit(conn, core, now) {
+            return respond(conn, core, key, refusal, false, now);
+        }
         wait(conn, keep_alive);
         let get = HeldGet {
             from,
             origin,
             keep_alive,
         };
-        let index = sockets.polls.open(core, head, get, now);
+        let index = sockets.polls.open(core, head, conn.peer, get, now);
         sockets.drive(core, SocketRef::Poll(index), now);
         return;
     };
@@ -328,6 +336,13 @@ pub fn release_waiters(sockets: &mut Sockets, core: &mut Core, now: Instant) {
             }
         }
     }
+}
+
+/// A `429` when the connection's address opened too many sockets lately (see `crate::gate`).
+fn over_socket_limit(conn: &Connection, core: &Core, now: Instant) -> Option<Vec<u8>> {
+    let refusal = core.shared.gate.new_socket(conn.peer?, now).err()?;
+    core.metrics().connections_refused.fetch_add(1, Relaxed);
+    Some(http::json_error(429, &refusal.0, false))
 }
 
 /// Input on connection `key` waits until the pending answer is written.

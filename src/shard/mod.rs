@@ -77,6 +77,8 @@ pub struct Shared {
     pub started: Instant,
     /// The demo workspace, in demo mode.
     pub demo: Option<crate::web::Demo>,
+    /// Connection counts and per-address limits, shared by every shard.
+    pub gate: crate::gate::Gate,
 }
 
 /// A shard: its poll, listener and inbox, its sockets, and the rest of its state.
@@ -282,7 +284,7 @@ impl Shard {
             let Some(listener) = &self.listener else {
                 return;
             };
-            let (tcp, _peer) = match listener.accept() {
+            let (tcp, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 // Drained the backlog.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -293,13 +295,36 @@ impl Shard {
                     return;
                 }
             };
+            if let Err(refusal) = self.core.shared.gate.open(peer.ip(), now) {
+                self.refuse(tcp, peer, &refusal.0);
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             match Stream::new(tcp, self.core.shared.tls.as_ref()) {
-                Ok(stream) => {
-                    self.add(stream, now);
+                Ok(stream) => match self.add(stream, now) {
+                    Some(key) => self.sockets.conns[key as usize].peer = Some(peer.ip()),
+                    None => self.core.shared.gate.close(peer.ip(), now),
+                },
+                Err(e) => {
+                    self.core.shared.gate.close(peer.ip(), now);
+                    tracing::warn!(error = %e, "TLS session setup failed");
                 }
-                Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
             }
+        }
+    }
+
+    /// Turns a connection away at accept (over a connection limit): a plain-text client gets
+    /// a `503` saying which limit (written if the socket buffer takes it, never waited for);
+    /// a TLS client is closed.
+    fn refuse(&self, tcp: mio::net::TcpStream, peer: std::net::SocketAddr, why: &str) {
+        self.core
+            .metrics()
+            .connections_refused
+            .fetch_add(1, Relaxed);
+        tracing::debug!(%peer, why, "connection refused");
+        if self.core.shared.tls.is_none() {
+            let bytes = crate::protocol::http::json_error(503, why, false);
+            let _ = std::io::Write::write(&mut &tcp, &bytes);
         }
     }
 
@@ -526,6 +551,9 @@ impl Shard {
         let m = self.core.metrics();
         m.connections.fetch_sub(1, Relaxed);
         m.queued_bytes.fetch_sub(conn.out.bytes() as i64, Relaxed);
+        if let Some(ip) = conn.peer {
+            self.core.shared.gate.close(ip, now);
+        }
         match conn.phase {
             Phase::Socket(socket) => {
                 socket::gone(&mut self.core, SocketRef::Conn(key), socket.auth, now)

@@ -148,13 +148,22 @@ pub fn refuse(core: &mut Core, to: ConnectionId, code: u8, message: &str, origin
 impl Polling {
     /// The handshake, on a connection of this shard: a new session with the GET held, to be
     /// answered with the open packet. Returns the session's key.
-    pub fn open(&mut self, core: &mut Core, head: &RequestHead, get: HeldGet, now: Instant) -> u32 {
+    pub fn open(
+        &mut self,
+        core: &mut Core,
+        head: &RequestHead,
+        peer: Option<std::net::IpAddr>,
+        get: HeldGet,
+        now: Instant,
+    ) -> u32 {
+        let mut credentials = Credentials::from_head(head, &core.shared.config.cors_origins);
+        credentials.peer = peer;
         let sid = new_session_id(core.id);
         let session =
             Session::with_upgrades(now, sid.clone(), core.shared.config.engine, &["websocket"]);
         let index = self.sessions.insert(PollSession {
             generation: core.generation(),
-            socket: Socket::new(session, Credentials::from_head(head)),
+            socket: Socket::new(session, credentials),
             packets: Packets::default(),
             get: Some(get),
             armed: None,

@@ -36,6 +36,8 @@ pub struct Socket {
     /// A fragmented WebSocket message being reassembled (rare: socket.io-client sends whole
     /// frames). Always `None` on a polling session.
     pub fragment: Option<Vec<u8>>,
+    /// Chat cut the socket (`Effect::Cut`): write what is queued, then close.
+    pub cut: bool,
 }
 
 /// Where a socket's packets leave.
@@ -75,6 +77,7 @@ impl Socket {
             session,
             auth: Auth::Pending(credentials),
             fragment: None,
+            cut: false,
         }
     }
 
@@ -90,7 +93,7 @@ impl Socket {
     /// or a typing indicator running out.
     pub fn deadline(&self) -> Option<Instant> {
         let typing = match &self.auth {
-            Auth::Connected(member) => member.chat.typing.poll_timeout(),
+            Auth::Connected(member) => member.chat.poll_timeout(),
             _ => None,
         };
         earliest(self.session.poll_timeout(), typing)
@@ -129,14 +132,19 @@ impl Socket {
             if outlet.bytes() > max {
                 return Flow::Over;
             }
+            if self.cut {
+                return Flow::Ended;
+            }
             let Some(event) = self.session.poll_event() else {
                 return Flow::Open;
             };
             let mut effects = Vec::new();
             match event {
+                SessionEvent::Connect { .. } if !self.connect_allowed(core, now) => {}
                 SessionEvent::Connect { auth, pid, offset } => connect::connect(
                     id,
                     &core.shared.jwt,
+                    &core.shared.config.limits.events,
                     core.recovery.enabled(),
                     &mut self.auth,
                     auth,
@@ -158,6 +166,25 @@ impl Socket {
         }
     }
 
+    /// Whether the gate lets this socket's address try a CONNECT now; if not, the CONNECT
+    /// is refused with the reason. Only a CONNECT that would be checked is counted.
+    fn connect_allowed(&mut self, core: &Core, now: Instant) -> bool {
+        let Auth::Pending(credentials) = &self.auth else {
+            return true;
+        };
+        let Some(ip) = credentials.peer else {
+            return true;
+        };
+        match core.shared.gate.connect_attempt(ip, now) {
+            Ok(()) => true,
+            Err(refusal) => {
+                core.metrics().auth_failures.fetch_add(1, Relaxed);
+                self.session.refuse(&refusal.0);
+                false
+            }
+        }
+    }
+
     /// A client event, for `chat` to handle.
     #[allow(clippy::too_many_arguments)]
     fn event(
@@ -175,6 +202,18 @@ impl Socket {
             chat::refuse(ack, reason, out);
             return;
         };
+        if member.removed {
+            let reason = format!(
+                "{} {}; nothing more can be done on this socket",
+                connect::REMOVED,
+                member.workspace
+            );
+            // Told once when it was removed; only acks are answered from then on.
+            if ack.is_some() {
+                chat::refuse(ack, &reason, out);
+            }
+            return;
+        }
         let hub = &core.hub;
         let in_room = |room: Room| hub.contains(&room, id.slot);
         let ctx = Context {
@@ -182,6 +221,7 @@ impl Socket {
             user: &member.user,
             workspace: member.workspace,
             max_message_chars: core.shared.config.max_message_chars,
+            budgets: &core.shared.config.limits.events,
             now,
             in_room: &in_room,
         };
@@ -252,6 +292,14 @@ impl Socket {
                     }
                 }
                 Effect::Detach(pid, session) => detach(core, pid, session, now),
+                Effect::Cut(reason) => {
+                    core.metrics().clients_cut.fetch_add(1, Relaxed);
+                    tracing::info!(?id, user = ?self.user(), "{reason}");
+                    self.session
+                        .emit("error", &serde_json::json!({"message": reason}));
+                    self.session.disconnect();
+                    self.cut = true;
+                }
             }
         }
     }

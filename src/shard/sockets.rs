@@ -150,8 +150,8 @@ impl Sockets {
                     })
                 })
             }
-            (other, _) => self.update(core, socket, now, |_, core, _, out| {
-                chat::handle_reply(other, core.limits.outbound / 4, out)
+            (other, _) => self.update(core, socket, now, |s, core, _, out| {
+                chat::handle_reply(&mut s.auth, other, core.limits.outbound / 4, out)
             }),
         }
     }
@@ -252,9 +252,9 @@ impl Sockets {
             self.close(core, socket, Close::Now("ping timeout"), now);
             return;
         }
-        self.update(core, socket, now, |s, _, _, out| {
+        self.update(core, socket, now, |s, core, _, out| {
             if let Auth::Connected(member) = &mut s.auth {
-                connect::expire(member, now, out);
+                connect::expire(member, &core.shared.config.limits.events, now, out);
             }
         });
     }

@@ -381,6 +381,7 @@ pub fn adopt(
         session,
         auth,
         fragment: None,
+        cut: false,
     }));
     sockets.drive(core, socket, now);
     core.resume.push(key);

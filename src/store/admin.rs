@@ -50,6 +50,12 @@ pub(super) fn handle<B: Backend>(
                 (201, json!({}))
             })
         }
+        AdminRequest::RemoveWorkspaceMember { workspace, user } => backend
+            .remove_workspace_member(workspace, user)
+            .map(|change| {
+                broker.membership(change);
+                (200, json!({}))
+            }),
         AdminRequest::RemoveChannelMember { channel, user } => {
             backend.remove_channel_member(channel, user).map(|change| {
                 broker.membership(change);

@@ -454,6 +454,29 @@ impl Backend for MemoryBackend {
         }))
     }
 
+    fn remove_workspace_member(
+        &mut self,
+        workspace: WorkspaceId,
+        user: UserId,
+    ) -> Result<MembershipChange, StoreError> {
+        self.workspace(workspace)?;
+        let removed = self
+            .workspaces
+            .get_mut(&workspace)
+            .is_some_and(|row| row.members.remove(&user).is_some());
+        if !removed {
+            return Err(StoreError::NotFound(format!(
+                "user {user} is not a member of workspace {workspace}"
+            )));
+        }
+        Ok(MembershipChange {
+            user,
+            workspace,
+            room: Room::Workspace(workspace),
+            joined: false,
+        })
+    }
+
     fn remove_channel_member(
         &mut self,
         channel: ChannelId,

@@ -173,6 +173,15 @@ pub trait Backend {
         user: UserId,
     ) -> Result<Option<MembershipChange>, StoreError>;
 
+    /// Removes a workspace member (the row only: its channel and DM rows stay, unreachable
+    /// without the workspace); not being one is `NotFound`. Returns the change to announce:
+    /// the user's sockets in that workspace leave every room of it.
+    fn remove_workspace_member(
+        &mut self,
+        workspace: WorkspaceId,
+        user: UserId,
+    ) -> Result<MembershipChange, StoreError>;
+
     /// Removes a channel member; not being one is `NotFound`. Returns the change to announce.
     fn remove_channel_member(
         &mut self,

@@ -214,6 +214,26 @@ pub(super) fn add_channel_member(
     })))
 }
 
+pub(super) fn remove_workspace_member(
+    conn: &mut Conn,
+    workspace: WorkspaceId,
+    user: UserId,
+) -> Answer<MembershipChange> {
+    let stmt =
+        conn.prepare("DELETE FROM workspace_members WHERE workspace_id = $1 AND user_id = $2")?;
+    if conn.client.execute(&stmt, &[&workspace.0, &user.0])? == 0 {
+        return Ok(Err(StoreError::NotFound(format!(
+            "user {user} is not a member of workspace {workspace}"
+        ))));
+    }
+    Ok(Ok(MembershipChange {
+        user,
+        workspace,
+        room: Room::Workspace(workspace),
+        joined: false,
+    }))
+}
+
 pub(super) fn remove_channel_member(
     conn: &mut Conn,
     channel: ChannelId,

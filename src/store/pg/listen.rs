@@ -49,6 +49,7 @@ fn change_of(payload: &str) -> Option<MembershipChange> {
     let room = match p.kind.as_str() {
         "channel" => Room::Channel(ChannelId(p.room)),
         "dm" => Room::Dm(ConversationId(p.room)),
+        "workspace" => Room::Workspace(WorkspaceId(p.room)),
         _ => return None,
     };
     Some(MembershipChange {

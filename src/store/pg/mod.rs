@@ -388,6 +388,14 @@ impl Backend for PgBackend {
         self.run(|c| admin::add_channel_member(c, channel, user))
     }
 
+    fn remove_workspace_member(
+        &mut self,
+        workspace: WorkspaceId,
+        user: UserId,
+    ) -> Result<MembershipChange, StoreError> {
+        self.run(|c| admin::remove_workspace_member(c, workspace, user))
+    }
+
     fn remove_channel_member(
         &mut self,
         channel: ChannelId,

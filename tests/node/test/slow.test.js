@@ -25,7 +25,8 @@ describe("slow consumer", { timeout: 240_000 }, () => {
   let ws;
 
   before(async () => {
-    server = await startServer({ env: { CHAT_MAX_OUTBOUND_BYTES: String(MAX_OUTBOUND) } });
+    // The sender sends as fast as acks come back: far over the default send budget.
+    server = await startServer({ env: { CHAT_MAX_OUTBOUND_BYTES: String(MAX_OUTBOUND), CHAT_LIMIT_SENDS: "100000/1s" } });
     ws = await server.provision({ users: 4, channels: [{ members: "all" }] });
   });
 
