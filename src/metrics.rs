@@ -106,6 +106,8 @@ pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     /// The store thread.
     pub store: StoreMetrics,
+    /// In a cluster: the node, its Redis link and the broker's counters.
+    pub cluster: std::sync::OnceLock<crate::broker::cluster::View>,
 }
 
 impl Metrics {
@@ -114,6 +116,7 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             store: StoreMetrics::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -223,6 +226,9 @@ impl Metrics {
             "ocomms_send_ack_seconds",
             "Time from a shard reading a message:send to the store answering it (stored, published), seconds.",
         );
+        if let Some(cluster) = self.cluster.get() {
+            cluster.metrics.render(&mut out);
+        }
         process(&mut out);
         out
     }

@@ -18,12 +18,15 @@
 //!
 //! Only the broker's own threads talk to Redis; shards never wait on it.
 
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod interest;
 pub mod link;
 pub mod metrics;
 pub mod names;
+pub mod node;
+pub mod pg;
 pub mod presence;
 pub mod sequencer;
 pub mod testing;
