@@ -479,6 +479,22 @@ impl BrokerHandle {
         }
     }
 
+    /// In a cluster, before a membership read reaches its socket: the rooms' floors, and their
+    /// subscriptions made and confirmed by Redis (waited for at most a second), so the socket
+    /// receives what other nodes publish from the moment it joins. Nothing on one node.
+    pub fn prepare(&self, floors: Vec<(Room, u64)>, rooms: &[Room]) {
+        let Some(inbox) = &self.cluster else { return };
+        self.floors(floors);
+        let (ready, wait) = crossbeam_channel::bounded(1);
+        let rooms = rooms.to_vec();
+        if inbox
+            .send(crate::broker::node::Input::Ready { rooms, ready })
+            .is_ok()
+        {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+
     /// The answer to a send, sent after the publications the store handed over before it
     /// (so the sender has its own `message:new` first, on one node as in a cluster).
     pub fn reply_after_publications(&self, to: ConnectionId, reply: StoreReply) {

@@ -137,6 +137,7 @@ impl Node {
                     node_id,
                     inbox,
                     mesh.broker.clone(),
+                    config.recovery_window,
                 )?;
                 let settings = crate::broker::presence::thread::Settings {
                     node: node_id,
@@ -150,6 +151,13 @@ impl Node {
                     Arc::clone(&started.link),
                     settings,
                 );
+                // Give the link a moment to connect, so the node's first sockets already
+                // cross nodes; a Redis that is down does not hold the start (the link keeps
+                // retrying, and local service needs no Redis).
+                let deadline = Instant::now() + std::time::Duration::from_secs(3);
+                while !started.link.is_up_now() && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 let _ = metrics.cluster.set(view);
                 cluster = Some(started);
                 presence

@@ -40,13 +40,15 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the link, `broker-pg` and the `broker` thread reading `inbox`. `broker` is the
-    /// node's broker handle (its shards, ids and recovery setting).
+    /// node's broker handle (its shards, ids and recovery setting); rooms stay subscribed for
+    /// `recovery_window` after their last member left.
     pub fn start(
         config: &RedisConfig,
         database_url: &str,
         node: NodeId,
         inbox: (Sender<Input>, Receiver<Input>),
         broker: BrokerHandle,
+        recovery_window: std::time::Duration,
     ) -> Result<(Cluster, View), String> {
         let metrics = Arc::new(BrokerMetrics::default());
         let (events_tx, events) = crossbeam_channel::bounded(EVENTS);
@@ -66,6 +68,7 @@ impl Cluster {
             asks_tx,
             config.gap_fill,
             config.sweep,
+            recovery_window,
         );
         let receiver = inbox.1;
         let thread = std::thread::Builder::new()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{self, Header, Kind, Place};
 use super::interest::{Change, Interest, LINGER};
@@ -55,6 +55,15 @@ pub enum Input {
     },
     /// Rooms' tops read with a membership, before its sockets join.
     Floors(Vec<(Room, u64)>),
+    /// Subscribe to these rooms now (they linger if no socket joins), and answer on `ready`
+    /// once Redis confirmed every one: a membership is answered only then, so a socket that
+    /// joined already receives what other nodes publish (typing and presence too).
+    Ready {
+        /// The rooms a socket is about to join.
+        rooms: Vec<Room>,
+        /// Where to answer.
+        ready: Sender<()>,
+    },
     /// `broker-pg` answered.
     Pg(Answer),
     /// Stop.
@@ -70,6 +79,12 @@ const PENDING_WAIT: Duration = Duration::from_millis(1000);
 
 /// Most deletions waiting for their message per room.
 const MAX_WAITING_DELETES: usize = 1024;
+
+/// The interest of a membership read on its way to a socket (see [`Input::Ready`]).
+const PREPARING: ShardId = ShardId(u16::MAX);
+
+/// Longest a [`Input::Ready`] waits for its confirmations.
+const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// Most rooms remembered with publications Redis did not take.
 const MAX_UNPUBLISHED: usize = 100_000;
@@ -93,6 +108,10 @@ pub struct Broker {
     interest: Interest<Room>,
     /// Channel name → room, for subscription confirmations.
     channels: FxHashMap<String, Room>,
+    /// Channels Redis confirmed (since the subscriber's last loss).
+    confirmed: FxHashSet<String>,
+    /// Memberships waiting for their rooms' confirmations.
+    waiters: Vec<(Vec<String>, Sender<()>, Instant)>,
     hints: FxHashMap<Room, (u64, Instant)>,
     pending: FxHashMap<Room, Pending>,
     /// Deletions whose message this node has not released yet: (sequence, packet).
@@ -121,6 +140,7 @@ impl Broker {
         pg: Sender<Ask>,
         gap_fill: Duration,
         sweep: Duration,
+        linger: Duration,
     ) -> Broker {
         Broker {
             node,
@@ -133,8 +153,13 @@ impl Broker {
                 gap_fill,
                 ..SequencerConfig::default()
             }),
-            interest: Interest::new(LINGER),
+            // A room stays subscribed (and its stream runs) for the recovery window after its
+            // last member left: a detached session's missed events must reach the shards'
+            // recovery logs.
+            interest: Interest::new(LINGER.max(linger)),
             channels: FxHashMap::default(),
+            confirmed: FxHashSet::default(),
+            waiters: Vec::new(),
             hints: FxHashMap::default(),
             pending: FxHashMap::default(),
             deletes: FxHashMap::default(),
@@ -237,6 +262,7 @@ impl Broker {
                     self.floor(room, floor, now);
                 }
             }
+            Input::Ready { rooms, ready } => self.ready(rooms, ready, now),
             Input::Pg(answer) => self.answer(answer, now),
             Input::Shutdown => {}
         }
@@ -353,6 +379,29 @@ impl Broker {
         }
     }
 
+    /// Subscribes `rooms` ahead of their socket and answers once all are confirmed.
+    fn ready(&mut self, rooms: Vec<Room>, ready: Sender<()>, now: Instant) {
+        let mut waiting = Vec::new();
+        for room in rooms {
+            if matches!(room, Room::User(_)) {
+                continue;
+            }
+            if let Change::Subscribe(room) = self.interest.add(room, PREPARING) {
+                self.start(room, now);
+            }
+            self.interest.remove(&room, PREPARING, now);
+            let channel = self.names.room(room);
+            if !self.confirmed.contains(&channel) {
+                waiting.push(channel);
+            }
+        }
+        if waiting.is_empty() {
+            let _ = ready.send(());
+        } else {
+            self.waiters.push((waiting, ready, now));
+        }
+    }
+
     /// Starts a pending room's stream at `floor` and lets what waited arrive.
     fn begin(&mut self, room: Room, floor: u64, held: Vec<(u64, Bytes)>, now: Instant) {
         self.seq.start(room, floor);
@@ -393,8 +442,16 @@ impl Broker {
                 if let Some(room) = self.channels.get(&channel).copied() {
                     self.seq.confirmed(&room, &mut self.out);
                 }
+                self.waiters.retain_mut(|(waiting, ready, _)| {
+                    waiting.retain(|c| *c != channel);
+                    !waiting.is_empty() || ready.send(()).is_err()
+                });
+                self.confirmed.insert(channel);
             }
-            Event::SubscriberDown => self.subscriber_down = true,
+            Event::SubscriberDown => {
+                self.subscriber_down = true;
+                self.confirmed.clear();
+            }
             Event::Unpublished(payloads) => {
                 for payload in payloads {
                     if let Ok(p) = codec::decode(Bytes::from(payload)) {
@@ -473,7 +530,11 @@ impl Broker {
             offset: Some(self.offset),
             packet,
         });
-        self.send(room, broadcast);
+        // Every shard, as on one node: each keeps durable events in its recovery log, also
+        // for rooms whose members there went away within the window.
+        for shard in self.broker.shards() {
+            shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
+        }
     }
 
     fn send(&self, room: Room, broadcast: Arc<Broadcast>) {
@@ -530,6 +591,7 @@ impl Broker {
             }
             let channel = self.names.room(room);
             self.channels.remove(&channel);
+            self.confirmed.remove(&channel);
             self.seq.stop(&room);
             self.pending.remove(&room);
             self.deletes.remove(&room);
@@ -549,6 +611,8 @@ impl Broker {
         }
         self.hints
             .retain(|_, (_, at)| now.duration_since(*at) <= HINT_TTL);
+        self.waiters
+            .retain(|(_, _, at)| now.duration_since(*at) <= READY_WAIT);
         if !self.unpublished.is_empty() && self.link.status().is_up() {
             for (room, top) in std::mem::take(&mut self.unpublished) {
                 self.publish(room, Kind::Watermark, Some(top), None, b"");

@@ -299,7 +299,8 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
         } => {
             let result = backend.authenticate(&credential, workspace, Utc::now());
             if let (Ok(grant), true) = (&result, mesh.broker.is_cluster()) {
-                mesh.broker.floors(backend.floors(&grant.rooms));
+                mesh.broker
+                    .prepare(backend.floors(&grant.rooms), &grant.rooms);
             }
             mesh.reply(from, StoreReply::Authenticated(result));
         }
@@ -314,7 +315,8 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
         ReadJob::CheckMember { asker, ack, target } => {
             let result = backend.check_member(asker.user, asker.workspace, target);
             if result.is_ok() && mesh.broker.is_cluster() {
-                mesh.broker.floors(backend.floors(&[target.room()]));
+                mesh.broker
+                    .prepare(backend.floors(&[target.room()]), &[target.room()]);
             }
             mesh.reply(
                 asker.from,

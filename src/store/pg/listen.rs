@@ -124,10 +124,16 @@ fn run(url: &str, mesh: &Mesh, metrics: &Metrics, stop: &Receiver<()>) {
             match next {
                 Ok(Some(note)) => {
                     if let Some(note) = note_of(note.payload(), application_name()) {
-                        if let (Some(floor), true) = (note.floor, note.change.joined) {
-                            mesh.broker.floors(vec![(note.change.room, floor)]);
-                        }
-                        if !note.own {
+                        let floors = match (note.floor, note.change.joined) {
+                            (Some(floor), true) => vec![(note.change.room, floor)],
+                            _ => Vec::new(),
+                        };
+                        if note.own {
+                            mesh.broker.floors(floors);
+                        } else {
+                            if note.change.joined {
+                                mesh.broker.prepare(floors, &[note.change.room]);
+                            }
                             mesh.broker.membership(note.change);
                         }
                     }
