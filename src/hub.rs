@@ -16,20 +16,45 @@ use crate::ids::Room;
 #[derive(Debug)]
 pub struct Hub<M> {
     rooms: FxHashMap<Room, IndexSet<M, FxBuildHasher>>,
+    /// When counted (in a cluster): rooms that gained their first member (`true`) or lost
+    /// their last one, in order, until [`Hub::take_changes`].
+    changes: Option<Vec<(Room, bool)>>,
 }
 
 impl<M> Default for Hub<M> {
     fn default() -> Self {
         Hub {
             rooms: FxHashMap::default(),
+            changes: None,
         }
+    }
+}
+
+impl<M> Hub<M> {
+    /// Counts rooms gained and lost from now on (a cluster subscribes where there are members).
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The rooms gained (`true`) and lost since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<(Room, bool)> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }
 
 impl<M: Copy + Eq + Hash> Hub<M> {
     /// Adds `member` to `room`; returns `false` if it was already there.
     pub fn join(&mut self, room: Room, member: M) -> bool {
-        self.rooms.entry(room).or_default().insert(member)
+        let members = self.rooms.entry(room).or_default();
+        if members.is_empty() {
+            if let Some(changes) = &mut self.changes {
+                changes.push((room, true));
+            }
+        }
+        members.insert(member)
     }
 
     /// Removes `member` from `room`; returns `false` if it was not there. An emptied room is
@@ -41,6 +66,9 @@ impl<M: Copy + Eq + Hash> Hub<M> {
         let removed = members.swap_remove(&member);
         if members.is_empty() {
             self.rooms.remove(&room);
+            if let Some(changes) = &mut self.changes {
+                changes.push((room, false));
+            }
         }
         removed
     }
@@ -85,5 +113,22 @@ mod tests {
         hub.leave(b, 2);
         assert_eq!(hub.room_count(), 0, "empty rooms are dropped");
         assert_eq!(hub.members(&a).count(), 0);
+    }
+
+    #[test]
+    fn tracked_changes_are_first_joins_and_last_leaves() {
+        let mut hub = Hub::default();
+        let a = Room::Channel(ChannelId(uuid::Uuid::from_u128(1)));
+        hub.join(a, 1);
+        assert!(hub.take_changes().is_empty(), "not tracked by default");
+        hub.leave(a, 1);
+        hub.track_changes();
+        hub.join(a, 1);
+        hub.join(a, 2);
+        hub.leave(a, 1);
+        hub.leave(a, 2);
+        hub.join(a, 3);
+        assert_eq!(hub.take_changes(), vec![(a, true), (a, false), (a, true)]);
+        assert!(hub.take_changes().is_empty());
     }
 }

@@ -68,8 +68,8 @@
 //!
 //! Modules, from the bottom up: [`ids`], [`model`], [`config`], [`metrics`], [`json`],
 //! [`protocol`], [`transport`], [`hub`], [`mesh`], [`chat`], [`api`], [`web`], [`store`],
-//! [`presence`], [`shard`], [`node`]. [`broker`] holds the parts of the cluster over Redis
-//! that stand alone (its design is `docs/cluster.md`); the node does not start it yet. A
+//! [`presence`], [`shard`], [`node`]. [`broker`] joins a node to a cluster over Redis
+//! (`REDIS_URL`; design in `docs/cluster.md`). A
 //! long-polling session lives in its shard like a WebSocket connection does, and moves to the
 //! WebSocket's shard at the upgrade; connections never move.
 #![warn(missing_docs)]

@@ -43,15 +43,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(redis) = &config.redis_url {
-        // The broker's parts exist (src/broker) but the shards and the store do not use them
-        // yet: refuse rather than run as a single node that believes it is in a cluster.
-        eprintln!(
-            "ocomms-rt: configuration error: REDIS_URL={redis}: joining a cluster is not in this \
-             build yet; unset REDIS_URL to run a single node"
-        );
-        return ExitCode::from(2);
-    }
     // Register before starting threads, so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,

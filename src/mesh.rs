@@ -408,6 +408,9 @@ pub struct BrokerHandle {
     ids: Arc<AtomicU64>,
     /// Whether durable events carry their offset on the wire (connection state recovery).
     recovery: bool,
+    /// In a cluster (`REDIS_URL`): the `broker` thread's inbox. Every publication, reply to a
+    /// send and interest change goes there instead of straight to the shards.
+    cluster: Option<Sender<crate::broker::node::Input>>,
 }
 
 impl BrokerHandle {
@@ -418,6 +421,91 @@ impl BrokerHandle {
             presence: None,
             ids: Arc::new(AtomicU64::new(1)),
             recovery: false,
+            cluster: None,
+        }
+    }
+
+    /// Sends every publication through the cluster's `broker` thread (`inbox`).
+    pub fn with_cluster(mut self, inbox: Sender<crate::broker::node::Input>) -> Self {
+        self.cluster = Some(inbox);
+        self
+    }
+
+    /// Whether this node is part of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The next broadcast id (the cluster's `broker` thread takes them here too).
+    pub fn next_id(&self) -> BroadcastId {
+        BroadcastId(self.ids.fetch_add(1, Relaxed))
+    }
+
+    /// Whether durable packets carry their recovery offset.
+    pub fn recovery(&self) -> bool {
+        self.recovery
+    }
+
+    /// The shard handles.
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
+    /// In a cluster: hands `input` to the `broker` thread and returns `None`; on one node
+    /// returns it.
+    fn to_cluster(&self, input: crate::broker::node::Input) -> Option<crate::broker::node::Input> {
+        match &self.cluster {
+            Some(inbox) => {
+                let _ = inbox.send(input);
+                None
+            }
+            None => Some(input),
+        }
+    }
+
+    /// A shard's first local member joined `room` (`joined`), or its last one left. Only a
+    /// cluster counts them (to subscribe where there are members).
+    pub fn interest(&self, room: Room, shard: ShardId, joined: bool) {
+        self.to_cluster(crate::broker::node::Input::Interest {
+            room,
+            shard,
+            joined,
+        });
+    }
+
+    /// Each room's top sequence, read with a membership no later than its members join:
+    /// where a cluster starts the room's stream (see `docs/cluster.md`, starting mid-stream).
+    pub fn floors(&self, floors: Vec<(Room, u64)>) {
+        if !floors.is_empty() {
+            self.to_cluster(crate::broker::node::Input::Floors(floors));
+        }
+    }
+
+    /// In a cluster, before a membership read reaches its socket: the rooms' floors, and their
+    /// subscriptions made and confirmed by Redis (waited for at most a second), so the socket
+    /// receives what other nodes publish from the moment it joins. Nothing on one node.
+    pub fn prepare(&self, floors: Vec<(Room, u64)>, rooms: &[Room]) {
+        let Some(inbox) = &self.cluster else { return };
+        self.floors(floors);
+        let (ready, wait) = crossbeam_channel::bounded(1);
+        let rooms = rooms.to_vec();
+        if inbox
+            .send(crate::broker::node::Input::Ready { rooms, ready })
+            .is_ok()
+        {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+
+    /// The answer to a send, sent after the publications the store handed over before it
+    /// (so the sender has its own `message:new` first, on one node as in a cluster).
+    pub fn reply_after_publications(&self, to: ConnectionId, reply: StoreReply) {
+        if let Some(crate::broker::node::Input::Reply(to, reply)) =
+            self.to_cluster(crate::broker::node::Input::Reply(to, reply))
+        {
+            if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
+                shard.send(ShardCommand::Reply(to, reply));
+            }
         }
     }
 
@@ -435,13 +523,17 @@ impl BrokerHandle {
 
     /// Publishes an ephemeral event (typing, presence): no offset, nothing to replay.
     pub fn publish(&self, publication: Publication) {
-        self.fan_out(publication, None);
+        if let Some(crate::broker::node::Input::Ephemeral(publication)) =
+            self.to_cluster(crate::broker::node::Input::Ephemeral(publication))
+        {
+            self.fan_out(publication, None);
+        }
     }
 
     /// Gives the publication an id and hands it to every shard of this node (each keeps
-    /// only its members). Every publication leaves through here: where one would also go to
-    /// other nodes.
-    fn fan_out(&self, publication: Publication, offset: Option<u64>) {
+    /// only its members). On one node every publication leaves through here; in a cluster
+    /// the `broker` thread calls it for local ephemeral events.
+    pub fn fan_out(&self, publication: Publication, offset: Option<u64>) {
         let broadcast = Arc::new(Broadcast {
             id: BroadcastId(self.ids.fetch_add(1, Relaxed)),
             room: publication.room,
@@ -487,8 +579,19 @@ impl DurablePublisher {
     }
 
     /// Publishes `event` to every member of `room` with the next offset. With recovery on,
-    /// Socket.IO carries the offset as the event's last argument.
-    pub fn publish(&mut self, room: Room, event: &str, data: &impl serde::Serialize) {
+    /// Socket.IO carries the offset as the event's last argument. `seq` is the message's
+    /// sequence (the deleted one's for `message:deleted`): in a cluster the `broker` thread
+    /// orders the room's events by it and gives the offsets itself.
+    pub fn publish(&mut self, room: Room, event: &str, data: &impl serde::Serialize, seq: i64) {
+        if let Some(inbox) = &self.broker.cluster {
+            let _ = inbox.send(crate::broker::node::Input::Durable {
+                room,
+                deleted: event == "message:deleted",
+                seq: u64::try_from(seq).unwrap_or(0),
+                packet: Bytes::from(packet::event(event, data, None)),
+            });
+            return;
+        }
         let offset = self.next;
         self.next += 1;
         let text = self.broker.recovery.then(|| offset.to_string());

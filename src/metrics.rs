@@ -170,6 +170,8 @@ pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     /// The store thread.
     pub store: StoreMetrics,
+    /// In a cluster: the node, its Redis link and the broker's counters.
+    pub cluster: std::sync::OnceLock<crate::broker::cluster::View>,
 }
 
 impl Metrics {
@@ -178,6 +180,7 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             store: StoreMetrics::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -315,6 +318,9 @@ impl Metrics {
             "ocomms_store_queue_depth",
             "Commands queued for the store (taken plus still waiting) at each turn of its loop.",
         );
+        if let Some(cluster) = self.cluster.get() {
+            cluster.metrics.render(&mut out);
+        }
         process(&mut out);
         out
     }

@@ -31,6 +31,7 @@ pub struct Node {
     shards: Vec<JoinHandle<()>>,
     store: JoinHandle<()>,
     presence: (crossbeam_channel::Sender<PresenceCommand>, JoinHandle<()>),
+    cluster: Option<crate::broker::cluster::Cluster>,
     grace: std::time::Duration,
     /// Held while the node runs (see [`lock_port`]).
     _port_lock: std::os::unix::net::UnixListener,
@@ -128,6 +129,16 @@ impl Node {
         if !config.recovery_window.is_zero() {
             broker = broker.with_recovery();
         }
+        // A cluster node: a fresh id (a node that comes back is a new node), its PostgreSQL
+        // connections named after it, and every publication through the `broker` thread.
+        let node_id = crate::broker::names::NodeId::random();
+        let cluster_inbox = config.redis_url.as_ref().map(|_| {
+            crate::store::pg::set_node(node_id);
+            crossbeam_channel::unbounded()
+        });
+        if let Some((tx, _)) = &cluster_inbox {
+            broker = broker.with_cluster(tx.clone());
+        }
         let mesh = Mesh {
             shards: handles,
             store: StoreHandle::new(store_tx),
@@ -161,8 +172,43 @@ impl Node {
                 )
             }
         };
-        let presence = crate::presence::spawn(presence_rx, mesh.clone())
-            .map_err(|e| format!("cannot start the presence thread: {e}"))?;
+        let mut cluster = None;
+        let presence = match (&config.redis_url, cluster_inbox, &config.database_url) {
+            (Some(redis), Some(inbox), Some(database)) => {
+                let (started, view) = crate::broker::cluster::Cluster::start(
+                    redis,
+                    database,
+                    node_id,
+                    inbox,
+                    mesh.broker.clone(),
+                    config.recovery_window,
+                )?;
+                let settings = crate::broker::presence::thread::Settings {
+                    node: node_id,
+                    names: crate::broker::names::Names::new(&redis.prefix),
+                    heartbeat: redis.heartbeat,
+                    ttl: redis.heartbeat_ttl,
+                };
+                let presence = crate::broker::presence::thread::spawn(
+                    presence_rx,
+                    mesh.clone(),
+                    Arc::clone(&started.link),
+                    settings,
+                );
+                // Give the link a moment to connect, so the node's first sockets already
+                // cross nodes; a Redis that is down does not hold the start (the link keeps
+                // retrying, and local service needs no Redis).
+                let deadline = Instant::now() + std::time::Duration::from_secs(3);
+                while !started.link.is_up_now() && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                let _ = metrics.cluster.set(view);
+                cluster = Some(started);
+                presence
+            }
+            _ => crate::presence::spawn(presence_rx, mesh.clone()),
+        }
+        .map_err(|e| format!("cannot start the presence thread: {e}"))?;
 
         let tls_on = tls.is_some();
         let shared = Arc::new(Shared {
@@ -203,6 +249,8 @@ impl Node {
             store = store_kind,
             shards,
             single_node = config.redis_url.is_none(),
+            node = %node_id,
+            redis = config.redis_url.as_ref().map(ToString::to_string),
             tls = tls_on,
             jwt = config.jwt_secret.is_some(),
             admin_api = config.admin_token.is_some(),
@@ -223,6 +271,7 @@ impl Node {
             shards: threads,
             store,
             presence: (presence_tx, presence),
+            cluster,
             grace: config.shutdown_grace,
             _port_lock: port_lock,
         })
@@ -248,6 +297,9 @@ impl Node {
         let (presence, thread) = self.presence;
         let _ = presence.send(PresenceCommand::Shutdown);
         let _ = thread.join();
+        if let Some(cluster) = self.cluster {
+            cluster.shutdown();
+        }
         tracing::info!("ocomms-rt stopped");
     }
 }

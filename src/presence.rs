@@ -77,6 +77,14 @@ impl PresenceBook {
         (after != before).then_some(after)
     }
 
+    /// Every user with a socket here, and their status.
+    pub fn snapshot(&self) -> Vec<(WorkspaceId, UserId, PresenceStatus)> {
+        self.users
+            .iter()
+            .map(|((w, u), s)| (*w, *u, s.status()))
+            .collect()
+    }
+
     /// A user's status.
     pub fn status(&self, workspace: WorkspaceId, user: UserId) -> PresenceStatus {
         self.users

@@ -1,7 +1,8 @@
 //! The broker: what joins the nodes of a cluster over Redis or Valkey (`REDIS_URL`).
 //!
-//! The design, decided and explained, is `docs/cluster.md`. This module holds the parts that
-//! stand on their own, each unit-tested without sockets where it can be:
+//! The design, decided and explained, is `docs/cluster.md`. A node in a cluster runs
+//! [`cluster::Cluster`]: the link, the `broker` thread ([`node`]) and `broker-pg` ([`pg`]),
+//! and the cluster's presence thread ([`presence::thread`]). The parts:
 //!
 //! - [`config`]: `REDIS_URL` (`redis://`, `rediss://`, password) and the broker's timings;
 //! - [`names`]: node identity, key and channel names under the cluster's prefix, hash slots;
@@ -18,12 +19,15 @@
 //!
 //! Only the broker's own threads talk to Redis; shards never wait on it.
 
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod interest;
 pub mod link;
 pub mod metrics;
 pub mod names;
+pub mod node;
+pub mod pg;
 pub mod presence;
 pub mod sequencer;
 pub mod testing;

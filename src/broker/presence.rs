@@ -20,6 +20,8 @@
 
 use std::time::Duration;
 
+pub mod thread;
+
 use redis::{Connection, Script, Value};
 
 use super::codec::{self, Header, Kind};
@@ -206,6 +208,11 @@ impl Registry {
         codec::write_header(&header, &mut bytes);
         let prefix = format!(r#"42["presence:update",{{"userId":"{user}","status":""#);
         (bytes, prefix)
+    }
+
+    /// The key every presence call is routed by (the presence slot's).
+    pub fn nodes_key(&self) -> String {
+        self.names.nodes()
     }
 
     /// This node's status for `user` in `workspace` is now `status` (`Offline`: it has no

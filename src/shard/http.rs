@@ -396,7 +396,14 @@ fn health(core: &Core) -> String {
             "status": if shared.metrics.store.db_status.load(Relaxed)
                 == crate::store::pg::status::DOWN { "unavailable" } else { "ok" },
         },
-        "redis": {"status": if shared.config.redis_url.is_some() { "configured" } else { "not configured" }},
+        "redis": match shared.metrics.cluster.get() {
+            Some(cluster) => {
+                let mut link = cluster.link.to_json();
+                link["node"] = json!(cluster.node.to_string());
+                link
+            }
+            None => json!({"status": "not configured"}),
+        },
     })
     .to_string()
 }

@@ -199,6 +199,10 @@ impl Shard {
         let window = shared.config.recovery_window;
         let log_bytes = shared.config.recovery_log_bytes;
         let limits = Limits::new(&shared.config);
+        let mut hub = Hub::default();
+        if mesh.broker.is_cluster() {
+            hub.track_changes();
+        }
         Ok(Shard {
             poll,
             listener,
@@ -208,7 +212,7 @@ impl Shard {
                 id,
                 shared,
                 mesh,
-                hub: Hub::default(),
+                hub,
                 timers: Timers::default(),
                 dirty: Vec::new(),
                 local: VecDeque::new(),
@@ -455,6 +459,11 @@ impl Shard {
     /// Answers and closes can mark more (a polling answer for a connection of this shard),
     /// so it goes on until nothing is left.
     fn flush(&mut self, now: Instant) {
+        // In a cluster, the rooms this shard gained or lost go to the broker before anything
+        // the sockets in them can ask of the store.
+        for (room, joined) in self.core.hub.take_changes() {
+            self.core.mesh.broker.interest(room, self.core.id, joined);
+        }
         loop {
             self.settle(now);
             let mut dirty = std::mem::take(&mut self.core.dirty);

@@ -123,6 +123,14 @@ pub trait Backend {
         query: &HistoryQuery,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// Each channel and DM room's top sequence now (0 when it has no message), read after
+    /// the membership that lists it: where a cluster node starts the room's stream for a
+    /// member joining it. The embedded store never runs in a cluster and answers nothing.
+    fn floors(&mut self, rooms: &[crate::ids::Room]) -> Vec<(crate::ids::Room, u64)> {
+        let _ = rooms;
+        Vec::new()
+    }
+
     /// `Ok` when `user` is a member of `target` and the target lies in `workspace`.
     fn check_member(
         &mut self,
@@ -299,6 +307,10 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
             workspace,
         } => {
             let result = backend.authenticate(&credential, workspace, Utc::now());
+            if let (Ok(grant), true) = (&result, mesh.broker.is_cluster()) {
+                mesh.broker
+                    .prepare(backend.floors(&grant.rooms), &grant.rooms);
+            }
             mesh.reply(from, StoreReply::Authenticated(result));
         }
         ReadJob::History { asker, ack, query } => {
@@ -311,6 +323,10 @@ fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
         }
         ReadJob::CheckMember { asker, ack, target } => {
             let result = backend.check_member(asker.user, asker.workspace, target);
+            if result.is_ok() && mesh.broker.is_cluster() {
+                mesh.broker
+                    .prepare(backend.floors(&[target.room()]), &[target.room()]);
+            }
             mesh.reply(
                 asker.from,
                 StoreReply::Member {
@@ -533,7 +549,7 @@ impl<B: Backend> Store<B> {
                 } => {
                     // Counted before the reply, so a client that saw its ack sees it counted.
                     self.metrics.store.send_ack.observe(received.elapsed());
-                    self.mesh.reply(
+                    self.mesh.broker.reply_after_publications(
                         asker.from,
                         StoreReply::Sent {
                             ack,
@@ -583,8 +599,12 @@ impl<B: Backend> Store<B> {
 
     /// `message:new` to the message's room (contract §4).
     fn publish_new(&mut self, message: &Message) {
-        self.durable
-            .publish(message.room(), "message:new", &message.to_json());
+        self.durable.publish(
+            message.room(),
+            "message:new",
+            &message.to_json(),
+            message.sequence,
+        );
     }
 
     /// `message:deleted {messageId, deletedAt, channelId, conversationId, sequence}` (§4).
@@ -601,7 +621,7 @@ impl<B: Backend> Store<B> {
             "sequence": message.sequence,
         });
         self.durable
-            .publish(message.room(), "message:deleted", &data);
+            .publish(message.room(), "message:deleted", &data, message.sequence);
     }
 }
 

@@ -309,6 +309,11 @@ impl Link {
         let _ = self.subscribe.send(SubCommand::Unsubscribe(channels));
     }
 
+    /// Whether both directions are connected now.
+    pub fn is_up_now(&self) -> bool {
+        self.status.is_up()
+    }
+
     /// The link's state, for `/healthz`.
     pub fn status(&self) -> &Arc<LinkStatus> {
         &self.status

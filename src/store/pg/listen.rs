@@ -1,8 +1,12 @@
 //! The membership listener: `LISTEN ocomms_membership` on its own connection and hand each
 //! change the web app wrote straight into `channel_members` / `conversation_participants`
 //! to the broker, which moves live sockets in or out of the room (contract §2: no
-//! reconnect needed). Changes written by ocomms-rt itself are skipped: the store thread
-//! announced those when it made them.
+//! reconnect needed). Changes written by this node itself are skipped: its store thread
+//! announced those when it made them. Every other writer's are applied: the web app's, and
+//! in a cluster every other node's (each node's connections are named `ocomms-rt/<node>`).
+//! In a cluster a change also carries the room's top sequence read by the trigger (`floor`),
+//! handed to the broker before the change so the room's stream starts there; for this node's
+//! own changes only the floor is handed on.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::model::MembershipChange;
 
-use super::{connect, status, APPLICATION_NAME, MAX_BACKOFF};
+use super::{application_name, connect, status, MAX_BACKOFF};
 
 /// The NOTIFY channel the migration's triggers use.
 pub const CHANNEL: &str = "ocomms_membership";
@@ -37,26 +41,36 @@ struct Payload {
     joined: bool,
     #[serde(default)]
     origin: String,
+    /// The room's top sequence when the change was written (absent before migration V10).
+    #[serde(default)]
+    floor: Option<u64>,
 }
 
-/// Parses a payload into the change to announce; `None` for our own writes or a payload
-/// this version does not understand.
-fn change_of(payload: &str) -> Option<MembershipChange> {
+/// A parsed notification: the change, whether this node wrote it, and the room's floor.
+struct Note {
+    change: MembershipChange,
+    own: bool,
+    floor: Option<u64>,
+}
+
+/// Parses a payload; `None` for a payload this version does not understand.
+fn note_of(payload: &str, own_name: &str) -> Option<Note> {
     let p: Payload = serde_json::from_str(payload).ok()?;
-    if p.origin.starts_with(APPLICATION_NAME) {
-        return None;
-    }
     let room = match p.kind.as_str() {
         "channel" => Room::Channel(ChannelId(p.room)),
         "dm" => Room::Dm(ConversationId(p.room)),
         "workspace" => Room::Workspace(WorkspaceId(p.room)),
         _ => return None,
     };
-    Some(MembershipChange {
-        user: UserId(p.user),
-        workspace: WorkspaceId(p.workspace),
-        room,
-        joined: p.joined,
+    Some(Note {
+        change: MembershipChange {
+            user: UserId(p.user),
+            workspace: WorkspaceId(p.workspace),
+            room,
+            joined: p.joined,
+        },
+        own: p.origin == own_name,
+        floor: p.floor,
     })
 }
 
@@ -110,8 +124,19 @@ fn run(url: &str, mesh: &Mesh, metrics: &Metrics, stop: &Receiver<()>) {
             };
             match next {
                 Ok(Some(note)) => {
-                    if let Some(change) = change_of(note.payload()) {
-                        mesh.broker.membership(change);
+                    if let Some(note) = note_of(note.payload(), application_name()) {
+                        let floors = match (note.floor, note.change.joined) {
+                            (Some(floor), true) => vec![(note.change.room, floor)],
+                            _ => Vec::new(),
+                        };
+                        if note.own {
+                            mesh.broker.floors(floors);
+                        } else {
+                            if note.change.joined {
+                                mesh.broker.prepare(floors, &[note.change.room]);
+                            }
+                            mesh.broker.membership(note.change);
+                        }
                     }
                 }
                 Ok(None) => {
@@ -134,18 +159,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_from_others_become_changes_and_ours_are_skipped() {
+    fn payloads_from_others_become_changes_and_ours_are_marked() {
         let u = Uuid::new_v4();
         let w = Uuid::new_v4();
         let r = Uuid::new_v4();
         let theirs = format!(
             r#"{{"user":"{u}","workspace":"{w}","kind":"dm","room":"{r}","joined":false,"origin":"web"}}"#
         );
-        let change = change_of(&theirs).unwrap();
-        assert_eq!(change.room, Room::Dm(ConversationId(r)));
-        assert_eq!(change.workspace, WorkspaceId(w));
-        assert!(!change.joined);
+        let note = note_of(&theirs, "ocomms-rt").unwrap();
+        assert_eq!(note.change.room, Room::Dm(ConversationId(r)));
+        assert_eq!(note.change.workspace, WorkspaceId(w));
+        assert!(!note.change.joined);
+        assert!(!note.own);
+        assert_eq!(note.floor, None);
         let ours = theirs.replace("\"web\"", "\"ocomms-rt\"");
-        assert!(change_of(&ours).is_none());
+        assert!(note_of(&ours, "ocomms-rt").unwrap().own);
+        // In a cluster only this very node's writes are its own; another node's are applied.
+        let other = theirs.replace("\"web\"", "\"ocomms-rt/00000000000000aa\",\"floor\":7");
+        let note = note_of(&other, "ocomms-rt/00000000000000bb").unwrap();
+        assert!(!note.own);
+        assert_eq!(note.floor, Some(7));
+        assert!(note_of(&other, "ocomms-rt/00000000000000aa").unwrap().own);
     }
 }

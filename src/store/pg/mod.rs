@@ -9,7 +9,7 @@
 mod admin;
 mod batch;
 mod listen;
-mod read;
+pub(crate) mod read;
 pub mod testing;
 mod write;
 
@@ -42,6 +42,22 @@ mod embedded {
 /// `application_name` of every connection this server opens. Membership NOTIFYs carry the
 /// writer's name, and the listener skips those from ocomms-rt: it announced them itself.
 pub const APPLICATION_NAME: &str = "ocomms-rt";
+
+/// In a cluster: `ocomms-rt/<node id>`, set once at start, so the membership listener of
+/// every node can tell its own node's writes from the others' (see [`application_name`]).
+static NODE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's connections after its cluster node (`ocomms-rt/<node>`). Call before
+/// any connection is opened; later calls change nothing.
+pub fn set_node(node: impl std::fmt::Display) {
+    let _ = NODE_NAME.set(format!("{APPLICATION_NAME}/{node}"));
+}
+
+/// The `application_name` of this process's connections: `ocomms-rt`, or `ocomms-rt/<node>`
+/// in a cluster.
+pub fn application_name() -> &'static str {
+    NODE_NAME.get().map_or(APPLICATION_NAME, String::as_str)
+}
 
 /// Longest a connect or a statement may take before the caller gets `Unavailable`.
 pub const DB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,7 +96,7 @@ pub fn connect(url: &str) -> Result<Client, StoreError> {
         ))
     })?;
     config
-        .application_name(APPLICATION_NAME)
+        .application_name(application_name())
         .connect_timeout(DB_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
@@ -331,6 +347,13 @@ impl Backend for PgBackend {
         query: &HistoryQuery,
     ) -> Result<Vec<crate::model::Message>, StoreError> {
         self.run(|c| read::history(c, reader, query))
+    }
+
+    fn floors(&mut self, rooms: &[crate::ids::Room]) -> Vec<(crate::ids::Room, u64)> {
+        // A read that fails leaves the rooms without a floor: the broker then reads the
+        // room's top itself, a moment later.
+        self.run(|c| read::tops(&mut c.client, rooms).map(Ok))
+            .unwrap_or_default()
     }
 
     fn check_member(

@@ -16,7 +16,7 @@ use crate::store::{HistoryQuery, Reader, StoreError, MAX_HISTORY_LIMIT};
 /// A message from a row of `(id, content, author_id, author name, channel_id,
 /// conversation_id, sequence, client_msg_id, created_at, deleted_at)`. A tombstone's text
 /// is not returned, as in the memory store.
-pub(super) fn message_from_row(row: &Row) -> Message {
+pub(crate) fn message_from_row(row: &Row) -> Message {
     let channel: Option<Uuid> = row.get(4);
     let conversation: Option<Uuid> = row.get(5);
     // The CHECK constraint guarantees exactly one of them is set.
@@ -238,4 +238,35 @@ pub(super) fn history(
         page.reverse();
     }
     Ok(Ok(page))
+}
+
+const TOPS: &str = "SELECT target_id, last FROM message_sequences WHERE target_id = ANY($1)";
+
+/// Rooms per statement of [`tops`].
+const TOPS_CHUNK: usize = 1000;
+
+/// Each channel and DM room's top sequence (0 without a message; other rooms are left out):
+/// the floors of [`crate::store::Backend::floors`], and the `broker` thread's sweeps.
+pub(crate) fn tops(
+    client: &mut impl postgres::GenericClient,
+    rooms: &[Room],
+) -> Result<Vec<(Room, u64)>, postgres::Error> {
+    let rooms: Vec<(Room, Uuid)> = rooms
+        .iter()
+        .filter_map(|r| r.target().map(|t| (*r, t.uuid())))
+        .collect();
+    let mut out = Vec::with_capacity(rooms.len());
+    for chunk in rooms.chunks(TOPS_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
+        let found: std::collections::HashMap<Uuid, i64> = client
+            .query(TOPS, &[&ids])?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        out.extend(chunk.iter().map(|(room, id)| {
+            let top = found.get(id).copied().unwrap_or(0);
+            (*room, u64::try_from(top).unwrap_or(0))
+        }));
+    }
+    Ok(out)
 }

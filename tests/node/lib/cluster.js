@@ -33,7 +33,7 @@ process.on("exit", () => {
  * @returns {Promise<Cluster>}
  */
 export async function startCluster(opts = {}) {
-  const { nodes: count = 3, shards = 2, env = {}, envOf = () => ({}), redis: withRedis = true, bin, args } = opts;
+  const { nodes: count = 3, shards = 2, env = {}, envOf = () => ({}), redis: withRedis = true, bin, args, ca, startTimeoutMs } = opts;
   const cluster = new Cluster();
   try {
     cluster.database = freshDatabase(postgresUrl());
@@ -49,7 +49,7 @@ export async function startCluster(opts = {}) {
       const nodeEnv = { ...env, ...envOf(i) };
       if (cluster.redis) Object.assign(nodeEnv, { REDIS_URL: cluster.redis.url, CHAT_REDIS_PREFIX: prefix });
       try {
-        cluster.nodes.push(await startServer({ shards, env: nodeEnv, bin, args, ...shared }));
+        cluster.nodes.push(await startServer({ shards, env: nodeEnv, bin, args, ca, startTimeoutMs, ...shared }));
       } catch (err) {
         err.message = `node ${i} of ${count}: ${err.message}`;
         throw err;
@@ -153,4 +153,41 @@ export function databaseExists(url) {
     stdio: "pipe",
   });
   return out.toString().trim() === "1";
+}
+
+/**
+ * The whole suite against a cluster (`OCOMMS_TEST_CLUSTER=N`): `startServer` returns this
+ * stand-in for one server. Clients connect round-robin over the nodes; the admin API, plain
+ * HTTP requests and everything else a test asks of "the server" go to the first node;
+ * metrics are summed over the nodes; stop() stops them all, Redis, and the database.
+ */
+export async function startClusterServer(nodes, opts = {}) {
+  const cluster = await startCluster({ nodes, shards: opts.shards ?? 2, env: opts.env, ca: opts.ca, startTimeoutMs: opts.startTimeoutMs });
+  const own = {
+    cluster,
+    nodes: cluster.nodes,
+    tryConnect: (o, t) => cluster.nextNode().tryConnect(o, t),
+    connect: (o, t) => cluster.nextNode().connect(o, t),
+    connectUser: (u, w, extra) => cluster.nextNode().connectUser(u, w, extra),
+    closeSockets: () => cluster.nodes.forEach((n) => n.closeSockets()),
+    metric: (name) => cluster.metric(name),
+    stop: async () => {
+      const first = cluster.nodes[0];
+      await cluster.stop();
+      return first?.exited;
+    },
+    tail: (lines = 40) => cluster.nodes.map((n, i) => `--- node ${i} ---\n${n.tail(lines)}`).join("\n"),
+  };
+  const first = cluster.nodes[0];
+  return new Proxy(own, {
+    get(target, key) {
+      if (key in target) return target[key];
+      const v = first[key];
+      return typeof v === "function" ? v.bind(first) : v;
+    },
+    set(target, key, value) {
+      first[key] = value;
+      return true;
+    },
+  });
 }

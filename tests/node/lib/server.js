@@ -54,11 +54,18 @@ const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
  * @param {string[]} [opts.args] its arguments
  * @param {string} [opts.jwtSecret] CHAT_JWT_SECRET (default: random); nodes of one cluster share it
  * @param {string} [opts.adminToken] CHAT_ADMIN_TOKEN (default: random)
+ * @param {boolean} [opts.single] one process even when OCOMMS_TEST_CLUSTER is set
  * @param {string} [opts.databaseUrl] DATABASE_URL to use as is (a cluster's shared database);
  *   default: a fresh database when OCOMMS_TEST_DATABASE_URL is set, else the embedded store
  * @returns {Promise<Server>}
  */
 export async function startServer(opts = {}) {
+  // OCOMMS_TEST_CLUSTER=N: the suite runs against N nodes over a private Redis (lib/cluster.js).
+  const clusterNodes = Number(process.env.OCOMMS_TEST_CLUSTER ?? 0);
+  if (clusterNodes > 1 && opts.bin === undefined && opts.databaseUrl === undefined && !opts.single) {
+    const { startClusterServer } = await import("./cluster.js");
+    return startClusterServer(clusterNodes, opts);
+  }
   const { shards = 4, env = {}, startTimeoutMs = 15000, ca, args = [] } = opts;
   const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString("hex");
   const adminToken = opts.adminToken ?? randomBytes(24).toString("hex");

@@ -7,7 +7,8 @@ import { once, startServer, within } from "../lib/server.js";
 
 describe("graceful shutdown", { timeout: 60_000 }, () => {
   test("SIGTERM disconnects every client and exits 0", async () => {
-    const server = await startServer();
+    // One process, also when the suite runs against a cluster: this signals that process.
+    const server = await startServer({ single: true });
     try {
       const ws = await server.provision({ users: 5, channels: [{ members: "all" }] });
       const sockets = await Promise.all(ws.users.map((u) => server.connectUser(u, ws.workspaceId)));

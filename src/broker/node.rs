@@ -1,0 +1,656 @@
+//! The `broker` thread: what joins a node to the cluster (design: `docs/cluster.md`).
+//!
+//! It sits between the store, the shards and the Redis link. Its one inbox ([`Input`]) takes
+//! the store's committed publications and the replies that follow them, the shards' interest
+//! changes and ephemeral publications (typing), the readers' floors, and `broker-pg`'s
+//! answers; the link's events come on their own bounded channel. For each room with local
+//! members it keeps a stream in the [`Sequencer`], so a room's `message:new` events reach the
+//! shards in sequence order whether they were committed here or on another node, and gives
+//! each released durable event the node's next recovery offset. The shards never see Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::codec::{self, Header, Kind, Place};
+use super::interest::{Change, Interest, LINGER};
+use super::link::{Event, Link};
+use super::metrics::BrokerMetrics;
+use super::names::{Names, NodeId};
+use super::pg::{Answer, Ask};
+use super::sequencer::{Output, Sequencer, SequencerConfig};
+use crate::ids::{ConnectionId, Room, ShardId};
+use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand, StoreReply};
+
+/// What the `broker` thread is told.
+#[derive(Debug)]
+pub enum Input {
+    /// The store committed `message:new` (or `message:deleted` of the message with sequence
+    /// `seq`); `packet` has no recovery offset yet.
+    Durable {
+        /// The message's room.
+        room: Room,
+        /// A deletion.
+        deleted: bool,
+        /// The message's sequence.
+        seq: u64,
+        /// `42["message:new",{…}]`.
+        packet: Bytes,
+    },
+    /// A reply the store sent after the publications before it.
+    Reply(ConnectionId, StoreReply),
+    /// An ephemeral event (typing, or presence while Redis is down).
+    Ephemeral(Publication),
+    /// A shard's first member joined a room, or its last one left.
+    Interest {
+        /// The room.
+        room: Room,
+        /// The shard.
+        shard: ShardId,
+        /// First member (`true`) or last one gone.
+        joined: bool,
+    },
+    /// Rooms' tops read with a membership, before its sockets join.
+    Floors(Vec<(Room, u64)>),
+    /// Subscribe to these rooms now (they linger if no socket joins), and answer on `ready`
+    /// once Redis confirmed every one: a membership is answered only then, so a socket that
+    /// joined already receives what other nodes publish (typing and presence too).
+    Ready {
+        /// The rooms a socket is about to join.
+        rooms: Vec<Room>,
+        /// Where to answer.
+        ready: Sender<()>,
+    },
+    /// `broker-pg` answered.
+    Pg(Answer),
+    /// Stop.
+    Shutdown,
+}
+
+/// How long a floor read with a membership waits for its socket to join.
+const HINT_TTL: Duration = Duration::from_secs(10);
+
+/// How long a room whose first member came without a floor waits for one (the NOTIFY of a
+/// membership this node made) before its top is read instead.
+const PENDING_WAIT: Duration = Duration::from_millis(1000);
+
+/// Most deletions waiting for their message per room.
+const MAX_WAITING_DELETES: usize = 1024;
+
+/// The interest of a membership read on its way to a socket (see [`Input::Ready`]).
+const PREPARING: ShardId = ShardId(u16::MAX);
+
+/// Longest a [`Input::Ready`] waits for its confirmations.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// Most rooms remembered with publications Redis did not take.
+const MAX_UNPUBLISHED: usize = 100_000;
+
+/// A room whose first member came without a floor.
+struct Pending {
+    since: Instant,
+    asked: bool,
+    held: Vec<(u64, Bytes)>,
+}
+
+/// The thread's state.
+pub struct Broker {
+    node: NodeId,
+    names: Names,
+    link: Arc<Link>,
+    broker: BrokerHandle,
+    metrics: Arc<BrokerMetrics>,
+    pg: Sender<Ask>,
+    seq: Sequencer<Room, Bytes>,
+    interest: Interest<Room>,
+    /// Channel name → room, for subscription confirmations.
+    channels: FxHashMap<String, Room>,
+    /// Channels Redis confirmed (since the subscriber's last loss).
+    confirmed: FxHashSet<String>,
+    /// Memberships waiting for their rooms' confirmations.
+    waiters: Vec<(Vec<String>, Sender<()>, Instant)>,
+    hints: FxHashMap<Room, (u64, Instant)>,
+    pending: FxHashMap<Room, Pending>,
+    /// Deletions whose message this node has not released yet: (sequence, packet).
+    deletes: FxHashMap<Room, Vec<(u64, Bytes)>>,
+    /// Highest sequence per room that Redis did not take: announced as a watermark later.
+    unpublished: FxHashMap<Room, u64>,
+    /// The last recovery offset given.
+    offset: u64,
+    /// Publication ids of this node.
+    next_id: u64,
+    sweep: Duration,
+    next_sweep: Instant,
+    subscriber_down: bool,
+    out: Vec<Output<Room, Bytes>>,
+}
+
+impl Broker {
+    /// The broker of `node`, over a started `link`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: NodeId,
+        names: Names,
+        link: Arc<Link>,
+        broker: BrokerHandle,
+        metrics: Arc<BrokerMetrics>,
+        pg: Sender<Ask>,
+        gap_fill: Duration,
+        sweep: Duration,
+        linger: Duration,
+    ) -> Broker {
+        Broker {
+            node,
+            names,
+            link,
+            broker,
+            metrics,
+            pg,
+            seq: Sequencer::new(SequencerConfig {
+                gap_fill,
+                ..SequencerConfig::default()
+            }),
+            // A room stays subscribed (and its stream runs) for the recovery window after its
+            // last member left: a detached session's missed events must reach the shards'
+            // recovery logs.
+            interest: Interest::new(LINGER.max(linger)),
+            channels: FxHashMap::default(),
+            confirmed: FxHashSet::default(),
+            waiters: Vec::new(),
+            hints: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            deletes: FxHashMap::default(),
+            unpublished: FxHashMap::default(),
+            offset: 0,
+            next_id: 1,
+            sweep,
+            next_sweep: Instant::now() + sweep,
+            subscriber_down: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Runs until [`Input::Shutdown`] or until the inbox closes.
+    pub fn run(mut self, inbox: &Receiver<Input>, events: &Receiver<Event>) {
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .seq
+                .next_due()
+                .map_or(Duration::from_millis(100), |at| {
+                    at.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(100));
+            crossbeam_channel::select! {
+                recv(inbox) -> input => match input {
+                    Ok(Input::Shutdown) | Err(_) => break,
+                    Ok(input) => {
+                        self.input(input, Instant::now());
+                        // Take what queued meanwhile before looking at the link again.
+                        for _ in 0..256 {
+                            match inbox.try_recv() {
+                                Ok(Input::Shutdown) => return,
+                                Ok(input) => self.input(input, Instant::now()),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                },
+                recv(events) -> event => if let Ok(event) = event {
+                    self.event(event, Instant::now());
+                },
+                default(wait) => {}
+            }
+            self.tick(Instant::now());
+        }
+    }
+
+    fn input(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Durable {
+                room,
+                deleted,
+                seq,
+                packet,
+            } => {
+                self.publish(
+                    room,
+                    if deleted {
+                        Kind::MessageDeleted
+                    } else {
+                        Kind::MessageNew
+                    },
+                    Some(seq),
+                    None,
+                    &packet,
+                );
+                self.durable(room, deleted, seq, packet, now);
+            }
+            Input::Reply(to, reply) => {
+                if let Some(shard) = self.broker.shards().get(usize::from(to.shard.0)) {
+                    shard.send(ShardCommand::Reply(to, reply));
+                }
+            }
+            Input::Ephemeral(publication) => {
+                if let Some(kind) = ephemeral_kind(&publication) {
+                    let except = match publication.except {
+                        Except::User(u) => Some(u),
+                        _ => None,
+                    };
+                    self.publish(publication.room, kind, None, except, &publication.packet);
+                }
+                self.broker.fan_out(publication, None);
+            }
+            Input::Interest {
+                room,
+                shard,
+                joined,
+            } => {
+                if joined {
+                    if let Change::Subscribe(room) = self.interest.add(room, shard) {
+                        self.start(room, now);
+                    }
+                } else {
+                    self.interest.remove(&room, shard, now);
+                }
+            }
+            Input::Floors(floors) => {
+                for (room, floor) in floors {
+                    self.floor(room, floor, now);
+                }
+            }
+            Input::Ready { rooms, ready } => self.ready(rooms, ready, now),
+            Input::Pg(answer) => self.answer(answer, now),
+            Input::Shutdown => {}
+        }
+        self.settle(now);
+    }
+
+    /// Publishes on the room's channel; what Redis does not take is announced later.
+    fn publish(
+        &mut self,
+        room: Room,
+        kind: Kind,
+        seq: Option<u64>,
+        except: Option<crate::ids::UserId>,
+        packet: &[u8],
+    ) {
+        let header = Header {
+            kind,
+            origin: self.node,
+            id: self.next_id,
+            sent_at_micros: super::now_micros(),
+            room: Some(room),
+            place: seq.map(|s| Place { pos: s, seq: s }),
+            except,
+        };
+        self.next_id += 1;
+        let channel = match room {
+            Room::Channel(_) | Room::Dm(_) => self.names.room(room),
+            _ => return,
+        };
+        if self
+            .link
+            .publish(channel, codec::encode(&header, packet))
+            .is_err()
+        {
+            self.lost(room, kind, seq);
+        }
+    }
+
+    /// A durable publication Redis did not take: its room gets a watermark once it can.
+    fn lost(&mut self, room: Room, kind: Kind, seq: Option<u64>) {
+        if let (Kind::MessageNew | Kind::Watermark, Some(seq)) = (kind, seq) {
+            if self.unpublished.len() < MAX_UNPUBLISHED || self.unpublished.contains_key(&room) {
+                let top = self.unpublished.entry(room).or_default();
+                *top = (*top).max(seq);
+            }
+        }
+    }
+
+    /// A durable event for this node's members (committed here or received).
+    fn durable(&mut self, room: Room, deleted: bool, seq: u64, packet: Bytes, now: Instant) {
+        if deleted {
+            match self.seq.released(&room) {
+                Some(released) if seq <= released => self.release(room, packet),
+                Some(_) => {
+                    let waiting = self.deletes.entry(room).or_default();
+                    if waiting.len() < MAX_WAITING_DELETES {
+                        waiting.push((seq, packet));
+                    }
+                }
+                None => {}
+            }
+            return;
+        }
+        if let Some(p) = self.pending.get_mut(&room) {
+            if p.held.len() < MAX_WAITING_DELETES {
+                p.held.push((seq, packet));
+            }
+            return;
+        }
+        self.seq.arrive(&room, seq, packet, now, &mut self.out);
+    }
+
+    /// A room gained its first member on this node: subscribe, and start its stream at the
+    /// floor read with the membership (or wait a moment for one).
+    fn start(&mut self, room: Room, now: Instant) {
+        if matches!(room, Room::User(_)) {
+            return;
+        }
+        let channel = self.names.room(room);
+        if room.target().is_some() {
+            match self.hints.remove(&room) {
+                Some((floor, _)) => {
+                    self.seq.start(room, floor);
+                }
+                None => {
+                    self.pending.insert(
+                        room,
+                        Pending {
+                            since: now,
+                            asked: false,
+                            held: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        self.channels.insert(channel.clone(), room);
+        self.link.subscribe(vec![channel]);
+    }
+
+    /// A floor read with a membership: kept until the room's first member joins (the lowest
+    /// one wins), or starts a room that waited for it.
+    fn floor(&mut self, room: Room, floor: u64, now: Instant) {
+        if let Some(p) = self.pending.remove(&room) {
+            self.begin(room, floor, p.held, now);
+            return;
+        }
+        if self.seq.released(&room).is_some() {
+            return;
+        }
+        let hint = self.hints.entry(room).or_insert((floor, now));
+        if floor < hint.0 || now.duration_since(hint.1) > HINT_TTL {
+            *hint = (floor, now);
+        }
+    }
+
+    /// Subscribes `rooms` ahead of their socket and answers once all are confirmed.
+    fn ready(&mut self, rooms: Vec<Room>, ready: Sender<()>, now: Instant) {
+        let mut waiting = Vec::new();
+        for room in rooms {
+            if matches!(room, Room::User(_)) {
+                continue;
+            }
+            if let Change::Subscribe(room) = self.interest.add(room, PREPARING) {
+                self.start(room, now);
+            }
+            self.interest.remove(&room, PREPARING, now);
+            let channel = self.names.room(room);
+            if !self.confirmed.contains(&channel) {
+                waiting.push(channel);
+            }
+        }
+        if waiting.is_empty() {
+            let _ = ready.send(());
+        } else {
+            self.waiters.push((waiting, ready, now));
+        }
+    }
+
+    /// Starts a pending room's stream at `floor` and lets what waited arrive.
+    fn begin(&mut self, room: Room, floor: u64, held: Vec<(u64, Bytes)>, now: Instant) {
+        self.seq.start(room, floor);
+        for (seq, packet) in held {
+            self.seq.arrive(&room, seq, packet, now, &mut self.out);
+        }
+        // Its subscription may have been confirmed while it waited.
+        self.seq.confirmed(&room, &mut self.out);
+    }
+
+    fn answer(&mut self, answer: Answer, now: Instant) {
+        match answer {
+            Answer::Filled {
+                room,
+                rows,
+                top,
+                complete,
+            } => self
+                .seq
+                .filled(&room, rows, top, complete, now, &mut self.out),
+            Answer::FillFailed(room) => self.seq.fill_failed(&room, now),
+            Answer::Tops(tops) => {
+                for (room, top) in tops {
+                    if let Some(p) = self.pending.remove(&room) {
+                        self.begin(room, top, p.held, now);
+                    } else {
+                        self.seq.watermark(&room, top, &mut self.out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Message { payload, .. } => self.receive(payload, now),
+            Event::Subscribed(channel) => {
+                if let Some(room) = self.channels.get(&channel).copied() {
+                    self.seq.confirmed(&room, &mut self.out);
+                }
+                self.waiters.retain_mut(|(waiting, ready, _)| {
+                    waiting.retain(|c| *c != channel);
+                    !waiting.is_empty() || ready.send(()).is_err()
+                });
+                self.confirmed.insert(channel);
+            }
+            Event::SubscriberDown => {
+                self.subscriber_down = true;
+                self.confirmed.clear();
+            }
+            Event::Unpublished(payloads) => {
+                for payload in payloads {
+                    if let Ok(p) = codec::decode(Bytes::from(payload)) {
+                        if let (Some(room), Some(place)) = (p.header.room, p.header.place) {
+                            self.lost(room, p.header.kind, Some(place.pos));
+                        }
+                    }
+                }
+            }
+        }
+        self.settle(now);
+    }
+
+    /// A publication from Redis.
+    fn receive(&mut self, payload: Bytes, now: Instant) {
+        let publication = match codec::decode(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics
+                    .decode_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(error = %e, "dropped a publication this node cannot read");
+                return;
+            }
+        };
+        let h = publication.header;
+        // Presence updates are published by Redis's script, with this node as origin too:
+        // every node, this one included, shows them as they come.
+        if h.origin == self.node && h.kind != Kind::Presence {
+            return;
+        }
+        self.metrics
+            .lag(super::now_micros().saturating_sub(h.sent_at_micros));
+        let Some(room) = h.room else { return };
+        match (h.kind, h.place) {
+            (Kind::MessageNew, Some(place)) => {
+                self.durable(room, false, place.seq, publication.packet, now)
+            }
+            (Kind::MessageDeleted, Some(place)) => {
+                self.durable(room, true, place.seq, publication.packet, now)
+            }
+            (Kind::Watermark, Some(place)) => self.seq.watermark(&room, place.pos, &mut self.out),
+            (Kind::Typing | Kind::Presence, _) => self.local(
+                room,
+                h.except.map_or(Except::Nobody, Except::User),
+                publication.packet,
+            ),
+            _ => {}
+        }
+    }
+
+    /// An ephemeral event from another node, for this node's members.
+    fn local(&mut self, room: Room, except: Except, packet: Bytes) {
+        let broadcast = Arc::new(Broadcast {
+            id: self.broker.next_id(),
+            room,
+            except,
+            offset: None,
+            packet,
+        });
+        self.send(room, broadcast);
+    }
+
+    /// Hands a released durable event to the room's shards with the node's next offset.
+    fn release(&mut self, room: Room, packet: Bytes) {
+        self.offset += 1;
+        let packet = if self.broker.recovery() {
+            Bytes::from(codec::with_offset(&packet, &self.offset.to_string()))
+        } else {
+            packet
+        };
+        let broadcast = Arc::new(Broadcast {
+            id: self.broker.next_id(),
+            room,
+            except: Except::Nobody,
+            offset: Some(self.offset),
+            packet,
+        });
+        // Every shard, as on one node: each keeps durable events in its recovery log, also
+        // for rooms whose members there went away within the window.
+        for shard in self.broker.shards() {
+            shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
+        }
+    }
+
+    fn send(&self, room: Room, broadcast: Arc<Broadcast>) {
+        let shards = self.broker.shards();
+        for id in self.interest.shards(&room) {
+            if let Some(shard) = shards.get(usize::from(id.0)) {
+                shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
+            }
+        }
+    }
+
+    /// Carries out the sequencer's outputs: releases (and the deletions they unblock) and
+    /// fills.
+    fn settle(&mut self, _now: Instant) {
+        let mut touched: Vec<Room> = Vec::new();
+        while !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            for o in out {
+                match o {
+                    Output::Deliver { room, item, .. } => {
+                        self.release(room, item);
+                        if self.deletes.contains_key(&room) && !touched.contains(&room) {
+                            touched.push(room);
+                        }
+                    }
+                    Output::Fill { room, after } => {
+                        let _ = self.pg.send(Ask::Fill { room, after });
+                    }
+                }
+            }
+        }
+        for room in touched {
+            let released = self.seq.released(&room).unwrap_or(0);
+            let Some(mut waiting) = self.deletes.remove(&room) else {
+                continue;
+            };
+            let (ready, wait): (Vec<_>, Vec<_>) =
+                waiting.drain(..).partition(|(seq, _)| *seq <= released);
+            for (_, packet) in ready {
+                self.release(room, packet);
+            }
+            if !wait.is_empty() {
+                self.deletes.insert(room, wait);
+            }
+        }
+        self.metrics.sequencer(self.seq.stats(), self.seq.held());
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.seq.tick(now, &mut self.out);
+        for room in self.interest.expired(now) {
+            if matches!(room, Room::User(_)) {
+                continue;
+            }
+            let channel = self.names.room(room);
+            self.channels.remove(&channel);
+            self.confirmed.remove(&channel);
+            self.seq.stop(&room);
+            self.pending.remove(&room);
+            self.deletes.remove(&room);
+            self.link.unsubscribe(vec![channel]);
+        }
+        let late: Vec<Room> = self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| !p.asked && now.duration_since(p.since) >= PENDING_WAIT)
+            .map(|(room, p)| {
+                p.asked = true;
+                *room
+            })
+            .collect();
+        if !late.is_empty() {
+            let _ = self.pg.send(Ask::Tops(late));
+        }
+        self.hints
+            .retain(|_, (_, at)| now.duration_since(*at) <= HINT_TTL);
+        self.waiters
+            .retain(|(_, _, at)| now.duration_since(*at) <= READY_WAIT);
+        if !self.unpublished.is_empty() && self.link.status().is_up() {
+            for (room, top) in std::mem::take(&mut self.unpublished) {
+                self.publish(room, Kind::Watermark, Some(top), None, b"");
+            }
+        }
+        // A sweep of every room's top: finds what no publication announced (a node that died
+        // between its commit and its publish, an outage). Every second while the subscriber
+        // is down, else every `CHAT_SWEEP_MS`.
+        if self.subscriber_down && self.link.status().is_up() {
+            self.subscriber_down = false;
+        }
+        if now >= self.next_sweep {
+            let rooms: Vec<Room> = self
+                .interest
+                .rooms()
+                .copied()
+                .filter(|r| r.target().is_some() && self.seq.released(r).is_some())
+                .collect();
+            if !rooms.is_empty() {
+                let _ = self.pg.send(Ask::Tops(rooms));
+            }
+            let every = if self.subscriber_down {
+                self.sweep.min(Duration::from_secs(1))
+            } else {
+                self.sweep
+            };
+            self.next_sweep = now + every;
+        }
+        self.settle(now);
+    }
+}
+
+/// The wire kind of an ephemeral publication that crosses nodes: on channel and DM rooms
+/// that is `typing:update` (presence is published by Redis's script; while Redis is down the
+/// presence thread announces to local members only).
+fn ephemeral_kind(p: &Publication) -> Option<Kind> {
+    match p.room {
+        Room::Channel(_) | Room::Dm(_) => Some(Kind::Typing),
+        _ => None,
+    }
+}

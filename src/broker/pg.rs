@@ -1,0 +1,176 @@
+//! `broker-pg`: the `broker` thread's one PostgreSQL connection. It answers gap fills (a
+//! room's messages after a sequence, and the room's committed top read in the same snapshot)
+//! and top sweeps (every room's committed top), so the `broker` thread itself never waits on
+//! the database.
+//!
+//! A room's `message:new` events are ordered by the message's `sequence`, which PostgreSQL
+//! hands out under the room's `message_sequences` row lock: commits of one room happen in
+//! sequence order on every node, so when sequence `s` is committed every sequence below it is
+//! committed too, or is a hole (a sequence reserved by a batch whose row was skipped).
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use postgres::{Client, IsolationLevel};
+
+use super::node::Input;
+use crate::ids::{Room, Target};
+use crate::protocol::packet;
+use crate::store::pg::connect;
+use crate::store::pg::read::{message_from_row, tops};
+
+/// Rows per fill page.
+pub const PAGE: i64 = 256;
+
+/// What the `broker` thread asks.
+#[derive(Debug)]
+pub enum Ask {
+    /// The room's messages after sequence `after`, and its top.
+    Fill {
+        /// The room.
+        room: Room,
+        /// Everything up to it was released.
+        after: u64,
+    },
+    /// The committed top of each room.
+    Tops(Vec<Room>),
+}
+
+/// Its answers (sent to the `broker` thread's inbox as [`Input::Pg`]).
+#[derive(Debug)]
+pub enum Answer {
+    /// A fill: `rows` are `(sequence, message:new packet)` in order; `complete` says they reach
+    /// `top`.
+    Filled {
+        /// The room.
+        room: Room,
+        /// The rows.
+        rows: Vec<(u64, Bytes)>,
+        /// The room's committed top in the same snapshot.
+        top: u64,
+        /// The rows reach `top` (else they are one page).
+        complete: bool,
+    },
+    /// A fill could not be read.
+    FillFailed(Room),
+    /// Rooms' committed tops.
+    Tops(Vec<(Room, u64)>),
+}
+
+const TOP: &str = "SELECT last FROM message_sequences WHERE target_id = $1";
+
+macro_rules! fill {
+    ($column:literal) => {
+        concat!(
+            "SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, ",
+            "m.sequence, m.client_msg_id, m.created_at, m.deleted_at ",
+            "FROM messages m JOIN users u ON u.id = m.author_id WHERE m.",
+            $column,
+            " = $1 AND m.sequence > $2 ORDER BY m.sequence LIMIT $3"
+        )
+    };
+}
+
+/// Starts `broker-pg`. It exits when `asks` closes.
+pub fn spawn(
+    url: String,
+    asks: Receiver<Ask>,
+    answers: Sender<Input>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("broker-pg".into())
+        .spawn(move || {
+            let mut client: Option<Client> = None;
+            for ask in asks.iter() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = connect(&url).ok();
+                }
+                let answer = match client.as_mut() {
+                    Some(c) => answer(c, ask),
+                    None => failed(ask),
+                };
+                if let Some(answer) = answer {
+                    if answers.send(Input::Pg(answer)).is_err() {
+                        return;
+                    }
+                }
+                if client.as_ref().is_none() {
+                    // PostgreSQL is down: do not spin through the queue.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+}
+
+fn failed(ask: Ask) -> Option<Answer> {
+    match ask {
+        Ask::Fill { room, .. } => Some(Answer::FillFailed(room)),
+        Ask::Tops(_) => None,
+    }
+}
+
+fn answer(client: &mut Client, ask: Ask) -> Option<Answer> {
+    match ask {
+        Ask::Fill { room, after } => Some(match fill(client, room, after) {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, %room, "gap fill failed; retrying");
+                Answer::FillFailed(room)
+            }
+        }),
+        Ask::Tops(rooms) => match tops(client, &rooms) {
+            Ok(tops) => Some(Answer::Tops(tops)),
+            Err(e) => {
+                tracing::warn!(error = %e, "top sweep failed");
+                None
+            }
+        },
+    }
+}
+
+fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres::Error> {
+    let Some(target) = room.target() else {
+        return Ok(Answer::Filled {
+            room,
+            rows: Vec::new(),
+            top: after,
+            complete: true,
+        });
+    };
+    let sql = match target {
+        Target::Channel(_) => fill!("channel_id"),
+        Target::Dm(_) => fill!("conversation_id"),
+    };
+    // One snapshot for the top and the rows: a row committed after the top was read would
+    // otherwise make the rows look complete up to a top they exceed.
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let id = target.uuid();
+    let top: i64 = tx.query_opt(TOP, &[&id])?.map_or(0, |r| r.get(0));
+    let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+    let found = tx.query(sql, &[&id, &after_i, &PAGE])?;
+    tx.commit()?;
+    let complete = (found.len() as i64) < PAGE;
+    let rows = found
+        .iter()
+        .map(|row| {
+            let m = message_from_row(row);
+            let seq = u64::try_from(m.sequence).unwrap_or(0);
+            (
+                seq,
+                Bytes::from(packet::event("message:new", &m.to_json(), None)),
+            )
+        })
+        .collect();
+    Ok(Answer::Filled {
+        room,
+        rows,
+        top: u64::try_from(top).unwrap_or(0),
+        complete,
+    })
+}
