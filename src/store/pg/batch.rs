@@ -6,6 +6,8 @@
 //! insert `ins` are the places; `r` returns the counter row, and `ins` takes each row's
 //! number as `r.last - r.step + ok.k` (its 1-based rank `k` in its room).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use postgres::Row;
 use uuid::Uuid;
@@ -15,16 +17,18 @@ use crate::store::NewMessage;
 
 use super::Conn;
 
-/// Columns of each answer row: the original already stored under the row's
+/// Two kinds of answer rows. One per message: the original already stored under its
 /// `(author, clientMsgId)` in `message_from_row`'s layout (0..=9, all NULL when there is
-/// none), then the row's 1-based position `i` in the statement (10), the author's name
-/// (11, NULL: no such user), the target's workspace (12, NULL: no such target), whether the
-/// author is a member (13), and the sequence the row was inserted with (14, NULL: not
-/// inserted).
+/// none), its 1-based position `i` in the statement (10), the author's name (11, NULL: no
+/// such user), the target's workspace (12, NULL: no such target), whether the author is a
+/// member (13) and its id (14). Then one per inserted row: NULL in 0..=13, its id (14) and
+/// sequence (15).
 ///
-/// Every lookup is a probe of a unique index (a parameterised `LATERAL` or a correlated
-/// subquery, one per row), so the plan does not depend on the table's statistics; the
-/// writer's connection also runs with `enable_seqscan = off` (see [`super::connect_writer`]).
+/// Every lookup is a correlated subquery with `LIMIT 1`, which the planner can neither
+/// flatten into a join nor turn into a hashed scan of the whole table: a probe of a primary
+/// key or unique index per message, whatever the statistics say (the store's connections
+/// also run with `enable_seqscan = off`, see [`super::connect`]). The CTEs are joined by
+/// array position, not by a join the planner would cost from guessed row counts.
 ///
 /// The reservation moves a counter to at least `max(sequence)` of its target before adding
 /// to it (two probes of the `(target, sequence)` unique indexes), so a message the web app
@@ -37,22 +41,24 @@ WITH b AS (
                          $6::text[], $7::uuid[])
         WITH ORDINALITY AS b(id, content, author, ch, cv, cmid, ws, i)
 ), f AS (
-    SELECT b.*, COALESCE(b.ch, b.cv) AS t, u.name, COALESCE(c.workspace_id, v.workspace_id) AS home,
+    SELECT b.*, COALESCE(b.ch, b.cv) AS t,
+           (SELECT u.name FROM users u WHERE u.id = b.author LIMIT 1) AS name,
            CASE WHEN b.ch IS NOT NULL
-                THEN EXISTS (SELECT 1 FROM channel_members m
-                             WHERE m.channel_id = b.ch AND m.user_id = b.author)
-                ELSE EXISTS (SELECT 1 FROM conversation_participants p
-                             WHERE p.conversation_id = b.cv AND p.user_id = b.author)
+                THEN (SELECT c.workspace_id FROM channels c WHERE c.id = b.ch LIMIT 1)
+                ELSE (SELECT v.workspace_id FROM conversations v WHERE v.id = b.cv LIMIT 1)
+           END AS home,
+           CASE WHEN b.ch IS NOT NULL
+                THEN (SELECT true FROM channel_members m
+                      WHERE m.channel_id = b.ch AND m.user_id = b.author LIMIT 1)
+                ELSE (SELECT true FROM conversation_participants p
+                      WHERE p.conversation_id = b.cv AND p.user_id = b.author LIMIT 1)
            END AS member,
-           o.id AS original
+           (SELECT m.id FROM messages m
+            WHERE m.author_id = b.author AND m.client_msg_id = b.cmid LIMIT 1) AS original
     FROM b
-    LEFT JOIN users u ON u.id = b.author
-    LEFT JOIN channels c ON c.id = b.ch
-    LEFT JOIN conversations v ON v.id = b.cv
-    LEFT JOIN LATERAL (SELECT m.id FROM messages m
-                       WHERE m.author_id = b.author AND m.client_msg_id = b.cmid) o ON true
 ), ok AS (
-    SELECT f.*, row_number() OVER (PARTITION BY f.t ORDER BY f.i) AS k
+    SELECT f.*, row_number() OVER (PARTITION BY f.t ORDER BY f.i) AS k,
+           dense_rank() OVER (ORDER BY f.t) AS d
     FROM f
     WHERE f.name IS NOT NULL AND f.home IS NOT NULL AND (f.ws IS NULL OR f.ws = f.home)
       AND f.member AND f.original IS NULL
@@ -67,22 +73,26 @@ WITH b AS (
     FROM n ORDER BY n.t
     ON CONFLICT (target_id) DO UPDATE
         SET last = GREATEST(s.last + EXCLUDED.step, EXCLUDED.last), step = EXCLUDED.step
-    RETURNING target_id, last, step
+    RETURNING target_id, last - step AS base
+), bases AS MATERIALIZED (
+    SELECT array_agg(base ORDER BY target_id) AS base FROM r
 ), ins AS (
     INSERT INTO messages (id, content, author_id, channel_id, conversation_id, sequence,
                           client_msg_id, created_at, updated_at)
-    SELECT ok.id, ok.content, ok.author, ok.ch, ok.cv, r.last - r.step + ok.k, ok.cmid, $8, $8
-    FROM ok JOIN r ON r.target_id = ok.t
+    SELECT ok.id, ok.content, ok.author, ok.ch, ok.cv, bases.base[ok.d] + ok.k, ok.cmid, $8, $8
+    FROM ok, bases
     ON CONFLICT ON CONSTRAINT messages_author_client_msg_id DO NOTHING
     RETURNING id, sequence
 )
 SELECT m.id, m.content, m.author_id, f.name, m.channel_id, m.conversation_id, m.sequence,
        m.client_msg_id, m.created_at, m.deleted_at,
-       f.i, f.name, f.home, f.member, ins.sequence
+       f.i, f.name, f.home, COALESCE(f.member, false), f.id, NULL::int8
 FROM f
-LEFT JOIN ins ON ins.id = f.id
-LEFT JOIN messages m ON m.id = f.original
-ORDER BY f.i";
+LEFT JOIN LATERAL (SELECT * FROM messages m WHERE m.id = f.original LIMIT 1) m ON true
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, ins.id, ins.sequence
+FROM ins";
 
 /// Messages already stored under some `(author_id, client_msg_id)` pairs (a row another node
 /// committed while [`SEND`] ran), or under some ids (after an ambiguous COMMIT).
@@ -106,10 +116,12 @@ pub(super) struct Outgoing<'a> {
     pub message: &'a NewMessage,
 }
 
-/// What the statement says of one row.
+/// What the statement says of one message.
 pub(super) struct Answer {
-    /// The row as the database returned it.
+    /// The message's row of the answer.
     pub row: Row,
+    /// The sequence it was inserted with (`None`: not inserted).
+    sequence: Option<i64>,
 }
 
 impl Answer {
@@ -140,7 +152,7 @@ impl Answer {
 
     /// The sequence the row was inserted with (`None`: not inserted).
     pub fn sequence(&self) -> Option<i64> {
-        self.row.get(14)
+        self.sequence
     }
 }
 
@@ -185,7 +197,20 @@ pub(super) fn send(
             &now,
         ],
     )?;
-    Ok(answers.into_iter().map(|row| Answer { row }).collect())
+    let (inserted, facts): (Vec<Row>, Vec<Row>) = answers
+        .into_iter()
+        .partition(|row| row.get::<_, Option<i64>>(10).is_none());
+    let sequences: HashMap<Uuid, i64> = inserted
+        .iter()
+        .map(|row| (row.get(14), row.get(15)))
+        .collect();
+    Ok(facts
+        .into_iter()
+        .map(|row| Answer {
+            sequence: sequences.get(&row.get::<_, Uuid>(14)).copied(),
+            row,
+        })
+        .collect())
 }
 
 /// The stored messages under `keys` (`(author, clientMsgId)`) or `ids`.
