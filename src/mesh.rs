@@ -369,6 +369,11 @@ impl ShardHandle {
         ShardHandle { id, inbox, waker }
     }
 
+    /// Commands waiting in the shard's inbox.
+    pub fn depth(&self) -> usize {
+        self.inbox.len()
+    }
+
     /// Sends a command and wakes the shard. A shard that has exited drops it.
     pub fn send(&self, command: ShardCommand) {
         if self.inbox.send(command).is_ok() {
@@ -393,6 +398,11 @@ impl StoreHandle {
     /// Queues a command. Returns `false` when the store thread has exited.
     pub fn send(&self, command: StoreCommand) -> bool {
         self.inbox.send(command).is_ok()
+    }
+
+    /// Commands waiting.
+    pub fn depth(&self) -> usize {
+        self.inbox.len()
     }
 }
 
@@ -615,11 +625,54 @@ pub struct Mesh {
     pub broker: BrokerHandle,
 }
 
+/// Commands the store's inbox may hold before clients' requests are refused (each holds at
+/// most one message: at most 8,192 x 16 KB of content with the default limits).
+pub const STORE_INBOX_LIMIT: usize = 8192;
+/// Commands a shard's inbox may hold before clients' requests are refused (mostly shared
+/// broadcasts, each a pointer).
+pub const SHARD_INBOX_LIMIT: usize = 65_536;
+
 impl Mesh {
+    /// Why a client's request to the store should be refused now, if it should: the store,
+    /// or a shard that delivers its broadcasts, is that far behind.
+    pub fn congested(&self) -> Option<String> {
+        let store = self.store.depth();
+        if store >= STORE_INBOX_LIMIT {
+            return Some(format!(
+                "the server is busy ({store} requests wait for the store); try again in a moment"
+            ));
+        }
+        let behind = self.shards.iter().map(ShardHandle::depth).max()?;
+        (behind >= SHARD_INBOX_LIMIT).then(|| {
+            format!("the server is busy ({behind} deliveries wait); try again in a moment")
+        })
+    }
+
     /// Routes a store reply to the shard that owns the connection.
     pub fn reply(&self, to: ConnectionId, reply: StoreReply) {
         if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
             shard.send(ShardCommand::Reply(to, reply));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_inbox_refuses_client_requests_and_says_why() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mesh = Mesh {
+            shards: Vec::new(),
+            store: StoreHandle::new(tx),
+            broker: BrokerHandle::local(Vec::new()),
+        };
+        assert_eq!(mesh.congested(), None);
+        for _ in 0..STORE_INBOX_LIMIT {
+            mesh.store.send(StoreCommand::Shutdown);
+        }
+        let why = mesh.congested().expect("the store is that far behind");
+        assert!(why.contains("8192 requests wait for the store"), "{why}");
     }
 }

@@ -185,6 +185,11 @@ impl Pair {
         client.pipe.ends().input.extend(bytes);
     }
 
+    /// The shard's key of `client`'s connection.
+    pub fn key(&self, client: &Client) -> u32 {
+        client.key
+    }
+
     /// `client` closes its side of the connection.
     pub fn hang_up(&self, client: &Client) {
         client.pipe.ends().closed = true;

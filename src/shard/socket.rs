@@ -21,7 +21,7 @@ use super::timers::earliest;
 use super::Core;
 use crate::chat::{self, connect, Auth, Context, Credentials, Detached, Effect};
 use crate::ids::{new_session_id, session_shard, ConnectionId, Room, ShardId, SocketRef, UserId};
-use crate::mesh::{Broadcast, BroadcastId, Except, ShardCommand};
+use crate::mesh::{Broadcast, BroadcastId, Except, ShardCommand, StoreCommand};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{Session, SessionEvent};
 use crate::transport::websocket;
@@ -243,6 +243,16 @@ impl Socket {
                 Effect::Ack(ack, data) => self.session.ack(ack, &data),
                 Effect::Emit(name, data) => self.session.emit(name, &data),
                 Effect::Store(command) => {
+                    if let Some(ack) = client_request(&command) {
+                        if let Some(why) = core.mesh.congested() {
+                            // Bounded inboxes: the client is told, and may try again.
+                            tracing::debug!(?id, reason = why, "request refused");
+                            let mut refusal = Vec::new();
+                            chat::refuse(ack, &why, &mut refusal);
+                            self.apply(outlet, core, id, refusal, now);
+                            continue;
+                        }
+                    }
                     // The store only goes away at shutdown; the client's ack then times out.
                     core.mesh.store.send(command);
                 }
@@ -431,6 +441,18 @@ pub fn replay(
         let m = core.metrics();
         m.frames_out.fetch_add(count, Relaxed);
         m.queued_bytes.fetch_add(framed as i64, Relaxed);
+    }
+}
+
+/// The ack id of a client event's request to the store (`None` for CONNECT's check, which
+/// is not refused for load).
+fn client_request(command: &StoreCommand) -> Option<Option<u64>> {
+    match command {
+        StoreCommand::Send { ack, .. }
+        | StoreCommand::Delete { ack, .. }
+        | StoreCommand::History { ack, .. }
+        | StoreCommand::CheckMember { ack, .. } => Some(*ack),
+        _ => None,
     }
 }
 

@@ -278,3 +278,37 @@ fn a_polling_client_that_stops_polling_is_dropped_at_the_ping_timeout() {
         0
     );
 }
+
+#[test]
+fn a_flood_of_frames_is_handled_within_a_budget_per_turn_and_finished_on_later_turns() {
+    let mut pair = Pair::new(1);
+    let flooder = pair.connect(0);
+    pair.send(&flooder, &websocket_request(None));
+    pair.drive();
+    assert!(
+        !pair.received(&flooder).is_empty(),
+        "the 101 and the open packet"
+    );
+    // Engine.IO `3` frames, four budgets' worth, in one read.
+    let frame = text_frame("3");
+    let count = super::read::FRAME_BUDGET * 4;
+    pair.send(&flooder, &frame.repeat(count));
+    let key = pair.key(&flooder);
+    let now = pair.now;
+    let shard = &mut pair.shards[0];
+    shard.on_readable(key, now);
+    let conn = &shard.sockets.conns[key as usize];
+    assert_eq!(
+        conn.inbuf.len(),
+        frame.len() * (count - super::read::FRAME_BUDGET),
+        "one budget of frames handled, the rest held"
+    );
+    assert!(conn.more, "it has more: the ready list brings it back");
+    shard.end_turn(now);
+    assert_eq!(shard.core.ready, vec![key]);
+    // Later turns handle the rest, one budget each.
+    pair.drive();
+    let conn = &pair.shards[0].sockets.conns[key as usize];
+    assert!(conn.inbuf.is_empty(), "everything handled");
+    assert!(matches!(conn.phase, super::connection::Phase::Socket(_)));
+}

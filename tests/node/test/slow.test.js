@@ -1,5 +1,6 @@
 // A client that stops reading must not hold back the others nor grow the server's memory:
-// once its outbound queue passes CHAT_MAX_OUTBOUND_BYTES it is dropped as a slow consumer.
+// once its outbound queue stays past CHAT_MAX_OUTBOUND_BYTES with nothing written (or passes
+// 4 times it) it is dropped as a slow consumer.
 
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
