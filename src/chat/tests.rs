@@ -130,7 +130,7 @@ fn page_of(n: i64, chars: usize, limit: u32, after: Option<i64>, max_bytes: usiz
         query,
         result: Ok(messages),
     };
-    handle_reply(reply, max_bytes, &mut out);
+    handle_reply(&mut Auth::Pending(Default::default()), reply, max_bytes, &mut out);
     match out.pop() {
         Some(Effect::Ack(1, v)) => v,
         other => panic!("expected an ack, got {other:?}"),
@@ -318,6 +318,7 @@ fn requests_in_flight_are_bounded_and_freed_by_answers() {
             ack: Some(1),
             statuses: vec![],
         },
+        usize::MAX,
         &mut out,
     );
     let Auth::Connected(member) = &mut auth else {
