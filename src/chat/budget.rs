@@ -145,29 +145,33 @@ impl Budgets {
         now.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
-    /// Takes a token for an event of `kind`.
+    /// Takes a token for an event of `kind`; over the budget, the refusal counts towards
+    /// cutting the socket.
     pub fn take(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
-        let ms = self.ms(now);
-        let bit = 1u16 << kind as u16;
-        if self.buckets[kind as usize].take(kind.rate(b), ms) {
-            self.told &= !bit;
-            return Verdict::Allow;
+        match self.defer(b, kind, now) {
+            Verdict::Refuse { .. } if !self.refused.take(b.refused, self.ms(now)) => Verdict::Cut,
+            verdict => verdict,
         }
-        self.refuse(b, bit, ms)
     }
 
     /// Takes a token for work that waits for its budget instead of being refused (a presence
     /// change): never cuts; `Refuse { told }` says it must wait, and whether to say so.
     pub fn defer(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
-        let ms = self.ms(now);
         let bit = 1u16 << kind as u16;
-        if self.buckets[kind as usize].take(kind.rate(b), ms) {
+        if self.buckets[kind as usize].take(kind.rate(b), self.ms(now)) {
             self.told &= !bit;
             return Verdict::Allow;
         }
-        let told = self.told & bit == 0;
+        Verdict::Refuse {
+            told: self.tell(bit),
+        }
+    }
+
+    /// Marks `bit` told; whether it was not yet.
+    fn tell(&mut self, bit: u16) -> bool {
+        let first = self.told & bit == 0;
         self.told |= bit;
-        Verdict::Refuse { told }
+        first
     }
 
     /// Counts a request that will be answered later, if there is room for it.
@@ -190,9 +194,9 @@ impl Budgets {
         if !self.refused.take(b.refused, ms) {
             return Verdict::Cut;
         }
-        let told = self.told & bit == 0;
-        self.told |= bit;
-        Verdict::Refuse { told }
+        Verdict::Refuse {
+            told: self.tell(bit),
+        }
     }
 
     /// When the next token of `kind` is there.

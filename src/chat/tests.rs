@@ -48,6 +48,19 @@ fn run_at(
     out
 }
 
+/// Ann connected to workspace 9, in `rooms`.
+fn ann(chat: ChatState, rooms: Vec<Room>) -> crate::chat::Member {
+    crate::chat::Member {
+        user: user(),
+        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
+        rooms,
+        chat,
+        pid: None,
+        since_offset: 0,
+        removed: false,
+    }
+}
+
 fn target_json(n: u128) -> Value {
     json!({"targetId": uuid::Uuid::from_u128(n).to_string(), "targetType": "channel"})
 }
@@ -302,15 +315,7 @@ fn requests_in_flight_are_bounded_and_freed_by_answers() {
     assert!(
         matches!(&bad[..], [Effect::Ack(3, v)] if v["error"].as_str().unwrap().contains("unanswered"))
     );
-    let mut auth = Auth::Connected(crate::chat::Member {
-        user: user(),
-        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
-        rooms: Vec::new(),
-        chat: state,
-        pid: None,
-        since_offset: 0,
-        removed: false,
-    });
+    let mut auth = Auth::Connected(ann(state, Vec::new()));
     let mut out = Vec::new();
     handle_reply(
         &mut auth,
@@ -358,15 +363,7 @@ fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
     let (away, at) = state.pending_away.expect("waits for the budget");
     assert!(away && at > t0);
     assert_eq!(state.poll_timeout(), Some(at));
-    let mut member = crate::chat::Member {
-        user: user(),
-        workspace: WorkspaceId(uuid::Uuid::from_u128(9)),
-        rooms: Vec::new(),
-        chat: state,
-        pid: None,
-        since_offset: 0,
-        removed: false,
-    };
+    let mut member = ann(state, Vec::new());
     let mut out = Vec::new();
     connect::expire(&mut member, &b, at, &mut out);
     assert!(matches!(

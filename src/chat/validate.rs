@@ -25,8 +25,30 @@ pub fn refuse_nul(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// Checks message content: not empty or whitespace only, no NUL ([`refuse_nul`]), and at
-/// most `max_chars` Unicode scalar values (contract §3). Returns the content unchanged.
+/// Whether chat text may hold `c`: every Unicode scalar value but the control characters
+/// (general category Cc: U+0000–U+001F, U+007F–U+009F), except tab, line feed and carriage
+/// return. They draw nothing, can rewrite a terminal or a log line that shows them, and
+/// some stores cannot hold them. U+0000 is left to the store-fit rule (NUL), which names it
+/// on its own.
+fn is_refused_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\0')
+}
+
+/// The first control character `text` may not hold, as `U+XXXX at character N` (from 1).
+fn refused_control(text: &str) -> Option<String> {
+    text.chars().position(is_refused_control).map(|i| {
+        let c = text.chars().nth(i).unwrap_or_default();
+        format!(
+            "control character U+{:04X} at character {}",
+            c as u32,
+            i + 1
+        )
+    })
+}
+
+/// Checks message content: not empty or whitespace only, no NUL ([`refuse_nul`]), at most
+/// `max_chars` Unicode scalar values, and no control character but tab, line feed and
+/// carriage return (contract §3, `docs/protocol.md`). Returns the content unchanged.
 ///
 /// # Errors
 /// A sentence naming the rule that failed (and the count, for a long message).
@@ -46,6 +68,12 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<String, Strin
             ));
         }
     }
+    if let Some(found) = refused_control(content) {
+        return Err(format!(
+            "content holds {found}; chat text may hold no control character but tab, \
+             line feed and carriage return"
+        ));
+    }
     Ok(content.to_owned())
 }
 
@@ -64,6 +92,16 @@ pub fn validate_client_msg_id(id: &str) -> Result<String, String> {
         ));
     }
     refuse_nul("clientMsgId", id)?;
+    if let Some(found) = id
+        .chars()
+        .position(|c| c.is_control() && c != '\0')
+        .map(|i| i + 1)
+    {
+        return Err(format!(
+            "clientMsgId holds a control character at character {found}; use printable \
+             characters only (a uuid is best)"
+        ));
+    }
     Ok(id.to_owned())
 }
 
@@ -103,6 +141,29 @@ mod tests {
         assert_eq!(err, "content has 4001 characters; the limit is 4000");
         assert!(validate_content(&"a".repeat(4000), 4000).is_ok());
         assert!(validate_content(&"a".repeat(4001), 4000).is_err());
+    }
+
+    #[test]
+    fn control_characters_but_tab_and_newlines_are_refused() {
+        assert!(validate_content("line 1\r\nline\t2\n", 100).is_ok());
+        for (text, code, at) in [
+            ("a\u{7}b", "U+0007", 2),
+            ("\u{1b}[2J", "U+001B", 1),
+            ("x\u{7f}", "U+007F", 2),
+            ("😀\u{85}", "U+0085", 2),
+            ("a\u{b}", "U+000B", 2),
+        ] {
+            let e = validate_content(text, 100).unwrap_err();
+            assert!(
+                e.contains(code) && e.contains(&format!("character {at};")),
+                "{e}"
+            );
+        }
+        // Not controls: format characters, emoji, other scripts.
+        assert!(validate_content("\u{200d}👩‍👩‍👧 שלום", 100).is_ok());
+        assert!(validate_client_msg_id("id\n1")
+            .unwrap_err()
+            .contains("character 3"));
     }
 
     #[test]
