@@ -107,6 +107,27 @@ pub enum Change {
     },
 }
 
+/// A socket's change as (workspace, user, change); the other commands (`Query`, `Shutdown`)
+/// come back as they are.
+pub fn change_of(
+    command: PresenceCommand,
+) -> Result<(WorkspaceId, UserId, Change), PresenceCommand> {
+    Ok(match command {
+        PresenceCommand::Connected { user, workspace } => (workspace, user, Change::Connected),
+        PresenceCommand::Away {
+            user,
+            workspace,
+            away,
+        } => (workspace, user, Change::Away(away)),
+        PresenceCommand::Disconnected {
+            user,
+            workspace,
+            away,
+        } => (workspace, user, Change::Disconnected { away }),
+        other => return Err(other),
+    })
+}
+
 /// Starts the presence thread of a single node.
 pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -114,21 +135,9 @@ pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<Jo
         .spawn(move || {
             let mut book = PresenceBook::default();
             for command in inbox.iter() {
-                let (workspace, user, change) = match command {
-                    PresenceCommand::Connected { user, workspace } => {
-                        (workspace, user, Change::Connected)
-                    }
-                    PresenceCommand::Away {
-                        user,
-                        workspace,
-                        away,
-                    } => (workspace, user, Change::Away(away)),
-                    PresenceCommand::Disconnected {
-                        user,
-                        workspace,
-                        away,
-                    } => (workspace, user, Change::Disconnected { away }),
-                    PresenceCommand::Query { asker, ack, users } => {
+                let (workspace, user, change) = match change_of(command) {
+                    Ok(change) => change,
+                    Err(PresenceCommand::Query { asker, ack, users }) => {
                         let statuses = users
                             .into_iter()
                             .map(|u| (u, book.status(asker.workspace, u)))
@@ -136,7 +145,7 @@ pub fn spawn(inbox: Receiver<PresenceCommand>, mesh: Mesh) -> std::io::Result<Jo
                         mesh.reply(asker.from, StoreReply::Presence { ack, statuses });
                         continue;
                     }
-                    PresenceCommand::Shutdown => return,
+                    Err(_) => return,
                 };
                 if let Some(status) = book.apply(workspace, user, change) {
                     let data = json!({"userId": user, "status": status.as_str()});

@@ -23,7 +23,7 @@ use crate::broker::names::{Names, NodeId};
 use crate::ids::{Room, UserId, WorkspaceId};
 use crate::mesh::{Except, Mesh, PresenceCommand, Publication, StoreReply};
 use crate::model::PresenceStatus;
-use crate::presence::{Change, PresenceBook};
+use crate::presence::PresenceBook;
 
 /// How often dead nodes are looked for between beats.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -145,19 +145,9 @@ impl Presence {
     }
 
     fn command(&mut self, command: PresenceCommand) {
-        let (workspace, user, change) = match command {
-            PresenceCommand::Connected { user, workspace } => (workspace, user, Change::Connected),
-            PresenceCommand::Away {
-                user,
-                workspace,
-                away,
-            } => (workspace, user, Change::Away(away)),
-            PresenceCommand::Disconnected {
-                user,
-                workspace,
-                away,
-            } => (workspace, user, Change::Disconnected { away }),
-            PresenceCommand::Query { asker, ack, users } => {
+        let (workspace, user, change) = match crate::presence::change_of(command) {
+            Ok(change) => change,
+            Err(PresenceCommand::Query { asker, ack, users }) => {
                 let local: Vec<(UserId, PresenceStatus)> = users
                     .iter()
                     .map(|u| (*u, self.book.status(asker.workspace, *u)))
@@ -191,7 +181,7 @@ impl Presence {
                 }
                 return;
             }
-            PresenceCommand::Shutdown => return,
+            Err(_) => return,
         };
         let Some(status) = self.book.apply(workspace, user, change) else {
             return;
