@@ -143,7 +143,12 @@ fn page_of(n: i64, chars: usize, limit: u32, after: Option<i64>, max_bytes: usiz
         query,
         result: Ok(messages),
     };
-    handle_reply(&mut Auth::Pending(Default::default()), reply, max_bytes, &mut out);
+    handle_reply(
+        &mut Auth::Pending(Default::default()),
+        reply,
+        max_bytes,
+        &mut out,
+    );
     match out.pop() {
         Some(Effect::Ack(1, v)) => v,
         other => panic!("expected an ack, got {other:?}"),
