@@ -4,7 +4,7 @@
 //! hash, taken once per accept, close, new socket or CONNECT (never per event).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -60,9 +60,7 @@ impl Gate {
     /// Runs `f` on the entry of `ip`, made if need be; sweeps idle entries when the stripe
     /// is large.
     fn with<R>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Entry, u32) -> R) -> R {
-        let mut h = FxBuildHasher.build_hasher();
-        ip.hash(&mut h);
-        let stripe = &self.stripes[h.finish() as usize % STRIPES];
+        let stripe = &self.stripes[FxBuildHasher.hash_one(ip) as usize % STRIPES];
         let mut table = stripe.lock().unwrap_or_else(|e| e.into_inner());
         let ms = self.ms(now);
         if table.len() >= SWEEP_AT && !table.contains_key(&ip) {
