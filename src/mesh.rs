@@ -10,7 +10,6 @@
 //! to the modules that make them (`store::request`, `chat`, `api`, `model`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +23,9 @@ use crate::ids::{ConnectionId, MessageId, Room, ShardId, Target, UserId, Workspa
 use crate::model::{Grant, MembershipChange, Message, PresenceStatus};
 use crate::protocol::{packet, Session};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
+
+mod broker;
+pub use broker::{BrokerHandle, DurablePublisher};
 
 /// An event for every socket of a room but those it skips, as a publisher (a chat handler,
 /// the presence keeper, the store) hands it to the broker.
@@ -403,214 +405,6 @@ impl StoreHandle {
     /// Commands waiting.
     pub fn depth(&self) -> usize {
         self.inbox.len()
-    }
-}
-
-/// The seam between this node and the others. On one node it loops publications straight
-/// back to the local shards and keeps presence in a thread of its own; with Redis the same
-/// handle will also carry them to other nodes, without the shards or the store knowing which
-/// they have.
-#[derive(Clone, Debug)]
-pub struct BrokerHandle {
-    shards: Vec<ShardHandle>,
-    presence: Option<Sender<PresenceCommand>>,
-    /// The next broadcast id. Ids only need to differ, so any thread may take one.
-    ids: Arc<AtomicU64>,
-    /// Whether durable events carry their offset on the wire (connection state recovery).
-    recovery: bool,
-    /// In a cluster (`REDIS_URL`): the `broker` thread's inbox. Every publication, reply to a
-    /// send and interest change goes there instead of straight to the shards.
-    cluster: Option<Sender<crate::broker::node::Input>>,
-}
-
-impl BrokerHandle {
-    /// A broker for a single node, without presence and recovery offsets.
-    pub fn local(shards: Vec<ShardHandle>) -> Self {
-        BrokerHandle {
-            shards,
-            presence: None,
-            ids: Arc::new(AtomicU64::new(1)),
-            recovery: false,
-            cluster: None,
-        }
-    }
-
-    /// Sends every publication through the cluster's `broker` thread (`inbox`).
-    pub fn with_cluster(mut self, inbox: Sender<crate::broker::node::Input>) -> Self {
-        self.cluster = Some(inbox);
-        self
-    }
-
-    /// Whether this node is part of a cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster.is_some()
-    }
-
-    /// The next broadcast id (the cluster's `broker` thread takes them here too).
-    pub fn next_id(&self) -> BroadcastId {
-        BroadcastId(self.ids.fetch_add(1, Relaxed))
-    }
-
-    /// Whether durable packets carry their recovery offset.
-    pub fn recovery(&self) -> bool {
-        self.recovery
-    }
-
-    /// The shard handles.
-    pub fn shards(&self) -> &[ShardHandle] {
-        &self.shards
-    }
-
-    /// In a cluster: hands `input` to the `broker` thread and returns `None`; on one node
-    /// returns it.
-    fn to_cluster(&self, input: crate::broker::node::Input) -> Option<crate::broker::node::Input> {
-        match &self.cluster {
-            Some(inbox) => {
-                let _ = inbox.send(input);
-                None
-            }
-            None => Some(input),
-        }
-    }
-
-    /// A shard's first local member joined `room` (`joined`), or its last one left. Only a
-    /// cluster counts them (to subscribe where there are members).
-    pub fn interest(&self, room: Room, shard: ShardId, joined: bool) {
-        self.to_cluster(crate::broker::node::Input::Interest {
-            room,
-            shard,
-            joined,
-        });
-    }
-
-    /// Each room's top sequence, read with a membership no later than its members join:
-    /// where a cluster starts the room's stream (see `docs/cluster.md`, starting mid-stream).
-    pub fn floors(&self, floors: Vec<(Room, u64)>) {
-        if !floors.is_empty() {
-            self.to_cluster(crate::broker::node::Input::Floors(floors));
-        }
-    }
-
-    /// In a cluster, before a membership read reaches its socket: the rooms' floors, and their
-    /// subscriptions made and confirmed by Redis (waited for at most a second), so the socket
-    /// receives what other nodes publish from the moment it joins. Nothing on one node.
-    pub fn prepare(&self, floors: Vec<(Room, u64)>, rooms: &[Room]) {
-        let Some(inbox) = &self.cluster else { return };
-        self.floors(floors);
-        let (ready, wait) = crossbeam_channel::bounded(1);
-        let rooms = rooms.to_vec();
-        if inbox
-            .send(crate::broker::node::Input::Ready { rooms, ready })
-            .is_ok()
-        {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
-        }
-    }
-
-    /// The answer to a send, sent after the publications the store handed over before it
-    /// (so the sender has its own `message:new` first, on one node as in a cluster).
-    pub fn reply_after_publications(&self, to: ConnectionId, reply: StoreReply) {
-        if let Some(crate::broker::node::Input::Reply(to, reply)) =
-            self.to_cluster(crate::broker::node::Input::Reply(to, reply))
-        {
-            if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
-                shard.send(ShardCommand::Reply(to, reply));
-            }
-        }
-    }
-
-    /// Routes presence commands to the presence keeper's inbox.
-    pub fn with_presence(mut self, inbox: Sender<PresenceCommand>) -> Self {
-        self.presence = Some(inbox);
-        self
-    }
-
-    /// Puts offsets on the wire (connection state recovery is on).
-    pub fn with_recovery(mut self) -> Self {
-        self.recovery = true;
-        self
-    }
-
-    /// Publishes an ephemeral event (typing, presence): no offset, nothing to replay.
-    pub fn publish(&self, publication: Publication) {
-        if let Some(crate::broker::node::Input::Ephemeral(publication)) =
-            self.to_cluster(crate::broker::node::Input::Ephemeral(publication))
-        {
-            self.fan_out(publication, None);
-        }
-    }
-
-    /// Gives the publication an id and hands it to every shard of this node (each keeps
-    /// only its members). On one node every publication leaves through here; in a cluster
-    /// the `broker` thread calls it for local ephemeral events.
-    pub fn fan_out(&self, publication: Publication, offset: Option<u64>) {
-        let broadcast = Arc::new(Broadcast {
-            id: BroadcastId(self.ids.fetch_add(1, Relaxed)),
-            room: publication.room,
-            except: publication.except,
-            offset,
-            packet: publication.packet,
-        });
-        for shard in &self.shards {
-            shard.send(ShardCommand::Deliver(Arc::clone(&broadcast)));
-        }
-    }
-
-    /// Tells every shard of a membership change.
-    pub fn membership(&self, change: MembershipChange) {
-        for shard in &self.shards {
-            shard.send(ShardCommand::Membership(change));
-        }
-    }
-
-    /// Tells the presence keeper (dropped when there is none, as in store tests).
-    pub fn presence(&self, command: PresenceCommand) {
-        if let Some(inbox) = &self.presence {
-            let _ = inbox.send(command);
-        }
-    }
-}
-
-/// The publisher of durable events (`message:new`, `message:deleted`) and the one owner of
-/// their offsets. Shards log durable events by offset for connection state recovery and to
-/// hand a session over at a transport upgrade, so offsets must rise in publication order:
-/// the store thread, which publishes every durable event after its commit, owns the only
-/// one. It is not `Clone`, and needs no atomics.
-#[derive(Debug)]
-pub struct DurablePublisher {
-    broker: BrokerHandle,
-    next: u64,
-}
-
-impl DurablePublisher {
-    /// The publisher of a node's durable events, through `broker`.
-    pub fn new(broker: BrokerHandle) -> Self {
-        DurablePublisher { broker, next: 1 }
-    }
-
-    /// Publishes `event` to every member of `room` with the next offset. With recovery on,
-    /// Socket.IO carries the offset as the event's last argument. `seq` is the message's
-    /// sequence (the deleted one's for `message:deleted`): in a cluster the `broker` thread
-    /// orders the room's events by it and gives the offsets itself.
-    pub fn publish(&mut self, room: Room, event: &str, data: &impl serde::Serialize, seq: i64) {
-        if let Some(inbox) = &self.broker.cluster {
-            let _ = inbox.send(crate::broker::node::Input::Durable {
-                room,
-                deleted: event == "message:deleted",
-                seq: u64::try_from(seq).unwrap_or(0),
-                packet: Bytes::from(packet::event(event, data, None)),
-            });
-            return;
-        }
-        let offset = self.next;
-        self.next += 1;
-        let text = self.broker.recovery.then(|| offset.to_string());
-        let publication = Publication {
-            room,
-            except: Except::Nobody,
-            packet: Bytes::from(packet::event(event, data, text.as_deref())),
-        };
-        self.broker.fan_out(publication, Some(offset));
     }
 }
 

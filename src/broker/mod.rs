@@ -22,6 +22,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod input;
 pub mod interest;
 pub mod link;
 pub mod metrics;

@@ -22,53 +22,10 @@ use super::metrics::BrokerMetrics;
 use super::names::{Names, NodeId};
 use super::pg::{Answer, Ask};
 use super::sequencer::{Output, Sequencer, SequencerConfig};
-use crate::ids::{ConnectionId, Room, ShardId};
-use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand, StoreReply};
+use crate::ids::{Room, ShardId};
+use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand};
 
-/// What the `broker` thread is told.
-#[derive(Debug)]
-pub enum Input {
-    /// The store committed `message:new` (or `message:deleted` of the message with sequence
-    /// `seq`); `packet` has no recovery offset yet.
-    Durable {
-        /// The message's room.
-        room: Room,
-        /// A deletion.
-        deleted: bool,
-        /// The message's sequence.
-        seq: u64,
-        /// `42["message:new",{…}]`.
-        packet: Bytes,
-    },
-    /// A reply the store sent after the publications before it.
-    Reply(ConnectionId, StoreReply),
-    /// An ephemeral event (typing, or presence while Redis is down).
-    Ephemeral(Publication),
-    /// A shard's first member joined a room, or its last one left.
-    Interest {
-        /// The room.
-        room: Room,
-        /// The shard.
-        shard: ShardId,
-        /// First member (`true`) or last one gone.
-        joined: bool,
-    },
-    /// Rooms' tops read with a membership, before its sockets join.
-    Floors(Vec<(Room, u64)>),
-    /// Subscribe to these rooms now (they linger if no socket joins), and answer on `ready`
-    /// once Redis confirmed every one: a membership is answered only then, so a socket that
-    /// joined already receives what other nodes publish (typing and presence too).
-    Ready {
-        /// The rooms a socket is about to join.
-        rooms: Vec<Room>,
-        /// Where to answer.
-        ready: Sender<()>,
-    },
-    /// `broker-pg` answered.
-    Pg(Answer),
-    /// Stop.
-    Shutdown,
-}
+pub use super::input::Input;
 
 /// How long a floor read with a membership waits for its socket to join.
 const HINT_TTL: Duration = Duration::from_secs(10);
