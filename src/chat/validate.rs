@@ -17,7 +17,7 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 128;
 /// # Errors
 /// Names the field and where the NUL is.
 pub fn refuse_nul(field: &str, value: &str) -> Result<(), String> {
-    match value.chars().position(|c| c == '\0') {
+    match value.chars().position(|c| c == '\0').map(|i| i + 1) {
         None => Ok(()),
         Some(at) => Err(format!(
             "{field} contains a NUL character (\\u0000) at character {at}, which cannot be stored; remove it"
@@ -180,12 +180,12 @@ mod tests {
         let err = validate_content("ab\0c", 10).unwrap_err();
         assert_eq!(
             err,
-            "content contains a NUL character (\\u0000) at character 2, which cannot be stored; remove it"
+            "content contains a NUL character (\\u0000) at character 3, which cannot be stored; remove it"
         );
         let err = validate_client_msg_id("\0").unwrap_err();
         assert!(err.starts_with("clientMsgId contains a NUL"), "{err}");
-        // Other control characters are not this rule's business.
-        assert!(validate_content("a\u{1}b", 10).is_ok());
+        // Tab, line feed and carriage return are the control characters chat text may hold.
+        assert!(validate_content("a\tb\r\nc", 10).is_ok());
     }
 
     #[test]
