@@ -19,6 +19,7 @@
 mod admin;
 pub mod memory;
 pub mod pg;
+mod readers;
 pub mod request;
 
 use std::io;
@@ -38,6 +39,8 @@ use crate::metrics::Metrics;
 use crate::model::{timestamp, Grant, MembershipChange, Message};
 
 pub use memory::MemoryBackend;
+pub use readers::spawn_pool;
+use readers::{serve, ReadJob};
 pub use request::{HistoryQuery, NewMessage, StoreError};
 
 /// Most messages one history page returns (the rule is `chat::validate`'s).
@@ -234,118 +237,6 @@ pub fn spawn_with<B: Backend + Send + 'static>(
     thread::Builder::new()
         .name("store".into())
         .spawn(move || Store::new(backend, mesh, metrics).run(&inbox))
-}
-
-/// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
-/// in `readers`, each with its own connection. Without readers this is [`spawn_with`].
-/// Reader threads stop after the store thread has answered `Shutdown`.
-pub fn spawn_pool<B: Backend + Send + 'static>(
-    writer: B,
-    readers: Vec<B>,
-    inbox: Receiver<StoreCommand>,
-    mut mesh: Mesh,
-    metrics: Arc<Metrics>,
-) -> io::Result<JoinHandle<()>> {
-    let (dead, _) = crossbeam_channel::bounded(0);
-    mesh.store = StoreHandle::new(dead);
-    let mut threads = Vec::with_capacity(readers.len());
-    let (jobs, queue) = crossbeam_channel::unbounded::<ReadJob>();
-    for (i, mut backend) in readers.into_iter().enumerate() {
-        let queue = queue.clone();
-        let mesh = mesh.clone();
-        threads.push(
-            thread::Builder::new()
-                .name(format!("store-read-{i}"))
-                .spawn(move || {
-                    // Ends once the store thread dropped the sender and the queue is empty.
-                    while let Ok(job) = queue.recv() {
-                        serve(&mut backend, &mesh, job);
-                    }
-                })?,
-        );
-    }
-    let readers = (!threads.is_empty()).then_some(jobs);
-    thread::Builder::new().name("store".into()).spawn(move || {
-        let mut store = Store::new(writer, mesh, metrics);
-        store.readers = readers;
-        store.run(&inbox);
-        for t in threads {
-            let _ = t.join();
-        }
-    })
-}
-
-/// A read handed to the reader pool.
-enum ReadJob {
-    Authenticate {
-        from: ConnectionId,
-        credential: Credential,
-        workspace: WorkspaceId,
-    },
-    History {
-        asker: Asker,
-        ack: Option<u64>,
-        query: HistoryQuery,
-    },
-    CheckMember {
-        asker: Asker,
-        ack: Option<u64>,
-        target: Target,
-    },
-    AdminHistory {
-        from: ConnectionId,
-        query: HistoryQuery,
-    },
-}
-
-/// Answers one read on `backend` (a reader thread's, or the writer's when there is no pool).
-fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
-    match job {
-        ReadJob::Authenticate {
-            from,
-            credential,
-            workspace,
-        } => {
-            let result = backend.authenticate(&credential, workspace, Utc::now());
-            if let (Ok(grant), true) = (&result, mesh.broker.is_cluster()) {
-                mesh.broker
-                    .prepare(backend.floors(&grant.rooms), &grant.rooms);
-            }
-            mesh.reply(from, StoreReply::Authenticated(result));
-        }
-        ReadJob::History { asker, ack, query } => {
-            let reader = Reader {
-                user: asker.user,
-                workspace: asker.workspace,
-            };
-            let result = backend.history(Some(reader), &query);
-            mesh.reply(asker.from, StoreReply::History { ack, query, result });
-        }
-        ReadJob::CheckMember { asker, ack, target } => {
-            let result = backend.check_member(asker.user, asker.workspace, target);
-            if result.is_ok() && mesh.broker.is_cluster() {
-                mesh.broker
-                    .prepare(backend.floors(&[target.room()]), &[target.room()]);
-            }
-            mesh.reply(
-                asker.from,
-                StoreReply::Member {
-                    ack,
-                    target,
-                    result,
-                },
-            );
-        }
-        ReadJob::AdminHistory { from, query } => {
-            let reply = admin::handle(
-                backend,
-                &mesh.broker,
-                AdminRequest::History(query),
-                Utc::now(),
-            );
-            mesh.reply(from, reply);
-        }
-    }
 }
 
 /// The store thread's state: the backend, the handles it answers through, and the sends
