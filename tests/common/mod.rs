@@ -28,6 +28,9 @@ impl Server {
             .env("DATABASE_URL", url)
             .env("CHAT_JWT_SECRET", SECRET)
             .env("CHAT_SHARDS", "2")
+            // These tests drive sends as fast as acks (and refusals, in an outage) come back:
+            // durability is under test here, not the per-socket send budget.
+            .env("CHAT_LIMIT_SENDS", "1000000/1s")
             .env("RUST_LOG", "info")
             .env_remove("REDIS_URL")
             .stdout(Stdio::piped())
