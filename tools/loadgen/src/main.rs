@@ -9,6 +9,7 @@
 mod admin;
 mod chatload;
 mod client;
+mod fanout;
 mod floor;
 mod net;
 mod report;
