@@ -25,7 +25,7 @@ pub mod request;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -34,7 +34,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
-use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreHandle, StoreReply};
+use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreReply};
 use crate::metrics::Metrics;
 use crate::model::{timestamp, Grant, MembershipChange, Message};
 
@@ -227,16 +227,10 @@ pub trait Backend {
 pub fn spawn_with<B: Backend + Send + 'static>(
     backend: B,
     inbox: Receiver<StoreCommand>,
-    mut mesh: Mesh,
+    mesh: Mesh,
     metrics: Arc<Metrics>,
 ) -> io::Result<JoinHandle<()>> {
-    // The store never writes to its own inbox, and the copy of its handle inside `mesh` would
-    // keep the inbox open forever; swap it for a dead one so "every sender gone" can end it.
-    let (dead, _) = crossbeam_channel::bounded(0);
-    mesh.store = StoreHandle::new(dead);
-    thread::Builder::new()
-        .name("store".into())
-        .spawn(move || Store::new(backend, mesh, metrics).run(&inbox))
+    spawn_pool(backend, Vec::new(), inbox, mesh, metrics)
 }
 
 /// The store thread's state: the backend, the handles it answers through, and the sends

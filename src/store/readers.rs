@@ -17,7 +17,8 @@ use crate::mesh::{Asker, Mesh, StoreCommand, StoreHandle, StoreReply};
 use crate::metrics::Metrics;
 
 /// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
-/// in `readers`, each with its own connection. Without readers this is [`spawn_with`].
+/// in `readers`, each with its own connection; without readers, the store thread alone
+/// ([`super::spawn_with`]).
 /// Reader threads stop after the store thread has answered `Shutdown`.
 pub fn spawn_pool<B: Backend + Send + 'static>(
     writer: B,
@@ -26,6 +27,8 @@ pub fn spawn_pool<B: Backend + Send + 'static>(
     mut mesh: Mesh,
     metrics: Arc<Metrics>,
 ) -> io::Result<JoinHandle<()>> {
+    // The store never writes to its own inbox, and the copy of its handle inside `mesh` would
+    // keep the inbox open forever; swap it for a dead one so "every sender gone" can end it.
     let (dead, _) = crossbeam_channel::bounded(0);
     mesh.store = StoreHandle::new(dead);
     let mut threads = Vec::with_capacity(readers.len());

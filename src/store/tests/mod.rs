@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::*;
 use crate::api::AdminRequest;
 use crate::ids::{Room, ShardId};
-use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle};
+use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle, StoreHandle};
 
 mod admin;
 mod connect;
