@@ -179,15 +179,7 @@ pub fn broadcast(
             .zip(&per_group)
             .map(|(a, &n)| a.len() * n)
             .sum();
-        println!(
-            "sent {} ; acked ok {} / refused {} ; acks/s {:.0}",
-            m.sent,
-            m.acked_ok,
-            m.acked_err,
-            m.acked_ok as f64 / p.duration
-        );
-        println!("ack latency:      {}", percentiles_line(&m.ack));
-        println!("delivery latency: {}", percentiles_line(&m.delivery));
+        report::print_sends(&m, p.duration);
         println!(
             "deliveries {} (expected {expected} = acked x channel members) ; deliveries/s {:.0}",
             m.deliveries,
@@ -208,30 +200,13 @@ pub fn broadcast(
         j["out_of_order"] = json!(c.out_of_order);
         j["to_non_members"] = json!(c.foreign);
     }
-    print_cpu(&j, &m);
+    report::print_cpu(&j["window"], &m);
     report::print_cluster(&j);
     if let Some(w) = &warn {
         println!("WARNING: {w}");
     }
     println!("{j}");
     Ok(())
-}
-
-fn print_cpu(j: &serde_json::Value, m: &report::Merged) {
-    let w = &j["window"];
-    if let Some(s) = w["server"]["work_per_cpu_s"].as_f64() {
-        println!(
-            "server CPU {:.2}s ({s:.0} deliveries per CPU-second)",
-            w["server"]["cpu_s"].as_f64().unwrap_or(0.0)
-        );
-    }
-    println!(
-        "loadgen CPU {:.2}s ({:.0}% of its threads; busiest thread {:.0}%)",
-        w["loadgen"]["cpu_s"].as_f64().unwrap_or(0.0),
-        w["loadgen"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0,
-        m.max_thread_busy * 100.0
-    );
-    report::print_reasons(m);
 }
 
 /// `connect`: `concurrency` users each connect, authenticate, disconnect and start over for

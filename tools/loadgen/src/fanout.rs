@@ -95,15 +95,7 @@ pub fn fanout(
         connect_time.as_secs_f64(),
         percentiles_line(&m.connect)
     );
-    println!(
-        "sent {} ; acked ok {} / refused {} ; acks/s {:.0}",
-        m.sent,
-        m.acked_ok,
-        m.acked_err,
-        m.acked_ok as f64 / p.duration
-    );
-    println!("ack latency:      {}", percentiles_line(&m.ack));
-    println!("delivery latency: {}", percentiles_line(&m.delivery));
+    report::print_sends(&m, p.duration);
     println!(
         "deliveries {} (expected {} = acked x members) ; deliveries/s {:.0}",
         m.deliveries,
@@ -114,20 +106,7 @@ pub fn fanout(
         "correctness: missing {} ; publisher's own not echoed {} ; duplicates {} ; out of order {}",
         c.missing, c.missing_own, c.duplicates, c.out_of_order
     );
-    if let Some(s) = window["server"]["work_per_cpu_s"].as_f64() {
-        println!(
-            "server CPU {:.2}s ({:.0} deliveries per CPU-second)",
-            window["server"]["cpu_s"].as_f64().unwrap_or(0.0),
-            s
-        );
-    }
-    println!(
-        "loadgen CPU {:.2}s ({:.0}% of its threads; busiest thread {:.0}%)",
-        window["loadgen"]["cpu_s"].as_f64().unwrap_or(0.0),
-        window["loadgen"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0,
-        m.max_thread_busy * 100.0
-    );
-    report::print_reasons(&m);
+    report::print_cpu(&window, &m);
     if let Some(w) = &warn {
         println!("WARNING: {w}");
     }

@@ -9,7 +9,9 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::client::WorkerResult;
-use crate::stats::{latency_histogram, percentiles_json, union_groups, MemberRecord, SeqSet};
+use crate::stats::{
+    latency_histogram, percentiles_json, percentiles_line, union_groups, MemberRecord, SeqSet,
+};
 use crate::sys::{self, ProcSample};
 use crate::Cli;
 
@@ -272,6 +274,38 @@ pub fn print_reasons(m: &Merged) {
     for (k, v) in m.reasons.iter().take(10) {
         println!("  failure x{v}: {k}");
     }
+}
+
+/// Prints the send side of a run of `duration` seconds for people: sends, acks, and the ack
+/// and delivery latencies.
+pub fn print_sends(m: &Merged, duration: f64) {
+    println!(
+        "sent {} ; acked ok {} / refused {} ; acks/s {:.0}",
+        m.sent,
+        m.acked_ok,
+        m.acked_err,
+        m.acked_ok as f64 / duration
+    );
+    println!("ack latency:      {}", percentiles_line(&m.ack));
+    println!("delivery latency: {}", percentiles_line(&m.delivery));
+}
+
+/// Prints where the CPU went in a run's `window` (see [`window_json`]), the server's work per
+/// CPU-second counted in deliveries, and the failure reasons.
+pub fn print_cpu(window: &Value, m: &Merged) {
+    if let Some(s) = window["server"]["work_per_cpu_s"].as_f64() {
+        println!(
+            "server CPU {:.2}s ({s:.0} deliveries per CPU-second)",
+            window["server"]["cpu_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "loadgen CPU {:.2}s ({:.0}% of its threads; busiest thread {:.0}%)",
+        window["loadgen"]["cpu_s"].as_f64().unwrap_or(0.0),
+        window["loadgen"]["cpu_util"].as_f64().unwrap_or(0.0) * 100.0,
+        m.max_thread_busy * 100.0
+    );
+    print_reasons(m);
 }
 
 /// Human-readable bytes.
