@@ -2,11 +2,20 @@
 //! membership listener and `broker-pg`.
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
 
 use super::pg::Answer;
 use crate::ids::{ConnectionId, Room, ShardId};
 use crate::mesh::{Publication, StoreReply};
+use crate::model::MembershipChange;
+
+/// What a membership read admits once its rooms are ready (see [`Input::Ready`]).
+#[derive(Debug)]
+pub enum Admission {
+    /// A reply that joins its socket to rooms (CONNECT, `room:join`).
+    Reply(ConnectionId, StoreReply),
+    /// A membership change another node made, for this node's sockets of its user.
+    Membership(MembershipChange),
+}
 
 /// What the `broker` thread is told.
 #[derive(Debug)]
@@ -38,14 +47,21 @@ pub enum Input {
     },
     /// Rooms' tops read with a membership, before its sockets join.
     Floors(Vec<(Room, u64)>),
-    /// Subscribe to these rooms now (they linger if no socket joins), and answer on `ready`
-    /// once Redis confirmed every one: a membership is answered only then, so a socket that
-    /// joined already receives what other nodes publish (typing and presence too).
+    /// A membership read on its way to its sockets: its rooms start at `floors`, are
+    /// subscribed (when `subscribe`; they linger if no socket joins), and `admission` is carried
+    /// out once Redis confirmed every one (or after a second), after any admission before it
+    /// on the same rooms. Until then the rooms' durable events are held back, so the socket is
+    /// in its rooms before the first event after the floor reaches its shard, and receives what
+    /// other nodes publish from then on (typing and presence too).
     Ready {
-        /// The rooms a socket is about to join.
+        /// Each room's top sequence read with the membership.
+        floors: Vec<(Room, u64)>,
+        /// The rooms the admission joins (or leaves).
         rooms: Vec<Room>,
-        /// Where to answer.
-        ready: Sender<()>,
+        /// Subscribe the rooms (a join); a leave only keeps its place in line.
+        subscribe: bool,
+        /// What to carry out.
+        admission: Admission,
     },
     /// `broker-pg` answered.
     Pg(Answer),

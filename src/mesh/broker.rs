@@ -101,19 +101,45 @@ impl BrokerHandle {
         }
     }
 
-    /// In a cluster, before a membership read reaches its socket: the rooms' floors, and their
-    /// subscriptions made and confirmed by Redis (waited for at most a second), so the socket
-    /// receives what other nodes publish from the moment it joins. Nothing on one node.
-    pub fn prepare(&self, floors: Vec<(Room, u64)>, rooms: &[Room]) {
-        let Some(inbox) = &self.cluster else { return };
-        self.floors(floors);
-        let (ready, wait) = crossbeam_channel::bounded(1);
-        let rooms = rooms.to_vec();
-        if inbox
-            .send(crate::broker::node::Input::Ready { rooms, ready })
-            .is_ok()
-        {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+    /// A reply that joins its socket to `rooms` (CONNECT, `room:join`), read with their
+    /// `floors`. In a cluster the `broker` thread hands it over once the rooms are subscribed
+    /// (and holds their events back until then; see [`crate::broker::node::Input::Ready`]);
+    /// on one node it goes now.
+    pub fn admit_reply(
+        &self,
+        floors: Vec<(Room, u64)>,
+        rooms: Vec<Room>,
+        to: ConnectionId,
+        reply: StoreReply,
+    ) {
+        let admission = crate::broker::input::Admission::Reply(to, reply);
+        if let Some(crate::broker::node::Input::Ready {
+            admission: crate::broker::input::Admission::Reply(to, reply),
+            ..
+        }) = self.to_cluster(crate::broker::node::Input::Ready {
+            floors,
+            rooms,
+            subscribe: true,
+            admission,
+        }) {
+            if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
+                shard.send(ShardCommand::Reply(to, reply));
+            }
+        }
+    }
+
+    /// Another node's membership change, read with the room's `floor` (a join's): in a
+    /// cluster it reaches the shards through the `broker` thread, in line with the room's
+    /// other admissions and ahead of its events (see [`crate::broker::node::Input::Ready`]).
+    pub fn admit_membership(&self, floor: Option<u64>, change: MembershipChange) {
+        let input = crate::broker::node::Input::Ready {
+            floors: floor.map(|f| vec![(change.room, f)]).unwrap_or_default(),
+            rooms: vec![change.room],
+            subscribe: change.joined,
+            admission: crate::broker::input::Admission::Membership(change),
+        };
+        if self.to_cluster(input).is_some() {
+            self.membership(change);
         }
     }
 

@@ -90,11 +90,15 @@ pub(super) fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
             workspace,
         } => {
             let result = backend.authenticate(&credential, workspace, Utc::now());
-            if let (Ok(grant), true) = (&result, mesh.broker.is_cluster()) {
-                mesh.broker
-                    .prepare(backend.floors(&grant.rooms), &grant.rooms);
+            match &result {
+                Ok(grant) if mesh.broker.is_cluster() => {
+                    let floors = backend.floors(&grant.rooms);
+                    let rooms = grant.rooms.clone();
+                    let reply = StoreReply::Authenticated(result);
+                    mesh.broker.admit_reply(floors, rooms, from, reply);
+                }
+                _ => mesh.reply(from, StoreReply::Authenticated(result)),
             }
-            mesh.reply(from, StoreReply::Authenticated(result));
         }
         ReadJob::History { asker, ack, query } => {
             let reader = Reader {
@@ -106,18 +110,19 @@ pub(super) fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
         }
         ReadJob::CheckMember { asker, ack, target } => {
             let result = backend.check_member(asker.user, asker.workspace, target);
-            if result.is_ok() && mesh.broker.is_cluster() {
-                mesh.broker
-                    .prepare(backend.floors(&[target.room()]), &[target.room()]);
+            let admitted = result.is_ok() && mesh.broker.is_cluster();
+            let reply = StoreReply::Member {
+                ack,
+                target,
+                result,
+            };
+            if admitted {
+                let rooms = vec![target.room()];
+                let floors = backend.floors(&rooms);
+                mesh.broker.admit_reply(floors, rooms, asker.from, reply);
+            } else {
+                mesh.reply(asker.from, reply);
             }
-            mesh.reply(
-                asker.from,
-                StoreReply::Member {
-                    ack,
-                    target,
-                    result,
-                },
-            );
         }
         ReadJob::AdminHistory { from, query } => {
             let reply = admin::handle(

@@ -27,7 +27,10 @@ use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand};
 
 pub use super::input::Input;
 
+mod admit;
 mod upkeep;
+
+use admit::Admissions;
 
 /// How long a floor read with a membership waits for its socket to join.
 const HINT_TTL: Duration = Duration::from_secs(10);
@@ -41,9 +44,6 @@ const MAX_WAITING_DELETES: usize = 1024;
 
 /// The interest of a membership read on its way to a socket (see [`Input::Ready`]).
 const PREPARING: ShardId = ShardId(u16::MAX);
-
-/// Longest a [`Input::Ready`] waits for its confirmations.
-const READY_WAIT: Duration = Duration::from_secs(2);
 
 /// Most rooms remembered with publications Redis did not take.
 const MAX_UNPUBLISHED: usize = 100_000;
@@ -69,8 +69,8 @@ pub struct Broker {
     channels: FxHashMap<String, Room>,
     /// Channels Redis confirmed (since the subscriber's last loss).
     confirmed: FxHashSet<String>,
-    /// Memberships waiting for their rooms' confirmations.
-    waiters: Vec<(Vec<String>, Sender<()>, Instant)>,
+    /// Membership reads waiting for their rooms' confirmations.
+    admissions: Admissions,
     hints: FxHashMap<Room, (u64, Instant)>,
     pending: FxHashMap<Room, Pending>,
     /// Deletions whose message this node has not released yet: (sequence, packet).
@@ -118,7 +118,7 @@ impl Broker {
             interest: Interest::new(LINGER.max(linger)),
             channels: FxHashMap::default(),
             confirmed: FxHashSet::default(),
-            waiters: Vec::new(),
+            admissions: Admissions::default(),
             hints: FxHashMap::default(),
             pending: FxHashMap::default(),
             deletes: FxHashMap::default(),
@@ -221,7 +221,12 @@ impl Broker {
                     self.floor(room, floor, now);
                 }
             }
-            Input::Ready { rooms, ready } => self.ready(rooms, ready, now),
+            Input::Ready {
+                floors,
+                rooms,
+                subscribe,
+                admission,
+            } => self.ready(floors, rooms, subscribe, admission, now),
             Input::Pg(answer) => self.answer(answer, now),
             Input::Shutdown => {}
         }
@@ -274,7 +279,7 @@ impl Broker {
     fn durable(&mut self, room: Room, deleted: bool, seq: u64, packet: Bytes, now: Instant) {
         if deleted {
             match self.seq.released(&room) {
-                Some(released) if seq <= released => self.release(room, packet),
+                Some(released) if seq <= released => self.release(room, seq, packet),
                 Some(_) => {
                     let waiting = self.deletes.entry(room).or_default();
                     if waiting.len() < MAX_WAITING_DELETES {
@@ -338,29 +343,6 @@ impl Broker {
         }
     }
 
-    /// Subscribes `rooms` ahead of their socket and answers once all are confirmed.
-    fn ready(&mut self, rooms: Vec<Room>, ready: Sender<()>, now: Instant) {
-        let mut waiting = Vec::new();
-        for room in rooms {
-            if matches!(room, Room::User(_)) {
-                continue;
-            }
-            if let Change::Subscribe(room) = self.interest.add(room, PREPARING) {
-                self.start(room, now);
-            }
-            self.interest.remove(&room, PREPARING, now);
-            let channel = self.names.room(room);
-            if !self.confirmed.contains(&channel) {
-                waiting.push(channel);
-            }
-        }
-        if waiting.is_empty() {
-            let _ = ready.send(());
-        } else {
-            self.waiters.push((waiting, ready, now));
-        }
-    }
-
     /// Starts a pending room's stream at `floor` and lets what waited arrive.
     fn begin(&mut self, room: Room, floor: u64, held: Vec<(u64, Bytes)>, now: Instant) {
         self.seq.start(room, floor);
@@ -401,11 +383,9 @@ impl Broker {
                 if let Some(room) = self.channels.get(&channel).copied() {
                     self.seq.confirmed(&room, &mut self.out);
                 }
-                self.waiters.retain_mut(|(waiting, ready, _)| {
-                    waiting.retain(|c| *c != channel);
-                    !waiting.is_empty() || ready.send(()).is_err()
-                });
+                self.admissions.confirmed(&channel);
                 self.confirmed.insert(channel);
+                self.admit(now);
             }
             Event::SubscriberDown => {
                 self.subscriber_down = true;
@@ -474,8 +454,16 @@ impl Broker {
         self.send(room, broadcast);
     }
 
-    /// Hands a released durable event to the room's shards with the node's next offset.
-    fn release(&mut self, room: Room, packet: Bytes) {
+    /// Hands a released durable event to the room's shards, or holds it back while an
+    /// admission on the room waits (see [`admit`]).
+    fn release(&mut self, room: Room, seq: u64, packet: Bytes) {
+        if let Some(packet) = self.admissions.hold(room, seq, packet) {
+            self.release_now(room, packet);
+        }
+    }
+
+    /// Hands a durable event to the room's shards with the node's next offset.
+    fn release_now(&mut self, room: Room, packet: Bytes) {
         self.offset += 1;
         let packet = if self.broker.recovery() {
             Bytes::from(codec::with_offset(&packet, &self.offset.to_string()))

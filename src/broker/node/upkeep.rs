@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::super::codec::Kind;
 use super::super::pg::Ask;
 use super::super::sequencer::Output;
-use super::{Broker, HINT_TTL, PENDING_WAIT, READY_WAIT};
+use super::{Broker, HINT_TTL, PENDING_WAIT};
 use crate::ids::Room;
 
 impl Broker {
@@ -19,8 +19,8 @@ impl Broker {
             let out = std::mem::take(&mut self.out);
             for o in out {
                 match o {
-                    Output::Deliver { room, item, .. } => {
-                        self.release(room, item);
+                    Output::Deliver { room, pos, item } => {
+                        self.release(room, pos, item);
                         if self.deletes.contains_key(&room) && !touched.contains(&room) {
                             touched.push(room);
                         }
@@ -38,8 +38,8 @@ impl Broker {
             };
             let (ready, wait): (Vec<_>, Vec<_>) =
                 waiting.drain(..).partition(|(seq, _)| *seq <= released);
-            for (_, packet) in ready {
-                self.release(room, packet);
+            for (seq, packet) in ready {
+                self.release(room, seq, packet);
             }
             if !wait.is_empty() {
                 self.deletes.insert(room, wait);
@@ -76,8 +76,7 @@ impl Broker {
         }
         self.hints
             .retain(|_, (_, at)| now.duration_since(*at) <= HINT_TTL);
-        self.waiters
-            .retain(|(_, _, at)| now.duration_since(*at) <= READY_WAIT);
+        self.admit(now);
         if !self.unpublished.is_empty() && self.link.status().is_up() {
             for (room, top) in std::mem::take(&mut self.unpublished) {
                 self.publish(room, Kind::Watermark, Some(top), None, b"");

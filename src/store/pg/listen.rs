@@ -125,17 +125,13 @@ fn run(url: &str, mesh: &Mesh, metrics: &Metrics, stop: &Receiver<()>) {
             match next {
                 Ok(Some(note)) => {
                     if let Some(note) = note_of(note.payload(), application_name()) {
-                        let floors = match (note.floor, note.change.joined) {
-                            (Some(floor), true) => vec![(note.change.room, floor)],
-                            _ => Vec::new(),
-                        };
+                        let floor = note.floor.filter(|_| note.change.joined);
                         if note.own {
-                            mesh.broker.floors(floors);
+                            // This node's shards have the change already.
+                            let floors = floor.map(|f| vec![(note.change.room, f)]);
+                            mesh.broker.floors(floors.unwrap_or_default());
                         } else {
-                            if note.change.joined {
-                                mesh.broker.prepare(floors, &[note.change.room]);
-                            }
-                            mesh.broker.membership(note.change);
+                            mesh.broker.admit_membership(floor, note.change);
                         }
                     }
                 }
