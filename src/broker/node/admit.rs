@@ -98,7 +98,9 @@ impl Broker {
         let mut channels = Vec::new();
         let mut held = Vec::new();
         for room in rooms {
-            if room.target().is_none() {
+            // A user's own room crosses no node; a workspace's (presence) is waited for but
+            // holds nothing back.
+            if matches!(room, Room::User(_)) {
                 continue;
             }
             if subscribe {
@@ -110,6 +112,9 @@ impl Broker {
             let channel = self.names.room(room);
             if self.channels.contains_key(&channel) && !self.confirmed.contains(&channel) {
                 channels.push(channel);
+            }
+            if room.target().is_none() {
+                continue;
             }
             let floor = floors.iter().find(|(r, _)| *r == room).map(|(_, f)| *f);
             let h = self.admissions.held.entry(room).or_insert(Held {
