@@ -36,6 +36,8 @@ pub enum Input {
     Reply(ConnectionId, StoreReply),
     /// An ephemeral event (typing, or presence while Redis is down).
     Ephemeral(Publication),
+    /// A typer's refresh (its `typing:update` start), published for other nodes only.
+    TypingRefresh(Publication),
     /// A shard's first member joined a room, or its last one left.
     Interest {
         /// The room.

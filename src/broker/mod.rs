@@ -32,6 +32,7 @@ pub mod pg;
 pub mod presence;
 pub mod sequencer;
 pub mod testing;
+pub mod typing;
 
 /// Microseconds since the Unix epoch on this node's clock (publication send times, for the
 /// lag metric only: nothing orders by it).

@@ -36,6 +36,8 @@ pub enum Effect {
     Store(StoreCommand),
     /// Fan an event out to a room through the broker.
     Publish(Publication),
+    /// A typer's refresh (its `typing:update` start), for other nodes only: never shown.
+    TypingRefresh(Publication),
     /// Join a room on this shard.
     Join(Room),
     /// Leave a room on this shard.
@@ -388,6 +390,9 @@ fn typing_event(
     match state.typing.handle(ctx.now, target, start) {
         typing::Outcome::Update(is_typing) => {
             out.push(Effect::Publish(typing_update(ctx.user, target, is_typing)));
+        }
+        typing::Outcome::Refresh => {
+            out.push(Effect::TypingRefresh(typing_update(ctx.user, target, true)));
         }
         typing::Outcome::Quiet => {}
     }

@@ -10,14 +10,17 @@ use crate::ids::Target;
 
 /// A user who stops sending `typing:start` is shown as not typing after this long.
 pub const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A repeated `typing:start` is passed on to other nodes at most this often (so their timers
+/// for a typer whose node dies run out; see `docs/cluster.md`, typing).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Rooms one socket may be typing in at once.
 const MAX_TYPING_ROOMS: usize = 16;
 
 /// One socket's typing state.
 #[derive(Debug, Default)]
 pub struct Typing {
-    /// Targets being typed in, with the instant each expires.
-    active: Vec<(Target, Instant)>,
+    /// Targets being typed in: (target, when it expires, when it was last passed on).
+    active: Vec<(Target, Instant, Instant)>,
 }
 
 /// What a typing event led to.
@@ -25,6 +28,8 @@ pub struct Typing {
 pub enum Outcome {
     /// Tell the room: the user started (`true`) or stopped typing.
     Update(bool),
+    /// A refresh that other nodes should hear of (not shown to anyone).
+    Refresh,
     /// Nothing to tell (a refresh, or a stop while not typing).
     Quiet,
 }
@@ -37,15 +42,21 @@ impl Typing {
 
     /// `typing:start` (`start`) or `typing:stop` in `target` (within the socket's budget).
     pub fn handle(&mut self, now: Instant, target: Target, start: bool) -> Outcome {
-        let position = self.active.iter().position(|(t, _)| *t == target);
+        let position = self.active.iter().position(|(t, _, _)| *t == target);
         match (start, position) {
             (true, Some(i)) => {
-                self.active[i].1 = now + TYPING_TIMEOUT;
-                Outcome::Quiet
+                let (_, until, passed) = &mut self.active[i];
+                *until = now + TYPING_TIMEOUT;
+                if now.duration_since(*passed) >= REFRESH_EVERY {
+                    *passed = now;
+                    Outcome::Refresh
+                } else {
+                    Outcome::Quiet
+                }
             }
             (true, None) if self.active.len() >= MAX_TYPING_ROOMS => Outcome::Quiet,
             (true, None) => {
-                self.active.push((target, now + TYPING_TIMEOUT));
+                self.active.push((target, now + TYPING_TIMEOUT, now));
                 Outcome::Update(true)
             }
             (false, Some(i)) => {
@@ -59,7 +70,7 @@ impl Typing {
     /// Targets whose timer ran out by `now`; they are no longer typed in.
     pub fn expire(&mut self, now: Instant) -> Vec<Target> {
         let mut expired = Vec::new();
-        self.active.retain(|(target, until)| {
+        self.active.retain(|(target, until, _)| {
             let keep = *until > now;
             if !keep {
                 expired.push(*target);
@@ -71,19 +82,19 @@ impl Typing {
 
     /// Every target being typed in (the socket is going away).
     pub fn stop_all(&mut self) -> Vec<Target> {
-        self.active.drain(..).map(|(t, _)| t).collect()
+        self.active.drain(..).map(|(t, _, _)| t).collect()
     }
 
     /// Stops typing in one target (the user left the room); whether it was typing there.
     pub fn stop(&mut self, target: Target) -> bool {
         let before = self.active.len();
-        self.active.retain(|(t, _)| *t != target);
+        self.active.retain(|(t, _, _)| *t != target);
         before != self.active.len()
     }
 
     /// When the next timer runs out. Changes on every `handle`, `expire` and `stop`.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.active.iter().map(|(_, until)| *until).min()
+        self.active.iter().map(|(_, until, _)| *until).min()
     }
 }
 
@@ -101,7 +112,14 @@ mod tests {
         let t0 = Instant::now();
         let mut typing = Typing::new();
         assert_eq!(typing.handle(t0, target(1), true), Outcome::Update(true));
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(typing.handle(soon, target(1), true), Outcome::Quiet);
         let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            typing.handle(later, target(1), true),
+            Outcome::Refresh,
+            "a refresh 2 s or more after the last one passed on is passed on"
+        );
         assert_eq!(typing.handle(later, target(1), true), Outcome::Quiet);
         assert_eq!(typing.poll_timeout(), Some(later + TYPING_TIMEOUT));
         assert_eq!(

@@ -176,6 +176,14 @@ impl BrokerHandle {
         }
     }
 
+    /// A typer's refresh: published to other nodes so their timers for it keep running;
+    /// nothing on one node (the origin's own timer is the one that counts there).
+    pub fn typing_refresh(&self, publication: Publication) {
+        if let Some(inbox) = &self.cluster {
+            let _ = inbox.send(crate::broker::node::Input::TypingRefresh(publication));
+        }
+    }
+
     /// Gives the publication an id and hands it to every shard of this node (each keeps
     /// only its members). On one node every publication leaves through here; in a cluster
     /// the `broker` thread calls it for local ephemeral events.

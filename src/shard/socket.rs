@@ -257,6 +257,7 @@ impl Socket {
                     core.mesh.store.send(command);
                 }
                 Effect::Publish(publication) => core.mesh.broker.publish(publication),
+                Effect::TypingRefresh(publication) => core.mesh.broker.typing_refresh(publication),
                 Effect::Presence(command) => core.mesh.broker.presence(command),
                 Effect::Join(room) => {
                     if let Auth::Connected(member) = &mut self.auth {

@@ -22,6 +22,7 @@ use super::metrics::BrokerMetrics;
 use super::names::{Names, NodeId};
 use super::pg::{Answer, Ask};
 use super::sequencer::{Output, Sequencer, SequencerConfig};
+use super::typing::{self, RemoteTypers, Show};
 use crate::ids::{Room, ShardId};
 use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand};
 
@@ -69,6 +70,8 @@ pub struct Broker {
     channels: FxHashMap<String, Room>,
     /// Channels Redis confirmed (since the subscriber's last loss).
     confirmed: FxHashSet<String>,
+    /// Typers on other nodes shown here, with their timers.
+    typers: RemoteTypers,
     /// Membership reads waiting for their rooms' confirmations.
     admissions: Admissions,
     hints: FxHashMap<Room, (u64, Instant)>,
@@ -119,6 +122,7 @@ impl Broker {
             channels: FxHashMap::default(),
             confirmed: FxHashSet::default(),
             admissions: Admissions::default(),
+            typers: RemoteTypers::default(),
             hints: FxHashMap::default(),
             pending: FxHashMap::default(),
             deletes: FxHashMap::default(),
@@ -202,6 +206,15 @@ impl Broker {
                     self.publish(publication.room, kind, None, except, &publication.packet);
                 }
                 self.broker.fan_out(publication, None);
+            }
+            Input::TypingRefresh(publication) => {
+                if let (Some(_), Except::User(user)) =
+                    (ephemeral_kind(&publication), publication.except)
+                {
+                    let room = publication.room;
+                    let packet = publication.packet;
+                    self.publish(room, Kind::TypingRefresh, None, Some(user), &packet);
+                }
             }
             Input::Interest {
                 room,
@@ -433,7 +446,26 @@ impl Broker {
                 self.durable(room, true, place.seq, publication.packet, now)
             }
             (Kind::Watermark, Some(place)) => self.seq.watermark(&room, place.pos, &mut self.out),
-            (Kind::Typing | Kind::Presence, _) => self.local(
+            (Kind::Typing | Kind::TypingRefresh, _) => {
+                let packet = publication.packet;
+                let show = match (h.except, typing::is_start(&packet)) {
+                    (Some(user), Some(start)) => {
+                        let key = (room, user, h.origin);
+                        if h.kind == Kind::TypingRefresh {
+                            self.typers.refresh(key, &packet, now)
+                        } else {
+                            self.typers.update(key, start, &packet, now)
+                        }
+                    }
+                    // Not a typer's packet this node can time: shown as it came.
+                    _ if h.kind == Kind::Typing => Show::AsIs,
+                    _ => Show::Nothing,
+                };
+                if show == Show::AsIs {
+                    self.local(room, h.except.map_or(Except::Nobody, Except::User), packet);
+                }
+            }
+            (Kind::Presence, _) => self.local(
                 room,
                 h.except.map_or(Except::Nobody, Except::User),
                 publication.packet,

@@ -77,6 +77,9 @@ impl Broker {
         self.hints
             .retain(|_, (_, at)| now.duration_since(*at) <= HINT_TTL);
         self.admit(now);
+        for (room, user, stop) in self.typers.expire(now) {
+            self.local(room, crate::mesh::Except::User(user), stop);
+        }
         if !self.unpublished.is_empty() && self.link.status().is_up() {
             for (room, top) in std::mem::take(&mut self.unpublished) {
                 self.publish(room, Kind::Watermark, Some(top), None, b"");

@@ -120,6 +120,34 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     a.disconnect();
   });
 
+  test("a typer who keeps typing shows once on other nodes; when its node dies, the others stop it within 7.5 s", async () => {
+    const cluster = await start();
+    const ws = await cluster.provision({ users: 2, channels: [{ members: "all" }] });
+    const channel = ws.channels[0].id;
+    const a = await cluster.nodes[0].connectUser(ws.users[0], ws.workspaceId);
+    const b = await cluster.nodes[1].connectUser(ws.users[1], ws.workspaceId);
+    const typing = collect(a, "typing:update");
+    // Past the other nodes' 7.5 s timers: only b's refreshes (every 2 s) keep them running.
+    const keystrokes = 9;
+    for (let i = 0; i < keystrokes; i++) {
+      const ack = await emitWithAck(b, "typing:start", { targetId: channel, targetType: "channel" });
+      assert.equal(ack.success, true);
+      if (i === 0) await typing.until(1, 5000);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    assert.deepEqual(
+      typing.map((t) => t.isTyping),
+      [true],
+      "one start while b keeps typing, and no stop from a timer that ran out",
+    );
+    const killedAt = Date.now();
+    await cluster.kill(1);
+    await typing.until(2, 10000, "the stop for a typer whose node died");
+    assert.deepEqual(typing[1], { userId: ws.users[1].id, userName: ws.users[1].name, targetId: channel, isTyping: false });
+    assert.ok(Date.now() - killedAt <= 8500, `the stop came ${Date.now() - killedAt} ms after the node died`);
+    a.disconnect();
+  });
+
   test("SIGKILL one of three nodes under load: no acked message missing or twice, presence corrected within the TTL", async () => {
     const cluster = await start({
       env: { CHAT_HEARTBEAT_MS: "300", CHAT_HEARTBEAT_TTL_MS: "1500", CHAT_SWEEP_MS: "500" },
