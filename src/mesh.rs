@@ -95,6 +95,9 @@ pub enum ShardCommand {
     Reply(ConnectionId, StoreReply),
     /// A membership changed: the user's sockets in that workspace join or leave the room.
     Membership(MembershipChange),
+    /// Changes may have been missed (the membership listener was cut off): tell the store
+    /// what every connected socket holds, so it can take them out of what they lost.
+    Recheck,
     /// Connection state recovery: a reconnected socket (`to`) asks the shard that made `pid`
     /// for the session detached under it.
     Recover {
@@ -292,6 +295,11 @@ pub enum StoreCommand {
         /// Channel or DM.
         target: Target,
     },
+    /// What a shard's connected sockets hold, per user and workspace (the union of their
+    /// channel and DM rooms): the store reads each user's standing now and announces the
+    /// removals that were missed as membership changes (a removal from the workspace, or a
+    /// leave per room).
+    Recheck(Vec<Standing>),
     /// An admin API request, already authorised by the admin token.
     Admin {
         /// The HTTP connection waiting for the response.
@@ -301,6 +309,17 @@ pub enum StoreCommand {
     },
     /// Finish what is queued, then exit.
     Shutdown,
+}
+
+/// What a shard's sockets of one user in one workspace hold (see [`StoreCommand::Recheck`]).
+#[derive(Debug)]
+pub struct Standing {
+    /// The user.
+    pub user: UserId,
+    /// The workspace the sockets are scoped to.
+    pub workspace: WorkspaceId,
+    /// Their channel and DM rooms.
+    pub rooms: Vec<Room>,
 }
 
 /// The store's answer to one [`StoreCommand`], routed back to the asking connection.

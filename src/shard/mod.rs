@@ -43,7 +43,7 @@ use crate::chat::connect::Admission;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::ids::{Room, ShardId, SocketRef};
-use crate::mesh::{Mesh, PollCommand, ShardCommand};
+use crate::mesh::{Mesh, PollCommand, ShardCommand, StoreCommand};
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::transport::Stream;
 
@@ -59,6 +59,9 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const READ_CHUNK: usize = 64 * 1024;
 /// Commands taken from the inbox per loop turn, so sockets are served between bursts.
 const INBOX_BATCH: usize = 8192;
+
+/// Users per re-check sent to the store (see [`ShardCommand::Recheck`]).
+const RECHECK_CHUNK: usize = 256;
 
 /// Read-only state shared by every shard of the node.
 #[derive(Debug)]
@@ -373,6 +376,14 @@ impl Shard {
             ShardCommand::Deliver(broadcast) => socket::deliver(sockets, core, &broadcast, now),
             ShardCommand::Reply(to, reply) => sockets.reply(core, to, reply, now),
             ShardCommand::Membership(change) => sockets.membership(core, change, now),
+            ShardCommand::Recheck => {
+                let mut standings = sockets.standings();
+                while !standings.is_empty() {
+                    let rest = standings.split_off(standings.len().min(RECHECK_CHUNK));
+                    core.mesh.store.send(StoreCommand::Recheck(standings));
+                    standings = rest;
+                }
+            }
             ShardCommand::Recover { pid, to } => {
                 let session = core.recovery.take(now, &pid);
                 core.send_to(to.shard, ShardCommand::Recovered { to, session });

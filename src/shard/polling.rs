@@ -397,6 +397,11 @@ impl Polling {
         super::socket::gone(core, SocketRef::Poll(index), p.socket.auth, now);
     }
 
+    /// Every session's socket.
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> + '_ {
+        self.sessions.iter().map(|(_, p)| &p.socket)
+    }
+
     /// Closes every session (shutdown).
     pub fn close_all(&mut self, core: &mut Core, now: Instant) {
         let all: Vec<u32> = self.sessions.iter().map(|(k, _)| k as u32).collect();

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::connection::{Connection, Phase};
@@ -15,8 +16,8 @@ use super::timers::Due;
 use super::upgrade::Step;
 use super::{http, Core};
 use crate::chat::{self, connect, Auth, Detached, Effect};
-use crate::ids::{ConnectionId, Room, SocketRef};
-use crate::mesh::{ShardCommand, StoreReply};
+use crate::ids::{ConnectionId, Room, SocketRef, UserId, WorkspaceId};
+use crate::mesh::{ShardCommand, Standing, StoreReply};
 use crate::model::MembershipChange;
 use crate::transport::websocket;
 
@@ -171,6 +172,37 @@ impl Sockets {
                 })
             });
         }
+    }
+
+    /// What the connected sockets hold, per user and workspace: the union of their channel
+    /// and DM rooms (for [`crate::mesh::StoreCommand::Recheck`]).
+    pub fn standings(&self) -> Vec<Standing> {
+        let mut held: FxHashMap<(UserId, WorkspaceId), Vec<Room>> = FxHashMap::default();
+        let conns = self.conns.iter().filter_map(|(_, c)| match &c.phase {
+            Phase::Socket(s) => Some(&**s),
+            _ => None,
+        });
+        for socket in conns.chain(self.polls.sockets()) {
+            let Auth::Connected(member) = &socket.auth else {
+                continue;
+            };
+            if member.removed {
+                continue;
+            }
+            let rooms = held.entry((member.user.id, member.workspace)).or_default();
+            for room in &member.rooms {
+                if room.target().is_some() && !rooms.contains(room) {
+                    rooms.push(*room);
+                }
+            }
+        }
+        held.into_iter()
+            .map(|((user, workspace), rooms)| Standing {
+                user,
+                workspace,
+                rooms,
+            })
+            .collect()
     }
 
     /// A membership changed: the user's sockets in that workspace join or leave the room.

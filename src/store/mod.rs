@@ -362,6 +362,10 @@ impl<B: Backend> Store<B> {
                 self.flush();
                 self.read(ReadJob::CheckMember { asker, ack, target });
             }
+            StoreCommand::Recheck(standings) => {
+                self.flush();
+                self.read(ReadJob::Recheck(standings));
+            }
             StoreCommand::Admin {
                 from,
                 request: AdminRequest::History(query),

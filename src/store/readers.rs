@@ -9,12 +9,15 @@ use std::thread::{self, JoinHandle};
 use chrono::Utc;
 use crossbeam_channel::Receiver;
 
+use super::StoreError;
 use super::{admin, Backend, HistoryQuery, Reader, Store};
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
+use crate::ids::Room;
 use crate::ids::{ConnectionId, Target, WorkspaceId};
-use crate::mesh::{Asker, Mesh, StoreCommand, StoreHandle, StoreReply};
+use crate::mesh::{Asker, Mesh, Standing, StoreCommand, StoreHandle, StoreReply};
 use crate::metrics::Metrics;
+use crate::model::MembershipChange;
 
 /// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
 /// in `readers`, each with its own connection; without readers, the store thread alone
@@ -79,6 +82,7 @@ pub(super) enum ReadJob {
         from: ConnectionId,
         query: HistoryQuery,
     },
+    Recheck(Vec<Standing>),
 }
 
 /// Answers one read on `backend` (a reader thread's, or the writer's when there is no pool).
@@ -124,6 +128,13 @@ pub(super) fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
                 mesh.reply(asker.from, reply);
             }
         }
+        ReadJob::Recheck(standings) => {
+            for standing in standings {
+                for change in recheck(backend, &standing) {
+                    mesh.broker.admit_membership(None, change);
+                }
+            }
+        }
         ReadJob::AdminHistory { from, query } => {
             let reply = admin::handle(
                 backend,
@@ -132,6 +143,81 @@ pub(super) fn serve<B: Backend>(backend: &mut B, mesh: &Mesh, job: ReadJob) {
                 Utc::now(),
             );
             mesh.reply(from, reply);
+        }
+    }
+}
+
+/// The removals `standing` missed: the workspace's when the user is no longer in it (or no
+/// longer exists), else a leave for each room held that the user is no longer a member of.
+/// A read that fails changes nothing (the next re-check tries again). Joins are not made up:
+/// a socket may have left a room of its own accord (`room:leave`).
+fn recheck<B: Backend>(backend: &mut B, standing: &Standing) -> Vec<MembershipChange> {
+    let credential = Credential::Jwt {
+        user: standing.user,
+        name: None,
+    };
+    let change = |room, joined| MembershipChange {
+        user: standing.user,
+        workspace: standing.workspace,
+        room,
+        joined,
+    };
+    match backend.authenticate(&credential, standing.workspace, Utc::now()) {
+        Ok(grant) => standing
+            .rooms
+            .iter()
+            .filter(|room| room.target().is_some() && !grant.rooms.contains(room))
+            .map(|room| change(*room, false))
+            .collect(),
+        Err(StoreError::Forbidden(_) | StoreError::NotFound(_)) => {
+            vec![change(Room::Workspace(standing.workspace), false)]
+        }
+        Err(e) => {
+            tracing::warn!(user = %standing.user, error = e.message(), "membership re-check failed; it is tried again at the next reconnect");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::UserId;
+    use crate::store::tests::world;
+
+    #[test]
+    fn a_recheck_announces_the_rooms_and_workspaces_lost_and_nothing_gained() {
+        let (mut b, w) = world();
+        let general = Room::Channel(w.general);
+        let quiet = Room::Channel(w.quiet);
+        // Bob holds `quiet`, which he is not a member of, and `general`, which he is.
+        let held = Standing {
+            user: w.bob,
+            workspace: w.ws,
+            rooms: vec![general, quiet],
+        };
+        let changes = recheck(&mut b, &held);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].room, quiet);
+        assert!(!changes[0].joined);
+        // Ann holds nothing of her rooms (she left them with room:leave): nothing is joined.
+        let left = Standing {
+            user: w.ann,
+            workspace: w.ws,
+            rooms: Vec::new(),
+        };
+        assert!(recheck(&mut b, &left).is_empty());
+        // Dave is in no workspace, and a user that does not exist is in none either.
+        for user in [w.dave, UserId(uuid::Uuid::new_v4())] {
+            let gone = Standing {
+                user,
+                workspace: w.ws,
+                rooms: vec![general],
+            };
+            let changes = recheck(&mut b, &gone);
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].room, Room::Workspace(w.ws));
+            assert!(!changes[0].joined);
         }
     }
 }

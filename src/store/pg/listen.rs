@@ -6,7 +6,9 @@
 //! in a cluster every other node's (each node's connections are named `ocomms-rt/<node>`).
 //! In a cluster a change also carries the room's top sequence read by the trigger (`floor`),
 //! handed to the broker before the change so the room's stream starts there; for this node's
-//! own changes only the floor is handed on.
+//! own changes only the floor is handed on. Each time it starts listening (again) it has the
+//! shards re-check their sockets (`ShardCommand::Recheck`): what was removed while nobody
+//! listened takes effect then.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::ids::{ChannelId, ConversationId, Room, UserId, WorkspaceId};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, ShardCommand};
 use crate::metrics::Metrics;
 use crate::model::MembershipChange;
 
@@ -116,6 +118,11 @@ fn run(url: &str, mesh: &Mesh, metrics: &Metrics, stop: &Receiver<()>) {
         backoff = Duration::from_millis(100);
         metrics.store.db_status.store(status::OK, Relaxed);
         tracing::debug!("membership listener is listening");
+        // Whatever changed while nobody listened (a lost connection, a late start) is read
+        // again for every connected socket: missed removals take effect now.
+        for shard in mesh.broker.shards() {
+            shard.send(ShardCommand::Recheck);
+        }
         while !stopped(stop) {
             let next = {
                 let mut notes = client.notifications();

@@ -3,7 +3,7 @@
 // effect on a live socket, through the admin API and by a row deleted in the table.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 
 import { collect, emitWithAck, freshDatabase, startServer } from "../lib/server.js";
@@ -131,6 +131,53 @@ describe("removed from the workspace by a row deleted in the table", { timeout: 
     assert.equal(refused.success, false);
     assert.match(refused.error, /you were removed/);
     assert.equal((await emitWithAck(stay, "message:send", { ...target, content: "bye" })).success, true);
+    await settle(go);
+    assert.deepEqual(got.map((m) => m.content), [], "nothing more from the workspace rooms");
+  });
+  test("a removal written while the membership listener was cut off takes effect once it listens again", async (t) => {
+    if (!server) return t.skip("no PostgreSQL");
+    const ws = await server.provision({ users: 2, channels: [{ members: "all" }] });
+    const [stay, go] = await Promise.all(ws.users.map((u) => server.connectUser(u, ws.workspaceId)));
+    const told = collect(go, "error");
+    // Lose the removal's NOTIFY for good. A psql session listens on the same channel; the
+    // database stops taking connections (so the server's listener, once cut, cannot be back
+    // before the removal commits); that session cuts the server's listener, writes the removal
+    // and reads its NOTIFY; then the database takes connections again. PostgreSQL starts the
+    // new listener past what the other listener has read: only a re-check finds the removal.
+    const name = new URL(database.url).pathname.slice(1);
+    const admin = new URL(database.url);
+    admin.pathname = "/postgres";
+    const allow = (yes) =>
+      execFileSync("psql", [admin.href, "-qc", `ALTER DATABASE ${name} ALLOW_CONNECTIONS ${yes}`]);
+    const other = spawn("psql", [database.url, "-qAt", "-v", "ON_ERROR_STOP=1"], { stdio: "pipe" });
+    t.after(() => other.kill());
+    let heard = "";
+    const notified = new Promise((resolve, reject) => {
+      other.stdout.on("data", (d) => {
+        heard += d;
+        if (/Asynchronous notification/.test(heard)) resolve();
+      });
+      other.stderr.on("data", (d) => {
+        heard += d;
+        if (/Asynchronous notification/.test(heard)) resolve();
+      });
+      other.on("exit", (code) => reject(new Error(`psql exited (${code}): ${heard}`)));
+    });
+    other.stdin.write("LISTEN ocomms_membership; SELECT 'listening';\n");
+    await new Promise((resolve) => other.stdout.once("data", resolve));
+    allow(false);
+    t.after(() => allow(true));
+    other.stdin.write(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+      WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid();
+      DELETE FROM workspace_members WHERE user_id = '${ws.users[1].id}';
+      SELECT 1;\n`);
+    await notified;
+    allow(true);
+    assert.match(heard, /^listening\n1\n/, "the server's membership listener was cut");
+    await told.until(1, 5000, "the removal, once the listener is back");
+    const target = { targetId: ws.channels[0].id, targetType: "channel" };
+    const got = collect(go, "message:new");
+    assert.equal((await emitWithAck(stay, "message:send", { ...target, content: "after" })).success, true);
     await settle(go);
     assert.deepEqual(got.map((m) => m.content), [], "nothing more from the workspace rooms");
   });
