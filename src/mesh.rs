@@ -382,12 +382,25 @@ pub struct ShardHandle {
     pub id: ShardId,
     inbox: Sender<ShardCommand>,
     waker: Arc<mio::Waker>,
+    /// Where the ephemeral broadcasts dropped at [`SHARD_INBOX_LIMIT`] are counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ShardHandle {
     /// Wraps an inbox and the waker registered with that shard's `Poll`.
     pub fn new(id: ShardId, inbox: Sender<ShardCommand>, waker: Arc<mio::Waker>) -> Self {
-        ShardHandle { id, inbox, waker }
+        ShardHandle {
+            id,
+            inbox,
+            waker,
+            metrics: None,
+        }
+    }
+
+    /// Counts what [`ShardHandle::send`] drops in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Commands waiting in the shard's inbox.
@@ -395,8 +408,25 @@ impl ShardHandle {
         self.inbox.len()
     }
 
-    /// Sends a command and wakes the shard. A shard that has exited drops it.
+    /// Sends a command and wakes the shard. A shard that has exited drops it, and so does a
+    /// shard [`SHARD_INBOX_LIMIT`] commands behind for an ephemeral broadcast (typing,
+    /// presence): its inbox stays bounded whatever other sockets and nodes publish. Durable
+    /// broadcasts are bounded where they start: past the limit, clients' sends are refused
+    /// ([`Mesh::congested`]).
     pub fn send(&self, command: ShardCommand) {
+        if let ShardCommand::Deliver(b) = &command {
+            if b.offset.is_none() && self.inbox.len() >= SHARD_INBOX_LIMIT {
+                if let Some(m) = self
+                    .metrics
+                    .as_ref()
+                    .and_then(|m| m.shards.get(usize::from(self.id.0)))
+                {
+                    m.ephemeral_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return;
+            }
+        }
         if self.inbox.send(command).is_ok() {
             // A failed wake means the shard's poll is gone, i.e. it is shutting down.
             let _ = self.waker.wake();
@@ -487,5 +517,50 @@ mod tests {
         }
         let why = mesh.congested().expect("the store is that far behind");
         assert!(why.contains("8192 requests wait for the store"), "{why}");
+    }
+
+    #[test]
+    fn a_shard_far_behind_drops_ephemeral_broadcasts_and_keeps_durable_ones() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new(1));
+        let shard = ShardHandle::new(ShardId(0), tx, waker).with_metrics(Arc::clone(&metrics));
+        let broadcast = |offset| {
+            ShardCommand::Deliver(Arc::new(Broadcast {
+                id: BroadcastId(1),
+                room: Room::User(UserId(uuid::Uuid::nil())),
+                except: Except::Nobody,
+                offset,
+                packet: Bytes::from_static(b"42[\"typing:update\",{}]"),
+            }))
+        };
+        for _ in 0..SHARD_INBOX_LIMIT - 1 {
+            shard.send(broadcast(None));
+        }
+        shard.send(broadcast(None));
+        assert_eq!(
+            rx.len(),
+            SHARD_INBOX_LIMIT,
+            "up to the limit, everything queues"
+        );
+        shard.send(broadcast(None));
+        assert_eq!(
+            rx.len(),
+            SHARD_INBOX_LIMIT,
+            "past it, an ephemeral broadcast is dropped"
+        );
+        assert_eq!(
+            metrics.shards[0]
+                .ephemeral_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        shard.send(broadcast(Some(7)));
+        assert_eq!(
+            rx.len(),
+            SHARD_INBOX_LIMIT + 1,
+            "a durable one still queues"
+        );
     }
 }

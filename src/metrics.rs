@@ -36,6 +36,8 @@ pub struct ShardMetrics {
     pub queued_bytes: AtomicI64,
     /// Commands waiting in this shard's inbox at the last loop turn.
     pub inbox_depth: AtomicI64,
+    /// Ephemeral broadcasts (typing, presence) dropped because the inbox was full.
+    pub ephemeral_dropped: AtomicU64,
 }
 
 /// The store thread's counters.
@@ -288,6 +290,12 @@ impl Metrics {
             "ocomms_shard_inbox_depth",
             "gauge",
             "Commands waiting in the shard inbox."
+        );
+        shard_metric!(
+            ephemeral_dropped,
+            "ocomms_shard_ephemeral_dropped_total",
+            "counter",
+            "Typing and presence broadcasts dropped because the shard inbox was full."
         );
         let s = &self.store;
         let _ = writeln!(out, "# HELP ocomms_store_batches_total Write batches committed.\n# TYPE ocomms_store_batches_total counter\nocomms_store_batches_total {}", s.batches.load(Relaxed));

@@ -119,7 +119,10 @@ impl Node {
             let waker = Waker::new(poll.registry(), WAKER)
                 .map_err(|e| format!("cannot create waker: {e}"))?;
             let (tx, rx) = crossbeam_channel::unbounded();
-            handles.push(ShardHandle::new(ShardId(i as u16), tx, Arc::new(waker)));
+            handles.push(
+                ShardHandle::new(ShardId(i as u16), tx, Arc::new(waker))
+                    .with_metrics(Arc::clone(&metrics)),
+            );
             inboxes.push(rx);
             polls.push(poll);
         }
