@@ -342,7 +342,9 @@ impl Attack<'_> {
         };
         let (window, per_batch) = match kind {
             Kind::NulSend => (256, 64),
-            Kind::LongHistory => (32, 8),
+            // Replies of up to 256 KiB each: four outstanding stay within what the server
+            // queues for a client that reads (4 x CHAT_MAX_OUTBOUND_BYTES at 1 MiB).
+            Kind::LongHistory => (4, 2),
             Kind::BigSends => (64, 8),
             _ => (i64::MAX, 0),
         };

@@ -24,13 +24,14 @@ use crate::{Cli, Scenario};
 
 /// Honest connections per loopback source address, well under the per-address limits.
 const PER_SOURCE: usize = 100;
-/// Attacker users: tiny frames, long history, NUL sends, presence, 16 KB sends, the cookie.
+/// Attacker users; user `i` is a member of attack channel `i % 3`: the senders' channel (0),
+/// the channel of long messages (1), and one where nothing is sent (2).
 const ATTACK_USERS: [&str; 6] = [
-    "tiny-frames",
-    "long-history",
     "nul-send",
-    "presence-flip",
+    "long-history",
+    "tiny-frames",
     "big-sends",
+    "presence-flip",
     "evil-origin",
 ];
 
@@ -93,9 +94,8 @@ fn params(cli: &Cli) -> Result<Params, String> {
     })
 }
 
-/// Creates the attackers' workspace: user 0 (tiny frames), 2 (NUL) and 4 (16 KB) in the
-/// senders' channel, user 1 in a channel of 50 messages of 3,994 characters, a session for
-/// user 5 to send as a cookie from the wrong origin.
+/// Creates the attackers' workspace (see [`ATTACK_USERS`]), 50 messages of 3,994 characters
+/// in channel 1, and a session for user 5 to send as a cookie from the wrong origin.
 fn provision_attackers(
     cli: &Cli,
     addr: SocketAddr,
@@ -104,7 +104,7 @@ fn provision_attackers(
     run_tag: &str,
     gap: Duration,
 ) -> Result<AttackPlan, String> {
-    let p = admin::provision_rooms(admin, &format!("{run_tag}-atk"), ATTACK_USERS.len(), 2)?;
+    let p = admin::provision_rooms(admin, &format!("{run_tag}-atk"), ATTACK_USERS.len(), 3)?;
     let long = "\u{1F600}".repeat(3990);
     for i in 0..50 {
         admin.post(
