@@ -412,9 +412,11 @@ impl Attack<'_> {
                     break Err(o);
                 }
             };
+            // What the reader saw is taken before our own shutdown, which it would see as
+            // the connection ending.
             done.store(true, Relaxed);
-            let _ = s.shutdown(std::net::Shutdown::Both);
             let why = ended.lock().ok().and_then(|mut e| e.take());
+            let _ = s.shutdown(std::net::Shutdown::Both);
             match (result, why) {
                 (_, Some(why)) => Ok(Outcome::Cut(why)),
                 (Err(o), None) => Err(o),

@@ -268,6 +268,7 @@ pub fn run(
             stop.store(true, Relaxed);
             attack_stopped = true;
             attack_end_rss = s.server.map(|sv| sv.rss);
+            rss_peak_attack = rss_peak_attack.max(attack_end_rss.unwrap_or(0));
             eprintln!("attackers told to stop at {el:.0}s");
         }
         let last = el >= p.duration - 1e-6;
