@@ -82,13 +82,16 @@ impl Kind {
         }
         s.split(',')
             .map(|n| {
-                ALL.iter().copied().find(|k| k.name() == n.trim()).ok_or_else(|| {
-                    let names: Vec<&str> = ALL.iter().map(|k| k.name()).collect();
-                    format!(
-                        "--attacks: unknown attack {n:?}; use all, none, or some of {}",
-                        names.join(",")
-                    )
-                })
+                ALL.iter()
+                    .copied()
+                    .find(|k| k.name() == n.trim())
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = ALL.iter().map(|k| k.name()).collect();
+                        format!(
+                            "--attacks: unknown attack {n:?}; use all, none, or some of {}",
+                            names.join(",")
+                        )
+                    })
             })
             .collect()
     }
@@ -162,7 +165,7 @@ pub fn source(i: usize) -> Ipv4Addr {
 
 /// Runs attacker `i` of kind `kind` until `stop` is set.
 pub fn run(i: usize, kind: Kind, plan: Arc<AttackPlan>, c: Arc<Counters>, stop: Arc<AtomicBool>) {
-    let mut rng = XorShift::new(0xA77A_C4 ^ ((i as u64 + 1) << 24));
+    let mut rng = XorShift::new(0x00A7_7AC4 ^ ((i as u64 + 1) << 24));
     let mut next = Instant::now();
     let mut round = 0u64;
     while !stop.load(Relaxed) {
@@ -258,7 +261,12 @@ impl Attack<'_> {
                     "GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: attacker\r\n\r\n"
                 );
                 self.write(&mut s, get.as_bytes())?;
-                self.stall_and_hold(&mut s, &[0x41; 256 * 1024], 64 << 20, Duration::from_secs(30))
+                self.stall_and_hold(
+                    &mut s,
+                    &[0x41; 256 * 1024],
+                    64 << 20,
+                    Duration::from_secs(30),
+                )
             }
             Kind::EvilOrigin => {
                 let mut s = self.tcp()?;
@@ -356,7 +364,11 @@ impl Attack<'_> {
                             Inbound::Ping => ping_due.store(true, Relaxed),
                             Inbound::Ack { success, .. } => {
                                 outstanding.fetch_sub(1, Relaxed);
-                                let n = if success { &self.c.acks_ok } else { &self.c.acks_refused };
+                                let n = if success {
+                                    &self.c.acks_ok
+                                } else {
+                                    &self.c.acks_refused
+                                };
                                 n.fetch_add(1, Relaxed);
                             }
                             Inbound::Disconnect => end("Socket.IO DISCONNECT".into()),
@@ -402,7 +414,12 @@ impl Attack<'_> {
                         let n = if per_batch > 0 { per_batch } else { 200 };
                         for _ in 0..n {
                             let text = next_event(kind, p, &long, &mut id);
-                            ws::encode_client(ws::OP_TEXT, text.as_bytes(), rng.mask_key(), &mut batch);
+                            ws::encode_client(
+                                ws::OP_TEXT,
+                                text.as_bytes(),
+                                rng.mask_key(),
+                                &mut batch,
+                            );
                         }
                         &batch
                     }
@@ -450,7 +467,7 @@ fn next_event(kind: Kind, p: &AttackPlan, long: &str, id: &mut u64) -> String {
         ),
         Kind::PresenceFlip => {
             *id += 1;
-            let which = if *id % 2 == 0 { "setActive" } else { "setAway" };
+            let which = if id.is_multiple_of(2) { "setActive" } else { "setAway" };
             format!("42[\"presence:{which}\"]")
         }
         _ => "3".to_string(),
@@ -498,7 +515,10 @@ mod tests {
         id = 0;
         let a = next_event(Kind::PresenceFlip, &p, "", &mut id);
         let b = next_event(Kind::PresenceFlip, &p, "", &mut id);
-        assert_eq!((a.as_str(), b.as_str()), ("42[\"presence:setAway\"]", "42[\"presence:setActive\"]"));
+        assert_eq!(
+            (a.as_str(), b.as_str()),
+            ("42[\"presence:setAway\"]", "42[\"presence:setActive\"]")
+        );
         assert_ne!(source(0), source(1));
         assert_eq!(source(0), Ipv4Addr::new(127, 0, 3, 1));
     }

@@ -32,7 +32,11 @@ pub const IO_TICK: Duration = Duration::from_millis(500);
 
 /// Opens a blocking TCP connection to `server` from `source` (port chosen at connect time).
 pub fn connect(server: SocketAddr, source: Ipv4Addr) -> io::Result<TcpStream> {
-    let sock = Socket::new(Domain::for_address(server), Type::STREAM, Some(Protocol::TCP))?;
+    let sock = Socket::new(
+        Domain::for_address(server),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     if matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
         crate::net::set_bind_no_port(&sock)?;
         sock.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
@@ -280,13 +284,16 @@ mod tests {
         let chunk = vec![b'x'; 1 << 20];
         let mut done = true;
         for _ in 0..64 {
-            done = write_fully(&mut c, &chunk, &stop, Duration::from_millis(600), &mut sent)
-                .unwrap();
+            done =
+                write_fully(&mut c, &chunk, &stop, Duration::from_millis(600), &mut sent).unwrap();
             if !done {
                 break;
             }
         }
-        assert!(!done, "the writer gave up when the server stopped reading ({sent} bytes)");
+        assert!(
+            !done,
+            "the writer gave up when the server stopped reading ({sent} bytes)"
+        );
         assert!(!wait_hangup(&c, Duration::from_millis(100), &stop));
         drop(server);
         assert!(wait_hangup(&c, Duration::from_secs(5), &stop));

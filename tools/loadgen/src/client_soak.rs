@@ -20,14 +20,14 @@ pub fn before_send(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
     };
     let n = ctx.res.sent;
     let channel = ctx.cfg.channels[ctx.plans[c.plan].group as usize].as_str();
-    if mix.typing_every > 0 && n % mix.typing_every == 0 {
+    if mix.typing_every > 0 && n.is_multiple_of(mix.typing_every) {
         let text = format!(
             "42[\"typing:start\",{{\"targetId\":\"{channel}\",\"targetType\":\"channel\"}}]"
         );
         let key = ctx.rng.mask_key();
         ws::encode_client(ws::OP_TEXT, text.as_bytes(), key, &mut c.out);
     }
-    if mix.history_every > 0 && n % mix.history_every == 0 {
+    if mix.history_every > 0 && n.is_multiple_of(mix.history_every) {
         let id = history_id(ctx.shared.nanos(now) / 1000);
         let text = format!(
             "42{id}[\"message:history\",{{\"targetId\":\"{channel}\",\"targetType\":\"channel\",\"limit\":{}}}]",

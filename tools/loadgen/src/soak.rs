@@ -66,7 +66,9 @@ fn params(cli: &Cli) -> Result<Params, String> {
         return Err("not a soak run".into());
     };
     if *channels == 0 || channels > users {
-        return Err(format!("--channels {channels} must be between 1 and --users {users}"));
+        return Err(format!(
+            "--channels {channels} must be between 1 and --users {users}"
+        ));
     }
     if *rate <= 0.0 || *interval <= 0.0 || *duration <= 0.0 {
         return Err("--rate, --interval and --duration must be positive".into());
@@ -170,10 +172,24 @@ pub fn run(
         eprintln!("warning: no --server-pid: the report will have no server RSS or CPU");
     }
     let t = Instant::now();
-    eprintln!("provisioning {} honest users in {} channels and the attackers...", p.users, p.channels);
+    eprintln!(
+        "provisioning {} honest users in {} channels and the attackers...",
+        p.users, p.channels
+    );
     let prov = admin::provision_rooms(admin, run_tag, p.users, p.channels)?;
-    let plan = Arc::new(provision_attackers(cli, addr, &host, admin, run_tag, p.reconnect_gap)?);
-    eprintln!("provisioned in {:.1}s ({} admin requests)", t.elapsed().as_secs_f64(), admin.requests);
+    let plan = Arc::new(provision_attackers(
+        cli,
+        addr,
+        &host,
+        admin,
+        run_tag,
+        p.reconnect_gap,
+    )?);
+    eprintln!(
+        "provisioned in {:.1}s ({} admin requests)",
+        t.elapsed().as_secs_f64(),
+        admin.requests
+    );
     let ttl = Duration::from_secs(24 * 3600);
     let nch = prov.channels.len();
     let plans: Vec<ConnPlan> = prov
@@ -273,7 +289,11 @@ pub fn run(
         }
         let last = el >= p.duration - 1e-6;
         if el + 1e-6 >= next_row || last {
-            let mut live = shared.live.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+            let mut live = shared
+                .live
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default();
             let wall = s.at.duration_since(prev.at).as_secs_f64();
             let atk = attack_totals(&counters);
             let drops = shared.dropped.load(Relaxed) + shared.failed.load(Relaxed);
@@ -320,17 +340,30 @@ pub fn run(
     for h in attackers {
         let _ = h.join();
     }
-    summary(&p, connected, &m, &start_snap, &end_snap, &during, &after, &counters, Memory {
-        samples: &rss_samples,
-        peak_attack: rss_peak_attack,
-        attack_end: attack_end_rss,
-        max_thread_busy,
-    })
+    summary(
+        &p,
+        connected,
+        &m,
+        &start_snap,
+        &end_snap,
+        &during,
+        &after,
+        &counters,
+        Memory {
+            samples: &rss_samples,
+            peak_attack: rss_peak_attack,
+            attack_end: attack_end_rss,
+            max_thread_busy,
+        },
+    )
 }
 
 /// CPU time of the honest worker threads, in seconds each (in thread order of /proc).
 fn thread_times() -> Vec<f64> {
-    threads_cpu("loadgen-").iter().map(|d| d.as_secs_f64()).collect()
+    threads_cpu("loadgen-")
+        .iter()
+        .map(|d| d.as_secs_f64())
+        .collect()
 }
 
 fn cpu_delta(a: &Snap, b: &Snap) -> Option<Duration> {
@@ -374,7 +407,9 @@ fn summary(
         m.established, m.dropped, m.failed
     );
     report::print_reasons(m);
-    println!("attackers (connections: refused / cut by the server / held to their limit / unexpected):");
+    println!(
+        "attackers (connections: refused / cut by the server / held to their limit / unexpected):"
+    );
     let mut atk_json = serde_json::Map::new();
     for (kind, c) in counters {
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
@@ -395,7 +430,7 @@ fn summary(
             .lock()
             .map(|r| r.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default();
-        reasons.sort_by(|a, b| b.1.cmp(&a.1));
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
         for (why, n) in reasons.iter().take(3) {
             println!("      x{n}: {why}");
         }
@@ -430,7 +465,10 @@ fn summary(
         }
         let cpu = s1.cpu.saturating_sub(s0.cpu).as_secs_f64();
         let wall = end.at.duration_since(start.at).as_secs_f64();
-        println!("server CPU {cpu:.1}s over {wall:.0}s ({:.0}% of one core)", cpu / wall * 100.0);
+        println!(
+            "server CPU {cpu:.1}s over {wall:.0}s ({:.0}% of one core)",
+            cpu / wall * 100.0
+        );
         mem_json = json!({
             "rss_start": s0.rss, "rss_peak_attack": mem.peak_attack, "rss_attack_end": mem.attack_end,
             "rss_end": s1.rss, "hwm_end": s1.hwm, "server_cpu_s": cpu,

@@ -259,7 +259,10 @@ mod tests {
         assert_eq!(r.server_cpu, Some(0.5));
         assert!((r.loadgen_cpu - 0.2).abs() < 1e-9);
         let line = r.to_string();
-        assert!(line.contains("attack") && line.contains("64.0M") && line.contains("50%"), "{line}");
+        assert!(
+            line.contains("attack") && line.contains("64.0M") && line.contains("50%"),
+            "{line}"
+        );
         assert!(line.contains(" - "), "no history sample shows as -: {line}");
         assert_eq!(
             line.find('|'),
@@ -282,18 +285,28 @@ mod tests {
             (90.0, 302 * M),
         ];
         let f = flat_verdict(&s, 60.0, 16 * M).unwrap();
-        assert_eq!((f.at_attack_end, f.max_after, f.at_end), (300 * M, 310 * M, 302 * M));
+        assert_eq!(
+            (f.at_attack_end, f.max_after, f.at_end),
+            (300 * M, 310 * M, 302 * M)
+        );
         assert!(f.flat);
         // Climbing 20 MiB after the attack is not flat, and the slope says how fast.
         let mut climbing = s.clone();
         climbing.push((120.0, 320 * M));
         let f = flat_verdict(&climbing, 60.0, 16 * M).unwrap();
         assert!(!f.flat);
-        assert!(f.slope_mib_per_min > 10.0 && f.slope_mib_per_min < 30.0, "{}", f.slope_mib_per_min);
+        assert!(
+            f.slope_mib_per_min > 10.0 && f.slope_mib_per_min < 30.0,
+            "{}",
+            f.slope_mib_per_min
+        );
         // Falling after the attack is flat.
         let falling = vec![(60.0, 300 * M), (90.0, 200 * M)];
         assert!(flat_verdict(&falling, 60.0, 0).unwrap().flat);
-        assert!(flat_verdict(&s, 100.0, M).is_none(), "no sample after the attack");
+        assert!(
+            flat_verdict(&s, 100.0, M).is_none(),
+            "no sample after the attack"
+        );
     }
 
     #[test]
