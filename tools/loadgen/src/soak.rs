@@ -236,7 +236,12 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let mut counters = Vec::new();
     let mut attackers = Vec::new();
-    for (i, &kind) in p.attacks.iter().enumerate() {
+    let attacks = if p.attack_for > 0.0 {
+        &p.attacks[..]
+    } else {
+        &[]
+    };
+    for (i, &kind) in attacks.iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push((kind, c.clone()));
         let (plan, stop) = (plan.clone(), stop.clone());
@@ -285,7 +290,9 @@ pub fn run(
             attack_stopped = true;
             attack_end_rss = s.server.map(|sv| sv.rss);
             rss_peak_attack = rss_peak_attack.max(attack_end_rss.unwrap_or(0));
-            eprintln!("attackers told to stop at {el:.0}s");
+            if !attackers.is_empty() {
+                eprintln!("attackers told to stop at {el:.0}s");
+            }
         }
         let last = el >= p.duration - 1e-6;
         if el + 1e-6 >= next_row || last {
