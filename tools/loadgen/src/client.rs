@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,8 @@ struct Ctx {
     res: WorkerResult,
     rng: XorShift,
     inflight: usize,
+    /// `soak` runs: figures not yet handed to the main thread, and when they last were.
+    live: Option<(Live, Instant)>,
 }
 
 /// Runs one worker until the phase becomes [`PH_STOP`].
@@ -75,6 +77,7 @@ pub fn run(
     let mut pub_start: Option<Instant> = None;
     let (mut synced_sent, mut synced_acks, mut synced_del) = (0u64, 0u64, 0u64);
     let mut ctx = Ctx {
+        live: cfg.soak.map(|_| (Live::new(), Instant::now())),
         rng: XorShift::new(0x5EED ^ ((cfg.id as u64 + 1) << 32) ^ shared.nanos(Instant::now())),
         cfg,
         plans,
@@ -143,7 +146,10 @@ pub fn run(
                 let key = publishers[rr];
                 let c = &mut conns[key];
                 match ctx.cfg.mode {
-                    Mode::Messages => send_message(&mut ctx, c, Instant::now()),
+                    Mode::Messages => {
+                        soak::before_send(&mut ctx, c, Instant::now());
+                        send_message(&mut ctx, c, Instant::now())
+                    }
                     Mode::Typing => send_typing(&mut ctx, c, Instant::now()),
                     Mode::Cycle => {}
                 }
@@ -201,6 +207,7 @@ pub fn run(
         s.deliveries
             .fetch_add(ctx.res.deliveries - synced_del, Relaxed);
         synced_del = ctx.res.deliveries;
+        soak::push(&mut ctx, now);
     }
 
     let keys: Vec<usize> = conns.iter().map(|(k, _)| k).collect();
@@ -468,12 +475,17 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
             success,
             sequence,
         } => {
+            if id >= soak::HISTORY_ID {
+                soak::history_reply(ctx, id, success, now);
+                return Ok(());
+            }
             if let Some(i) = c.pending.iter().position(|&(a, _)| a == id) {
                 let Some((_, sent)) = c.pending.remove(i) else {
                     return Ok(());
                 };
                 let us = (ctx.shared.nanos(now).saturating_sub(sent) / 1000).max(1);
                 ctx.res.ack_hist.saturating_record(us);
+                soak::ack(ctx, us, success);
                 if success {
                     ctx.res.acked_ok += 1;
                     if let Some(s) = sequence {
@@ -553,6 +565,9 @@ fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Result<(), Str
 /// Records one receipt's latency (µs), and in a cluster run also by the receiver's node.
 fn record_delivery(ctx: &mut Ctx, c: &Conn, micros: u64) {
     ctx.res.delivery_hist.saturating_record(micros);
+    if let Some((l, _)) = ctx.live.as_mut() {
+        l.delivery.saturating_record(micros);
+    }
     if ctx.cfg.nodes.len() > 1 {
         let hist = if ctx.cfg.node_of(&ctx.plans[c.plan]).2 == 0 {
             &mut ctx.res.delivery_local_hist
@@ -561,49 +576,6 @@ fn record_delivery(ctx: &mut Ctx, c: &Conn, micros: u64) {
         };
         hist.saturating_record(micros);
     }
-}
-
-/// Sends this publisher's next typing event: `typing:start` for its even sends, `typing:stop`
-/// for odd ones, so that every send changes the typing state and yields a `typing:update`.
-fn send_typing(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
-    let t = ctx.shared.nanos(now);
-    ctx.res.first_send_nanos.get_or_insert(t);
-    let k = c.plan;
-    let Some(counter) = ctx.shared.typing_sent.get(k) else {
-        return;
-    };
-    let n = counter.load(Relaxed);
-    let name = if n & 1 == 0 { "start" } else { "stop" };
-    let channel = ctx.cfg.channels[ctx.plans[c.plan].group as usize].as_str();
-    let text =
-        format!("42[\"typing:{name}\",{{\"targetId\":\"{channel}\",\"targetType\":\"channel\"}}]");
-    // The stamp is published before the count (Release) and before the frame leaves, so a
-    // receiver that sees the update and loads the count (Acquire) finds the stamp.
-    ctx.shared.typing_stamps[k * TYPING_RING + (n as usize % TYPING_RING)].store(t, Relaxed);
-    counter.fetch_add(1, Release);
-    let key = ctx.rng.mask_key();
-    ws::encode_client(ws::OP_TEXT, text.as_bytes(), key, &mut c.out);
-    ctx.res.sent += 1;
-}
-
-fn send_message(ctx: &mut Ctx, c: &mut Conn, now: Instant) {
-    let t = ctx.shared.nanos(now);
-    ctx.res.first_send_nanos.get_or_insert(t);
-    let id = c.next_ack;
-    c.next_ack += 1;
-    let mut text = format!(
-        "42{id}[\"message:send\",{{\"targetId\":\"{}\",\"targetType\":\"channel\",\"content\":\"t={t};p={};",
-        ctx.cfg.channels[ctx.plans[c.plan].group as usize], c.plan
-    );
-    text.push_str(&"x".repeat(ctx.cfg.content_pad));
-    text.push_str(&format!(
-        "\",\"clientMsgId\":\"lg{}-{}-{id}\"}}]",
-        ctx.cfg.id, c.plan
-    ));
-    let key = ctx.rng.mask_key();
-    ws::encode_client(ws::OP_TEXT, text.as_bytes(), key, &mut c.out);
-    c.pending.push_back((id, t));
-    ctx.res.sent += 1;
 }
 
 fn flush(c: &mut Conn) -> Result<(), String> {
@@ -628,6 +600,12 @@ fn thread_cpu() -> Duration {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
+
+#[path = "client_send.rs"]
+mod send;
+#[path = "client_soak.rs"]
+mod soak;
+use send::{send_message, send_typing};
 
 #[cfg(test)]
 #[path = "client_tests.rs"]

@@ -147,6 +147,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         publish_rate: 500.0,
         content_pad: 200,
         track_members: true,
+        soak: None,
     };
     let shared = Arc::new(Shared::new());
     let sh = shared.clone();
@@ -223,6 +224,7 @@ fn cycle_mode_closes_and_reopens_after_every_connect() {
         publish_rate: 0.0,
         content_pad: 0,
         track_members: false,
+        soak: None,
     };
     let shared = Arc::new(Shared::new());
     shared.phase.store(PH_PUBLISH, SeqCst);

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod attack;
+mod attack_io;
 mod chatload;
 mod client;
 mod fanout;
@@ -16,6 +18,8 @@ mod report;
 mod scan;
 mod scenario;
 mod shared;
+mod soak;
+mod soak_stats;
 mod stats;
 mod sys;
 mod ws;
@@ -168,6 +172,48 @@ pub enum Scenario {
         /// Seconds of cycling.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+    },
+    /// Honest users in channels (steady sends, typing, history reads) measured every
+    /// interval while every attacker of the hostile-clients issue runs at once, then without
+    /// them: honest latency, errors and drops, attacker outcomes, server RSS and CPU, and
+    /// whether memory stayed flat after the attack.
+    Soak {
+        /// Honest users (one socket each).
+        #[arg(long, default_value_t = 500)]
+        users: usize,
+        /// Channels the honest users are spread over.
+        #[arg(long, default_value_t = 50)]
+        channels: usize,
+        /// Honest messages per second, over all users.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of the whole run.
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Seconds from the start during which the attackers run.
+        #[arg(long, default_value_t = 480.0)]
+        attack_for: f64,
+        /// Seconds per report line.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// Honest sends per `typing:start` (0: none).
+        #[arg(long, default_value_t = 2)]
+        typing_every: u64,
+        /// Honest sends per `message:history` read (0: none).
+        #[arg(long, default_value_t = 10)]
+        history_every: u64,
+        /// Attacks to run: all, none, or a comma-separated list of tiny-frames,
+        /// metrics-unread, pings-unread, poll-junk, nul-send, long-history, presence-flip,
+        /// big-sends, evil-origin, big-post.
+        #[arg(long, default_value = "all")]
+        attacks: String,
+        /// Least seconds between two connections of one attacker.
+        #[arg(long, default_value_t = 2.0)]
+        reconnect_gap: f64,
+        /// How many MiB server RSS may rise above its value at the attack's end and still
+        /// count as flat.
+        #[arg(long, default_value_t = 16.0)]
+        flat_mib: f64,
     },
     /// The machine's cost of one small write on loopback (no server involved).
     Floor {

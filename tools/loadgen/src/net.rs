@@ -54,7 +54,7 @@ pub fn start_connect(
     Ok(mio::net::TcpStream::from_std(sock.into()))
 }
 
-fn set_bind_no_port(sock: &Socket) -> io::Result<()> {
+pub(crate) fn set_bind_no_port(sock: &Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: a valid fd, a valid option pointer and its exact size.

@@ -75,6 +75,7 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         Scenario::Fanout { members, .. } | Scenario::Typing { members, .. } => *members,
         Scenario::Rooms { users, .. } => *users,
         Scenario::Connect { concurrency, .. } => *concurrency,
+        Scenario::Soak { users, .. } => *users + 16,
         Scenario::Floor { .. } => 0,
     };
     if (needed as u64) + 64 > fd_limit {
@@ -211,6 +212,7 @@ pub fn run(cli: &Cli) -> Result<(), String> {
                 *duration,
             )
         }
+        Scenario::Soak { .. } => crate::soak::run(cli, addr, host, &mut admin, &run_tag),
         Scenario::Floor { .. } => Ok(()),
     }
 }
@@ -265,6 +267,8 @@ pub struct SpawnOpts {
     pub typing_publishers: usize,
     /// At least this many loopback source addresses.
     pub min_sources: usize,
+    /// `soak` runs: what publishers do besides sending.
+    pub soak: Option<client::SoakMix>,
 }
 
 impl SpawnOpts {
@@ -281,6 +285,7 @@ impl SpawnOpts {
             random_senders: false,
             typing_publishers: 0,
             min_sources: 0,
+            soak: None,
         }
     }
 }
@@ -386,6 +391,7 @@ pub fn spawn(
             },
             content_pad: pad,
             track_members,
+            soak: o.soak,
         };
         let sh = shared.clone();
         let h = std::thread::Builder::new()

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::stats::{MemberRecord, SeqSet};
+use crate::stats::{latency_histogram, MemberRecord, SeqSet};
 
 /// Workers connect and hold; publishers do not send yet.
 pub const PH_CONNECT: u8 = 0;
@@ -46,6 +46,74 @@ pub struct Shared {
     /// `typing` runs: send stamps (nanoseconds since `start`), [`TYPING_RING`] per publisher;
     /// the n-th send of publisher k is at `k * TYPING_RING + n % TYPING_RING`.
     pub typing_stamps: Vec<AtomicU64>,
+    /// `soak` runs: what the workers measured since the main thread last took it.
+    pub live: Mutex<Live>,
+}
+
+/// Honest traffic measured over a stretch of a `soak` run: workers add what they saw every
+/// [`LIVE_PUSH`], and the main thread takes the sum once per report interval.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// send -> ack of `message:send`.
+    pub ack: Histogram<u64>,
+    /// send -> receipt of `message:new`, per receiver.
+    pub delivery: Histogram<u64>,
+    /// request -> reply of `message:history`.
+    pub history: Histogram<u64>,
+    /// Successful `message:send` acks.
+    pub acked_ok: u64,
+    /// Refused `message:send` acks.
+    pub acked_err: u64,
+    /// Refused `message:history` replies.
+    pub history_err: u64,
+}
+
+/// How often a worker hands its [`Live`] figures to the main thread.
+pub const LIVE_PUSH: Duration = Duration::from_millis(200);
+
+impl Live {
+    /// Empty figures.
+    pub fn new() -> Self {
+        Live {
+            ack: latency_histogram(),
+            delivery: latency_histogram(),
+            history: latency_histogram(),
+            acked_ok: 0,
+            acked_err: 0,
+            history_err: 0,
+        }
+    }
+
+    /// Adds `other` and empties it.
+    pub fn absorb(&mut self, other: &mut Live) {
+        // Histograms share bounds, so adding cannot fail.
+        let _ = self.ack.add(&other.ack);
+        let _ = self.delivery.add(&other.delivery);
+        let _ = self.history.add(&other.history);
+        self.acked_ok += other.acked_ok;
+        self.acked_err += other.acked_err;
+        self.history_err += other.history_err;
+        *other = Live::new();
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `soak` runs: what an honest publisher does besides sending messages. With every send
+/// whose number is a multiple of `typing_every` it first sends `typing:start`, and with every
+/// multiple of `history_every` it reads the channel's last `history_limit` messages (0: never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakMix {
+    /// Sends per `typing:start`.
+    pub typing_every: u64,
+    /// Sends per `message:history`.
+    pub history_every: u64,
+    /// Messages per history page asked for.
+    pub history_limit: u32,
 }
 
 /// Send stamps kept per typing publisher; a receiver lagging further behind than this gets no
@@ -89,6 +157,7 @@ impl Shared {
             cycles: AtomicU64::new(0),
             typing_sent: Vec::new(),
             typing_stamps: Vec::new(),
+            live: Mutex::new(Live::new()),
         }
     }
 
@@ -144,6 +213,8 @@ pub struct WorkerConfig {
     pub content_pad: usize,
     /// Keep a [`MemberRecord`] per connection.
     pub track_members: bool,
+    /// `soak` runs: typing and history reads besides sends, and [`Live`] figures.
+    pub soak: Option<SoakMix>,
 }
 
 /// One connection to open.
@@ -240,6 +311,7 @@ mod tests {
             publish_rate: 0.0,
             content_pad: 0,
             track_members: false,
+            soak: None,
         };
         let node = |i, publisher| cfg.node_of(&plan(i, publisher)).2;
         assert_eq!(
