@@ -67,6 +67,11 @@ impl Sockets {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
+        if conn.closing.is_some_and(|at| at <= now) {
+            // Dropped at the end of this turn without its queue (a slow consumer, a reset):
+            // nothing more is queued or handled for it.
+            return;
+        }
         let Connection {
             phase: Phase::Socket(ws),
             out,
