@@ -78,6 +78,15 @@ pub struct Args {
     /// Shard threads (default: one per core).
     #[arg(long = "shards", env = "CHAT_SHARDS")]
     shards: Option<String>,
+    /// Packets that carry no event (pongs, pings, noops, acks, repeated CONNECTs) one socket
+    /// may send (N/T); past it the connection is closed (1008). An honest client sends one
+    /// pong per pingInterval.
+    #[arg(
+        long = "limit-idle-packets",
+        env = "CHAT_LIMIT_IDLE_PACKETS",
+        default_value = "100/10s"
+    )]
+    idle_packets: String,
     /// Engine.IO pingInterval in milliseconds.
     #[arg(
         long = "ping-interval-ms",
@@ -234,6 +243,8 @@ pub struct EngineLimits {
     pub ping_timeout: Duration,
     /// Largest packet a client may send, in bytes.
     pub max_payload: usize,
+    /// Packets that carry no event a socket may send.
+    pub idle_packets: crate::limits::Rate,
 }
 
 impl Default for EngineLimits {
@@ -242,6 +253,10 @@ impl Default for EngineLimits {
             ping_interval: Duration::from_millis(25_000),
             ping_timeout: Duration::from_millis(20_000),
             max_payload: 1_000_000,
+            idle_packets: crate::limits::Rate {
+                burst: 100,
+                per: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -378,6 +393,10 @@ impl Config {
             ping_interval: millis("CHAT_PING_INTERVAL_MS", &args.ping_interval_ms, 50)?,
             ping_timeout: millis("CHAT_PING_TIMEOUT_MS", &args.ping_timeout_ms, 50)?,
             max_payload: number("CHAT_MAX_PAYLOAD", &args.max_payload, 64usize, 64 << 20)?,
+            idle_packets: crate::limits::Rate::parse(
+                "CHAT_LIMIT_IDLE_PACKETS",
+                &args.idle_packets,
+            )?,
         };
         let database_url = non_empty("DATABASE_URL", args.database_url)?;
         let demo = switch("CHAT_DEMO", &args.demo)?;

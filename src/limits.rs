@@ -16,7 +16,7 @@ use clap::Args;
 use crate::config::{number, ConfigError};
 
 /// A token bucket's shape: `burst` events at once, refilled at `burst` per `per`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     /// Most events at once.
     pub burst: u32,

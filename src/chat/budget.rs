@@ -154,9 +154,9 @@ impl Budgets {
         }
     }
 
-    /// Takes a token for work that waits for its budget instead of being refused (a presence
-    /// change): never cuts; `Refuse { told }` says it must wait, and whether to say so.
-    pub fn defer(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
+    /// Takes a token for an event of `kind` without counting a refusal: `Refuse { told }`
+    /// says it is over the budget, and whether to say so.
+    fn defer(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
         let bit = 1u16 << kind as u16;
         if self.buckets[kind as usize].take(kind.rate(b), self.ms(now)) {
             self.told &= !bit;

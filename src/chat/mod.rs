@@ -409,7 +409,9 @@ fn set_away(
 ) -> Result<(), String> {
     state.pending_away = None;
     if state.away != away {
-        match state.budgets.defer(ctx.budgets, Kind::Presence, ctx.now) {
+        // Over the budget a change waits for it, and counts towards the cut like any
+        // refusal: a socket flipping without end is disconnected, not served forever.
+        match state.budgets.take(ctx.budgets, Kind::Presence, ctx.now) {
             Verdict::Allow => {
                 state.away = away;
                 out.push(Effect::Presence(PresenceCommand::Away {

@@ -340,13 +340,14 @@ fn requests_in_flight_are_bounded_and_freed_by_answers() {
 
 #[test]
 fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
-    // 10 refusals cut a socket; 98 merged changes are not refusals.
+    // A flip over the budget waits for it (merged: the last word wins) and counts as one of
+    // the 10 refusals that cut a socket; a flip back to what was announced counts nothing.
     let b = small_budgets();
     let t0 = Instant::now();
     let mut state = ChatState::new(t0);
     let mut announced = Vec::new();
     let mut errors = 0;
-    for i in 0..100 {
+    for i in 0..12 {
         let name = if i % 2 == 0 {
             "presence:setAway"
         } else {
@@ -362,7 +363,7 @@ fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
     }
     assert_eq!(announced, vec![true, false], "the burst of 2, then nothing");
     assert_eq!(errors, 1, "told once");
-    // The last word was setActive (i = 99): already announced, nothing waits.
+    // The last word was setActive (i = 11): already announced, nothing waits.
     assert_eq!(state.pending_away, None);
     run_at(&mut state, &b, t0, "presence:setAway", Value::Null, None);
     let (away, at) = state.pending_away.expect("waits for the budget");
@@ -376,6 +377,29 @@ fn presence_flips_over_the_budget_are_merged_and_the_last_word_wins() {
         [Effect::Presence(PresenceCommand::Away { away: true, .. })]
     ));
     assert_eq!(member.chat.pending_away, None);
+}
+
+#[test]
+fn a_socket_that_keeps_flipping_its_presence_is_cut() {
+    let b = small_budgets();
+    let t0 = Instant::now();
+    let mut state = ChatState::new(t0);
+    let mut cut_at = None;
+    for i in 0..100 {
+        let name = if i % 2 == 0 {
+            "presence:setAway"
+        } else {
+            "presence:setActive"
+        };
+        let out = run_at(&mut state, &b, t0, name, Value::Null, None);
+        if out.iter().any(|e| matches!(e, Effect::Cut(_))) {
+            cut_at = Some(i);
+            break;
+        }
+    }
+    // Flips 0 and 1 are announced; every setAway after them is refused (setActive matches
+    // what was announced): the 11th refusal, flip 22, cuts.
+    assert_eq!(cut_at, Some(22));
 }
 
 #[test]

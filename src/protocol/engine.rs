@@ -137,6 +137,7 @@ mod tests {
             ping_interval: Duration::from_millis(300),
             ping_timeout: Duration::from_millis(200),
             max_payload: 1000,
+            ..EngineLimits::default()
         };
         let open = open_packet("a\"b", &limits, &["websocket"]);
         assert_eq!(

@@ -27,6 +27,9 @@ pub enum ProtocolError {
     ConnectTimeout,
     /// An EVENT before the server accepted the client's CONNECT.
     NotConnected,
+    /// More packets that carry no event (pongs, pings, noops, acks, repeated CONNECTs) than
+    /// an honest client sends.
+    Idle(crate::limits::Rate),
 }
 
 impl ProtocolError {
@@ -46,7 +49,9 @@ impl ProtocolError {
         match self {
             ProtocolError::PayloadTooLarge { .. } => 1009,
             ProtocolError::BinaryUnsupported => 1003,
-            ProtocolError::PingTimeout | ProtocolError::ConnectTimeout => 1008,
+            ProtocolError::PingTimeout | ProtocolError::ConnectTimeout | ProtocolError::Idle(_) => {
+                1008
+            }
             _ => 1002,
         }
     }
@@ -75,6 +80,11 @@ impl fmt::Display for ProtocolError {
             ),
             ProtocolError::NotConnected => f.write_str(
                 "event sent before the server accepted the CONNECT; wait for \"40{\\\"sid\\\":…}\" before emitting",
+            ),
+            ProtocolError::Idle(rate) => write!(
+                f,
+                "more packets that carry no event (pongs, pings, noops, acks) than {rate} \
+                 (CHAT_LIMIT_IDLE_PACKETS); answer each ping with one pong"
             ),
         }
     }

@@ -91,6 +91,30 @@ pub struct Session {
     phase: Phase,
     /// A ping was sent and its pong has not come back.
     awaiting_pong: bool,
+    /// Budget of packets that carry no event (pongs, pings, noops, upgrades, client acks,
+    /// repeated CONNECTs; `EngineLimits::idle_packets`): an honest client sends one pong per
+    /// `pingInterval` and a probe or two at an upgrade; a client streaming them costs the
+    /// shard its reading and decoding for nothing, and is closed.
+    idle: IdleBudget,
+}
+
+/// A token bucket of packets that carry no event.
+#[derive(Debug)]
+struct IdleBudget {
+    tokens: f32,
+    /// The rate's burst, and its period in milliseconds (kept small: a session per socket).
+    burst: u32,
+    per_ms: u32,
+    at: Instant,
+}
+
+impl IdleBudget {
+    fn rate(&self) -> crate::limits::Rate {
+        crate::limits::Rate {
+            burst: self.burst,
+            per: Duration::from_millis(self.per_ms.into()),
+        }
+    }
 }
 
 /// Where the socket is in the Socket.IO handshake.
@@ -143,6 +167,12 @@ impl Session {
             max_payload: u32::try_from(limits.max_payload).unwrap_or(u32::MAX),
             phase: Phase::Handshake,
             awaiting_pong: false,
+            idle: IdleBudget {
+                tokens: limits.idle_packets.burst as f32,
+                burst: limits.idle_packets.burst,
+                per_ms: u32::try_from(limits.idle_packets.per.as_millis()).unwrap_or(u32::MAX),
+                at: now,
+            },
         }
     }
 
@@ -317,9 +347,35 @@ impl Session {
         Ok(())
     }
 
+    /// Takes one token of the idle-packet budget, or fails.
+    fn idle(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let b = &mut self.idle;
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f32();
+        let per_second = b.burst as f32 * 1000.0 / b.per_ms.max(1) as f32;
+        b.tokens = (b.tokens + elapsed * per_second).min(b.burst as f32);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(ProtocolError::Idle(b.rate()));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
     fn receive(&mut self, now: Instant, text: &str) -> Result<(), ProtocolError> {
         self.check_size(text.len())?;
-        match engine::decode(text)? {
+        let packet = engine::decode(text)?;
+        let carries_work = match packet {
+            EnginePacket::Message(message) => {
+                // Only an EVENT or the first CONNECT is work for the application.
+                message.starts_with('2') || (message.starts_with('0') && self.phase == Phase::Handshake)
+            }
+            EnginePacket::Close => true,
+            _ => false,
+        };
+        if !carries_work {
+            self.idle(now)?;
+        }
+        match packet {
             EnginePacket::Message(message) => self.receive_message(message),
             EnginePacket::Ping(data) => {
                 // A client ping (the upgrade's `2probe`) is answered with the same payload.

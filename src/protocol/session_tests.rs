@@ -12,6 +12,7 @@ fn limits() -> EngineLimits {
         ping_interval: Duration::from_millis(25_000),
         ping_timeout: Duration::from_millis(20_000),
         max_payload: 1000,
+        ..EngineLimits::default()
     }
 }
 
@@ -411,8 +412,44 @@ fn oversize_binary_and_malformed_input_close_the_session() {
 fn session_stays_small() {
     // Hundreds of thousands live at once; catch accidental growth.
     assert!(
-        std::mem::size_of::<Session>() <= 128,
+        std::mem::size_of::<Session>() <= 160,
         "Session is {} bytes",
         std::mem::size_of::<Session>()
     );
+}
+
+#[test]
+fn a_stream_of_packets_without_events_is_closed_past_its_budget_and_events_are_not_counted() {
+    let t0 = Instant::now();
+    let rate = crate::limits::Rate {
+        burst: 5,
+        per: Duration::from_secs(1),
+    };
+    let mut s = Session::new(
+        t0,
+        "sid".into(),
+        EngineLimits {
+            idle_packets: rate,
+            ..limits()
+        },
+    );
+    s.handle_text(t0, "40").unwrap();
+    s.accept("x", None);
+    // Events are the application's to budget: any number of them passes here.
+    for _ in 0..50 {
+        s.handle_text(t0, r#"42["hello"]"#).unwrap();
+    }
+    for _ in 0..5 {
+        s.handle_text(t0, "3").unwrap();
+    }
+    // A second later five more tokens are back.
+    let later = t0 + Duration::from_secs(1);
+    for _ in 0..5 {
+        s.handle_text(later, "6").unwrap();
+    }
+    let err = s.handle_text(later, "3").unwrap_err();
+    assert_eq!(err, ProtocolError::Idle(rate));
+    assert_eq!(err.close_code(), 1008);
+    assert!(err.to_string().contains("CHAT_LIMIT_IDLE_PACKETS"), "{err}");
+    assert!(!s.is_connected(), "the session is closed");
 }

@@ -103,7 +103,9 @@ describe("hostile clients on one shard", { timeout: 240_000 }, () => {
       shards: 1,
       // Short heartbeats: a stalled shard would make the honest client miss its pings
       // and disconnect within seconds.
-      env: { CHAT_PING_INTERVAL_MS: "1000", CHAT_PING_TIMEOUT_MS: "3000" },
+      // The idle-packet budget is lifted: the floods below test the shard's fairness, which
+      // must hold whatever a client sends; the budget has a test of its own.
+      env: { CHAT_PING_INTERVAL_MS: "1000", CHAT_PING_TIMEOUT_MS: "3000", CHAT_LIMIT_IDLE_PACKETS: "10000000/1s" },
     });
     ws = await server.provision({ users: 2, channels: [{ members: "all" }] });
   });
@@ -154,6 +156,41 @@ describe("hostile clients on one shard", { timeout: 240_000 }, () => {
     assertRss(watch, "tiny-frame flood");
     attacker.t.destroy();
     honest.disconnect();
+  });
+
+  test("a stream of pongs is closed (1008) past CHAT_LIMIT_IDLE_PACKETS; the honest client notices nothing", async () => {
+    // A server of its own, with the default idle-packet budget.
+    const own = await startServer({ shards: 1 });
+    try {
+      const people = await own.provision({ users: 2, channels: [{ members: "all" }] });
+      const honest = await own.connectUser(people.users[1], people.workspaceId);
+      let disconnected = null;
+      honest.on("disconnect", (reason) => {
+        disconnected = reason;
+      });
+      const attacker = await rawSocketIo(own, { token: own.jwt(people.users[0].id), workspaceId: people.workspaceId });
+      const frames = Buffer.concat(Array.from({ length: 1024 }, () => encodeFrame(OP.text, "3")));
+      const sock = attacker.t.socket;
+      let written = 0;
+      const pump = () => {
+        while (!sock.destroyed && written < 64 * MiB) {
+          written += frames.length;
+          if (!sock.write(frames)) return;
+        }
+      };
+      sock.on("drain", pump);
+      pump();
+      const closing = await within(attacker.t.closed, 10_000, "the pong stream's close");
+      assert.equal(closing?.code, 1008, `closed with ${JSON.stringify(closing)}`);
+      assert.match(closing.reason, /carry no event|CHAT_LIMIT_IDLE_PACKETS/);
+      assert.ok(written < 64 * MiB, "closed long before the stream ended");
+      await roundTrip(honest, people.channels[0].id, 0);
+      assert.equal(disconnected, null, "the honest client stayed connected");
+      honest.disconnect();
+    } finally {
+      own.closeSockets();
+      await own.stop();
+    }
   });
 
   test("pipelined GET /metrics that are never read: reading pauses, memory stays bounded", async () => {
