@@ -194,7 +194,12 @@ pub fn parse_head(
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
-    let head_len = match request.parse(buf) {
+    // Only the first `max_header_bytes` are read: a head that has not ended within them is
+    // 431 whatever follows, so the answer does not depend on how the bytes were split into
+    // reads (a malformed byte past the limit would otherwise make it a 400 when it came in
+    // the same read, and a 431 when it came later).
+    let window = &buf[..buf.len().min(max_header_bytes)];
+    let head_len = match request.parse(window) {
         Ok(httparse::Status::Complete(len)) => len,
         // Not an error: the rest of the head has not arrived yet.
         Ok(httparse::Status::Partial) if buf.len() <= max_header_bytes => return Ok(None),
@@ -207,9 +212,6 @@ pub fn parse_head(
         }
         Err(e) => return Err(malformed(e, buf)),
     };
-    if head_len > max_header_bytes {
-        return Err(head_too_large(max_header_bytes));
-    }
     // Complete means httparse filled these; the fallbacks are never taken.
     let method = request.method.unwrap_or_default().to_owned();
     let target = request.path.unwrap_or_default();

@@ -66,6 +66,35 @@ fn a_complete_head_over_the_limit_is_431() {
 }
 
 #[test]
+fn a_head_over_the_limit_is_431_however_its_bytes_arrive() {
+    // Found by tests/fuzz_parsers: a malformed field past the limit was a 400 when it came
+    // in the same read as the start of the head, and a 431 when it came in a later one.
+    let raw = format!(
+        "GET / HTTP/1.1\r\nX-Big: {}\r\nBad Name: x\r\n\r\n",
+        "a".repeat(200)
+    );
+    assert_eq!(
+        parse_head(raw.as_bytes(), 100, MAX_BODY)
+            .unwrap_err()
+            .status,
+        431
+    );
+    assert_eq!(
+        parse_head(&raw.as_bytes()[..101], 100, MAX_BODY)
+            .unwrap_err()
+            .status,
+        431
+    );
+    // Within the limit the malformed field is what is reported.
+    assert_eq!(
+        parse_head(raw.as_bytes(), 1000, MAX_BODY)
+            .unwrap_err()
+            .status,
+        400
+    );
+}
+
+#[test]
 fn too_many_header_fields_is_431() {
     let mut raw = String::from("GET / HTTP/1.1\r\n");
     for i in 0..65 {
