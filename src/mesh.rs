@@ -382,7 +382,7 @@ pub struct ShardHandle {
     pub id: ShardId,
     inbox: Sender<ShardCommand>,
     waker: Arc<mio::Waker>,
-    /// Where the ephemeral broadcasts dropped at [`SHARD_INBOX_LIMIT`] are counted.
+    /// Where the broadcasts dropped at the inbox limits are counted.
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
@@ -411,17 +411,24 @@ impl ShardHandle {
     /// Sends a command and wakes the shard. A shard that has exited drops it, and so does a
     /// shard [`SHARD_INBOX_LIMIT`] commands behind for an ephemeral broadcast (typing,
     /// presence): its inbox stays bounded whatever other sockets and nodes publish. Durable
-    /// broadcasts are bounded where they start: past the limit, clients' sends are refused
-    /// ([`Mesh::congested`]).
+    /// broadcasts are bounded where they start (past the limit, this node's clients' sends
+    /// are refused, [`Mesh::congested`]); those from other nodes are dropped only past
+    /// [`SHARD_INBOX_HARD_LIMIT`], where the shard has long stopped serving its sockets
+    /// (their clients fill the gap with `message:history`).
     pub fn send(&self, command: ShardCommand) {
         if let ShardCommand::Deliver(b) = &command {
-            if b.offset.is_none() && self.inbox.len() >= SHARD_INBOX_LIMIT {
+            let bound = if b.offset.is_none() {
+                SHARD_INBOX_LIMIT
+            } else {
+                SHARD_INBOX_HARD_LIMIT
+            };
+            if self.inbox.len() >= bound {
                 if let Some(m) = self
                     .metrics
                     .as_ref()
                     .and_then(|m| m.shards.get(usize::from(self.id.0)))
                 {
-                    m.ephemeral_dropped
+                    m.broadcasts_dropped
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 return;
@@ -474,6 +481,9 @@ pub const STORE_INBOX_LIMIT: usize = 8192;
 /// Commands a shard's inbox may hold before clients' requests are refused (mostly shared
 /// broadcasts, each a pointer).
 pub const SHARD_INBOX_LIMIT: usize = 65_536;
+/// Commands a shard's inbox may hold at all: past it even durable broadcasts are dropped
+/// (see [`ShardHandle::send`]).
+pub const SHARD_INBOX_HARD_LIMIT: usize = 4 * SHARD_INBOX_LIMIT;
 
 impl Mesh {
     /// Why a client's request to the store should be refused now, if it should: the store,
@@ -520,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_far_behind_drops_ephemeral_broadcasts_and_keeps_durable_ones() {
+    fn a_shard_far_behind_drops_ephemeral_broadcasts_and_durable_ones_only_far_past_that() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
@@ -552,7 +562,7 @@ mod tests {
         );
         assert_eq!(
             metrics.shards[0]
-                .ephemeral_dropped
+                .broadcasts_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
@@ -561,6 +571,21 @@ mod tests {
             rx.len(),
             SHARD_INBOX_LIMIT + 1,
             "a durable one still queues"
+        );
+        for _ in rx.len()..SHARD_INBOX_HARD_LIMIT {
+            shard.send(broadcast(Some(7)));
+        }
+        shard.send(broadcast(Some(8)));
+        assert_eq!(
+            rx.len(),
+            SHARD_INBOX_HARD_LIMIT,
+            "past the hard limit, none queues"
+        );
+        assert_eq!(
+            metrics.shards[0]
+                .broadcasts_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
         );
     }
 }

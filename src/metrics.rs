@@ -36,8 +36,8 @@ pub struct ShardMetrics {
     pub queued_bytes: AtomicI64,
     /// Commands waiting in this shard's inbox at the last loop turn.
     pub inbox_depth: AtomicI64,
-    /// Ephemeral broadcasts (typing, presence) dropped because the inbox was full.
-    pub ephemeral_dropped: AtomicU64,
+    /// Broadcasts dropped because the inbox was full (see `mesh::ShardHandle::send`).
+    pub broadcasts_dropped: AtomicU64,
 }
 
 /// The store thread's counters.
@@ -292,10 +292,10 @@ impl Metrics {
             "Commands waiting in the shard inbox."
         );
         shard_metric!(
-            ephemeral_dropped,
-            "ocomms_shard_ephemeral_dropped_total",
+            broadcasts_dropped,
+            "ocomms_shard_broadcasts_dropped_total",
             "counter",
-            "Typing and presence broadcasts dropped because the shard inbox was full."
+            "Broadcasts dropped because the shard inbox was full (typing and presence past 65,536 waiting, any past 262,144)."
         );
         let s = &self.store;
         let _ = writeln!(out, "# HELP ocomms_store_batches_total Write batches committed.\n# TYPE ocomms_store_batches_total counter\nocomms_store_batches_total {}", s.batches.load(Relaxed));

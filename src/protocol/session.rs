@@ -367,7 +367,8 @@ impl Session {
         let carries_work = match packet {
             EnginePacket::Message(message) => {
                 // Only an EVENT or the first CONNECT is work for the application.
-                message.starts_with('2') || (message.starts_with('0') && self.phase == Phase::Handshake)
+                message.starts_with('2')
+                    || (message.starts_with('0') && self.phase == Phase::Handshake)
             }
             EnginePacket::Close => true,
             _ => false,
