@@ -14,7 +14,7 @@ use crate::admin::{self, Admin};
 use crate::client::{ConnPlan, Mode, Shared, PH_DRAIN, PH_PUBLISH, PH_STOP};
 use crate::report::{self, merge, snap};
 use crate::scenario::{
-    connect_and_publish, connect_packet, join, provision, spawn, Published, SpawnOpts,
+    connect_and_publish, connect_packet, join, provision, room_plans, spawn, Published, SpawnOpts,
 };
 use crate::stats::{judge, judge_typing, percentiles_json, percentiles_line};
 use crate::Cli;
@@ -77,21 +77,8 @@ pub fn broadcast(
         t.elapsed().as_secs_f64(),
         admin.requests
     );
-    let ttl = Duration::from_secs(24 * 3600);
     let nch = prov.channels.len();
-    let plans: Vec<ConnPlan> = prov
-        .users
-        .iter()
-        .enumerate()
-        .map(|(i, (id, name))| {
-            admin::mint_jwt(&cli.jwt_secret, id, name, ttl).map(|tok| ConnPlan {
-                index: i,
-                connect_packet: connect_packet(&tok, &prov.workspace_id).into(),
-                publisher: i < p.publishers,
-                group: (i % nch) as u32,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let plans = room_plans(cli, &prov, |i| i < p.publishers)?;
     let typing = mode == Mode::Typing;
     let opts = SpawnOpts {
         total_rate: p.rate,

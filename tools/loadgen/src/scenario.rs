@@ -47,6 +47,29 @@ pub fn connect_packet(token: &str, workspace_id: &str) -> String {
     format!("40{{\"token\":\"{token}\",\"workspaceId\":\"{workspace_id}\"}}")
 }
 
+/// One socket plan per provisioned user, each in channel group `i % channels`, with a token
+/// valid for a day; `publisher(i)` says which of them send.
+pub fn room_plans(
+    cli: &Cli,
+    prov: &Provisioned,
+    publisher: impl Fn(usize) -> bool,
+) -> Result<Vec<ConnPlan>, String> {
+    let ttl = Duration::from_secs(24 * 3600);
+    let nch = prov.channels.len();
+    prov.users
+        .iter()
+        .enumerate()
+        .map(|(i, (id, name))| {
+            admin::mint_jwt(&cli.jwt_secret, id, name, ttl).map(|tok| ConnPlan {
+                index: i,
+                connect_packet: connect_packet(&tok, &prov.workspace_id).into(),
+                publisher: publisher(i),
+                group: (i % nch) as u32,
+            })
+        })
+        .collect()
+}
+
 /// Runs the scenario the command line names.
 pub fn run(cli: &Cli) -> Result<(), String> {
     if cli.threads == 0 {

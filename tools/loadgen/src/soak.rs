@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use crate::admin::{self, Admin};
 use crate::attack::{self, AttackPlan, Counters, Kind};
-use crate::client::{ConnPlan, Live, Mode, SoakMix, PH_PUBLISH, PH_STOP};
+use crate::client::{Live, Mode, SoakMix, PH_PUBLISH, PH_STOP};
 use crate::report::{self, fmt_bytes, merge, snap, Snap};
-use crate::scenario::{connect_packet, join, settle, spawn, wait_connected, SpawnOpts};
+use crate::scenario::{connect_packet, join, room_plans, settle, spawn, wait_connected, SpawnOpts};
 use crate::soak_stats::{flat_verdict, threads_cpu, AttackDelta, Row};
 use crate::stats::{percentiles_json, percentiles_line};
 use crate::{Cli, Scenario};
@@ -190,21 +190,7 @@ pub fn run(
         t.elapsed().as_secs_f64(),
         admin.requests
     );
-    let ttl = Duration::from_secs(24 * 3600);
-    let nch = prov.channels.len();
-    let plans: Vec<ConnPlan> = prov
-        .users
-        .iter()
-        .enumerate()
-        .map(|(i, (id, name))| {
-            admin::mint_jwt(&cli.jwt_secret, id, name, ttl).map(|tok| ConnPlan {
-                index: i,
-                connect_packet: connect_packet(&tok, &prov.workspace_id).into(),
-                publisher: true,
-                group: (i % nch) as u32,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let plans = room_plans(cli, &prov, |_| true)?;
     let opts = SpawnOpts {
         total_rate: p.rate,
         publishers: p.users,
