@@ -61,8 +61,14 @@ impl Pair {
     /// `shards` shards with connection state recovery on, the memory store with a
     /// [`World`], and the clock at an arbitrary instant.
     pub fn new(shards: usize) -> Pair {
+        Pair::with_flags(shards, &[])
+    }
+
+    /// Like [`Pair::new`], with more command-line `flags` (settings).
+    pub fn with_flags(shards: usize, flags: &[&str]) -> Pair {
         let n = shards.to_string();
-        let argv = ["ocomms-rt", "--shards", &n, "--listen", "127.0.0.1:0"];
+        let mut argv = vec!["ocomms-rt", "--shards", &n, "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(flags);
         let config = Config::from_args(Args::try_parse_from(argv).expect("valid flags"))
             .expect("valid settings");
         let metrics = Arc::new(Metrics::new(shards));
