@@ -10,6 +10,10 @@
 //! - [`sequencer`]: the per-room sequencer that delivers every room's durable events in
 //!   position order, holding back early arrivals and filling gaps from PostgreSQL;
 //! - [`interest`]: which rooms the node subscribes to, refcounted over its shards;
+//! - [`typing`]: other nodes' typers as this node showed them, with their own timers (a typer
+//!   whose node died stops showing);
+//! - [`node`]'s admissions (`node/admit.rs`): membership reads carried to their sockets in
+//!   line with their rooms' events;
 //! - [`link`]: the threads that own the Redis connections (publish, subscribe, reconnect with
 //!   backoff, link status, cluster-mode detection);
 //! - [`presence`]: presence per (workspace, user) over every node, decided by Lua scripts in
