@@ -398,6 +398,22 @@ impl Config {
                 &args.idle_packets,
             )?,
         };
+        // Every client answers each ping with a pong: a budget that a heartbeat alone would
+        // use up closes honest clients.
+        let pongs = 1000.0 / engine.ping_interval.as_millis().max(1) as f64;
+        if engine.idle_packets.per_second() < 2.0 * pongs {
+            return Err(ConfigError {
+                variable: "CHAT_LIMIT_IDLE_PACKETS",
+                value: args.idle_packets,
+                problem: format!(
+                    "allows {:.1} packets a second, but with CHAT_PING_INTERVAL_MS={} every \
+                     client sends {pongs:.1} pongs a second; allow at least twice that, or \
+                     lengthen the ping interval",
+                    engine.idle_packets.per_second(),
+                    engine.ping_interval.as_millis()
+                ),
+            });
+        }
         let database_url = non_empty("DATABASE_URL", args.database_url)?;
         let demo = switch("CHAT_DEMO", &args.demo)?;
         if demo && database_url.is_some() {
@@ -512,6 +528,18 @@ mod tests {
         assert!(
             !short.to_string().contains("short\""),
             "the secret is never printed"
+        );
+    }
+
+    #[test]
+    fn an_idle_packet_budget_the_heartbeat_would_use_up_is_refused() {
+        let e = parse(&["--ping-interval-ms", "100", "--limit-idle-packets", "10/1s"]).unwrap_err();
+        assert_eq!(e.variable, "CHAT_LIMIT_IDLE_PACKETS");
+        assert!(e.to_string().contains("CHAT_PING_INTERVAL_MS=100"), "{e}");
+        assert!(parse(&["--ping-interval-ms", "100", "--limit-idle-packets", "20/1s"]).is_ok());
+        assert!(
+            parse(&["--ping-interval-ms", "300"]).is_ok(),
+            "the tests' shortest heartbeat"
         );
     }
 
