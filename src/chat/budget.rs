@@ -148,23 +148,13 @@ impl Budgets {
     /// Takes a token for an event of `kind`; over the budget, the refusal counts towards
     /// cutting the socket.
     pub fn take(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
-        match self.defer(b, kind, now) {
-            Verdict::Refuse { .. } if !self.refused.take(b.refused, self.ms(now)) => Verdict::Cut,
-            verdict => verdict,
-        }
-    }
-
-    /// Takes a token for an event of `kind` without counting a refusal: `Refuse { told }`
-    /// says it is over the budget, and whether to say so.
-    fn defer(&mut self, b: &EventBudgets, kind: Kind, now: Instant) -> Verdict {
         let bit = 1u16 << kind as u16;
-        if self.buckets[kind as usize].take(kind.rate(b), self.ms(now)) {
+        let ms = self.ms(now);
+        if self.buckets[kind as usize].take(kind.rate(b), ms) {
             self.told &= !bit;
             return Verdict::Allow;
         }
-        Verdict::Refuse {
-            told: self.tell(bit),
-        }
+        self.refuse(b, bit, ms)
     }
 
     /// Marks `bit` told; whether it was not yet.

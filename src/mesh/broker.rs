@@ -12,6 +12,7 @@ use super::{
     Broadcast, BroadcastId, Except, PresenceCommand, Publication, ShardCommand, ShardHandle,
     StoreReply,
 };
+use crate::broker::input::Admission;
 use crate::ids::{ConnectionId, Room, ShardId};
 use crate::model::MembershipChange;
 use crate::protocol::packet;
@@ -112,34 +113,52 @@ impl BrokerHandle {
         to: ConnectionId,
         reply: StoreReply,
     ) {
-        let admission = crate::broker::input::Admission::Reply(to, reply);
-        if let Some(crate::broker::node::Input::Ready {
-            admission: crate::broker::input::Admission::Reply(to, reply),
-            ..
-        }) = self.to_cluster(crate::broker::node::Input::Ready {
-            floors,
-            rooms,
-            subscribe: true,
-            admission,
-        }) {
-            if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
-                shard.send(ShardCommand::Reply(to, reply));
-            }
-        }
+        self.admit(floors, rooms, true, Admission::Reply(to, reply));
     }
 
     /// Another node's membership change, read with the room's `floor` (a join's): in a
     /// cluster it reaches the shards through the `broker` thread, in line with the room's
     /// other admissions and ahead of its events (see [`crate::broker::node::Input::Ready`]).
     pub fn admit_membership(&self, floor: Option<u64>, change: MembershipChange) {
-        let input = crate::broker::node::Input::Ready {
-            floors: floor.map(|f| vec![(change.room, f)]).unwrap_or_default(),
-            rooms: vec![change.room],
-            subscribe: change.joined,
-            admission: crate::broker::input::Admission::Membership(change),
-        };
-        if self.to_cluster(input).is_some() {
-            self.membership(change);
+        let floors = floor.map(|f| vec![(change.room, f)]).unwrap_or_default();
+        let admission = Admission::Membership(change);
+        self.admit(floors, vec![change.room], change.joined, admission);
+    }
+
+    /// An admission: through the `broker` thread in a cluster, carried out now on one node.
+    fn admit(
+        &self,
+        floors: Vec<(Room, u64)>,
+        rooms: Vec<Room>,
+        subscribe: bool,
+        admission: Admission,
+    ) {
+        match &self.cluster {
+            Some(inbox) => {
+                let _ = inbox.send(crate::broker::node::Input::Ready {
+                    floors,
+                    rooms,
+                    subscribe,
+                    admission,
+                });
+            }
+            None => self.carry_out(admission),
+        }
+    }
+
+    /// Hands an admission to the shards now: the reply to its socket's shard, a membership
+    /// change to every shard.
+    pub fn carry_out(&self, admission: Admission) {
+        match admission {
+            Admission::Reply(to, reply) => self.reply(to, reply),
+            Admission::Membership(change) => self.membership(change),
+        }
+    }
+
+    /// Hands a store reply to the shard that owns its connection.
+    pub fn reply(&self, to: ConnectionId, reply: StoreReply) {
+        if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
+            shard.send(ShardCommand::Reply(to, reply));
         }
     }
 
@@ -149,9 +168,7 @@ impl BrokerHandle {
         if let Some(crate::broker::node::Input::Reply(to, reply)) =
             self.to_cluster(crate::broker::node::Input::Reply(to, reply))
         {
-            if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
-                shard.send(ShardCommand::Reply(to, reply));
-            }
+            self.reply(to, reply);
         }
     }
 

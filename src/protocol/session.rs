@@ -363,22 +363,12 @@ impl Session {
 
     fn receive(&mut self, now: Instant, text: &str) -> Result<(), ProtocolError> {
         self.check_size(text.len())?;
-        let packet = engine::decode(text)?;
-        let carries_work = match packet {
-            EnginePacket::Message(message) => {
-                // Only an EVENT or the first CONNECT is work for the application.
-                message.starts_with('2')
-                    || (message.starts_with('0') && self.phase == Phase::Handshake)
-            }
-            EnginePacket::Close => true,
-            _ => false,
-        };
-        if !carries_work {
-            self.idle(now)?;
-        }
-        match packet {
-            EnginePacket::Message(message) => self.receive_message(message),
+        // Only an EVENT, the first CONNECT or a goodbye is work for the application; every
+        // other packet takes a token of the idle budget first.
+        match engine::decode(text)? {
+            EnginePacket::Message(message) => self.receive_message(now, message),
             EnginePacket::Ping(data) => {
+                self.idle(now)?;
                 // A client ping (the upgrade's `2probe`) is answered with the same payload.
                 let mut pong = String::with_capacity(1 + data.len());
                 pong.push('3');
@@ -387,6 +377,7 @@ impl Session {
                 Ok(())
             }
             EnginePacket::Pong(_) => {
+                self.idle(now)?;
                 // An unsolicited pong is harmless; only one answering a ping moves the clock.
                 if self.awaiting_pong {
                     self.awaiting_pong = false;
@@ -402,13 +393,14 @@ impl Session {
                 "an open packet (0) is sent only by the server".into(),
             )),
             // The upgrade completes a move from polling; on WebSocket there is nothing to do.
-            EnginePacket::Upgrade(_) | EnginePacket::Noop => Ok(()),
+            EnginePacket::Upgrade(_) | EnginePacket::Noop => self.idle(now),
         }
     }
 
-    fn receive_message(&mut self, message: &str) -> Result<(), ProtocolError> {
+    fn receive_message(&mut self, now: Instant, message: &str) -> Result<(), ProtocolError> {
         match packet::decode(message)? {
             Packet::Connect { nsp, .. } if nsp != MAIN_NAMESPACE => {
+                self.idle(now)?;
                 // What the reference server answers for a namespace it does not have.
                 self.push(packet::connect_error(&nsp, "Invalid namespace"));
                 Ok(())
@@ -425,16 +417,20 @@ impl Session {
                         pid,
                         offset,
                     });
+                    Ok(())
+                } else {
+                    self.idle(now)
                 }
-                Ok(())
             }
             Packet::Disconnect { nsp } => {
                 // "No response is expected from the other side." One for a namespace this
                 // socket never joined changes nothing.
                 if nsp == MAIN_NAMESPACE {
                     self.close(CloseReason::ClientDisconnect);
+                    Ok(())
+                } else {
+                    self.idle(now)
                 }
-                Ok(())
             }
             Packet::Event { nsp, mut data, id } => {
                 if nsp != MAIN_NAMESPACE {
@@ -458,7 +454,7 @@ impl Session {
                 Ok(())
             }
             // The server never asks the client for acks, so a client ACK answers nothing.
-            Packet::Ack { .. } => Ok(()),
+            Packet::Ack { .. } => self.idle(now),
             Packet::ConnectError { .. } => Err(ProtocolError::Malformed(
                 "CONNECT_ERROR (4) is sent only by the server".into(),
             )),

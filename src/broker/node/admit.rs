@@ -23,7 +23,6 @@ use super::super::interest::Change;
 use super::{Broker, PREPARING};
 use crate::broker::input::Admission;
 use crate::ids::Room;
-use crate::mesh::ShardCommand;
 
 /// Longest an admission waits for its rooms' confirmations.
 const READY_WAIT: Duration = Duration::from_secs(1);
@@ -135,7 +134,6 @@ impl Broker {
             admission,
             since: now,
         });
-        self.settle(now);
         self.admit(now);
     }
 
@@ -163,14 +161,7 @@ impl Broker {
             }
         }
         for admission in done {
-            match admission {
-                Admission::Reply(to, reply) => {
-                    if let Some(shard) = self.broker.shards().get(usize::from(to.shard.0)) {
-                        shard.send(ShardCommand::Reply(to, reply));
-                    }
-                }
-                Admission::Membership(change) => self.broker.membership(change),
-            }
+            self.broker.carry_out(admission);
         }
         let free: Vec<Room> = self
             .admissions

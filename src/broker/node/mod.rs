@@ -192,11 +192,7 @@ impl Broker {
                 );
                 self.durable(room, deleted, seq, packet, now);
             }
-            Input::Reply(to, reply) => {
-                if let Some(shard) = self.broker.shards().get(usize::from(to.shard.0)) {
-                    shard.send(ShardCommand::Reply(to, reply));
-                }
-            }
+            Input::Reply(to, reply) => self.broker.reply(to, reply),
             Input::Ephemeral(publication) => {
                 if let Some(kind) = ephemeral_kind(&publication) {
                     let except = match publication.except {
