@@ -30,6 +30,8 @@ pub struct Options {
 pub struct TestRedis {
     options: Options,
     port: u16,
+    /// The cluster bus's port (cluster mode).
+    bus_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -131,6 +133,7 @@ impl TestRedis {
         let mut redis = TestRedis {
             options,
             port: free_port(),
+            bus_port: free_port(),
             dir,
             child: None,
         };
@@ -178,6 +181,9 @@ impl TestRedis {
                 "--cluster-config-file",
                 "nodes.conf",
             ]);
+            // By default the bus listens 10,000 ports above the client port, which is past
+            // 65,535 (and refused) for about a fifth of the ephemeral ports: name one.
+            cmd.args(["--cluster-port", &self.bus_port.to_string()]);
         }
         let child = cmd
             .stdout(Stdio::null())
