@@ -30,6 +30,10 @@ pub struct Args {
     /// PostgreSQL URL; absent: the embedded in-memory store.
     #[arg(long = "database-url", env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// PostgreSQL connections that store send batches at once (writer lanes; each room
+    /// always on the same one).
+    #[arg(long = "db-writers", env = "CHAT_DB_WRITERS", default_value = "2")]
+    db_writers: String,
     /// Redis URL (redis:// or rediss://); absent: a single node.
     #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
@@ -198,6 +202,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// PostgreSQL URL.
     pub database_url: Option<String>,
+    /// Writer lanes (PostgreSQL connections storing send batches).
+    pub db_writers: usize,
     /// `REDIS_URL` and the cluster's settings, checked (the password is never printed).
     pub redis_url: Option<RedisConfig>,
     /// JWT secret.
@@ -445,6 +451,7 @@ impl Config {
         Ok(Config {
             listen,
             database_url,
+            db_writers: number("CHAT_DB_WRITERS", &args.db_writers, 1usize, 16)?,
             redis_url,
             jwt_secret,
             admin_token: non_empty("CHAT_ADMIN_TOKEN", args.admin_token)?,

@@ -152,6 +152,7 @@ impl Node {
             Some(url) => (
                 crate::store::pg::spawn_postgres(
                     url,
+                    config.db_writers,
                     READERS,
                     store_rx,
                     mesh.clone(),

@@ -4,12 +4,15 @@
 //! The loop blocks for one command, then drains whatever else is already queued, so under load
 //! batches form on their own: consecutive sends (socket `message:send` and the admin API's
 //! publish) go to [`Backend::send_batch`] together, which a database backend turns into one
-//! group commit. Every other command first flushes the sends queued before it, so a
-//! connection's commands take effect in the order it sent them (a history after a send sees
-//! the send). Only `Authenticate` may overtake queued sends: it reads users, sessions and
-//! memberships, which sends never change. For each stored message the thread first publishes
-//! `message:new` to the room and only then replies to the sender; one thread doing both keeps
-//! each room's broadcasts in sequence order.
+//! group commit. With writer lanes ([`lanes`], PostgreSQL) each room's sends go to its lane,
+//! and the lanes store their batches at once while this thread takes the next commands; a
+//! lane that comes back gets what queued for it meanwhile. Every other command first waits
+//! until the sends queued before it are stored and answered, so a connection's commands take
+//! effect in the order it sent them (a history after a send sees the send). Only
+//! `Authenticate` may overtake queued sends: it reads users, sessions and memberships, which
+//! sends never change. For each stored message the thread first publishes `message:new` to the
+//! room and only then replies to the sender; this one thread doing both, with a room's batches
+//! one after the other on its lane, keeps each room's broadcasts in sequence order.
 //!
 //! A backend with several connections (PostgreSQL) also gets a pool of reader threads
 //! ([`spawn_pool`]): CONNECT, history and membership checks go there, so they never wait
@@ -17,6 +20,8 @@
 //! before them are committed, which keeps "a history after a send sees the send".
 
 mod admin;
+mod backend;
+pub mod lanes;
 pub mod memory;
 pub mod pg;
 mod readers;
@@ -26,18 +31,19 @@ use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::AdminRequest;
-use crate::chat::auth::Credential;
-use crate::ids::{ChannelId, ConnectionId, ConversationId, MessageId, Target, UserId, WorkspaceId};
+use crate::ids::{ConnectionId, MessageId, Target, UserId, WorkspaceId};
 use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreReply};
 use crate::metrics::Metrics;
-use crate::model::{timestamp, Grant, MembershipChange, Message};
+use crate::model::{timestamp, Message};
 
+pub use backend::Backend;
+use lanes::{Done, Lanes};
 pub use memory::MemoryBackend;
 pub use readers::spawn_pool;
 use readers::{serve, ReadJob};
@@ -46,8 +52,8 @@ pub use request::{HistoryQuery, NewMessage, StoreError};
 /// Most messages one history page returns (the rule is `chat::validate`'s).
 pub use crate::chat::validate::MAX_HISTORY_LIMIT;
 
-/// Most commands taken from the inbox in one turn, which bounds a send batch and the time
-/// before the loop looks at the inbox depth again.
+/// Most commands taken from the inbox in one turn, which bounds the time before the loop
+/// looks at the inbox depth (and the lanes' answers) again.
 const MAX_DRAIN: usize = 512;
 
 /// A message the backend stored, or the one it already held under the same
@@ -80,145 +86,6 @@ pub struct Reader {
     pub workspace: WorkspaceId,
 }
 
-/// What a store backend does. The thread loop ([`Store`]) drives it; the embedded
-/// [`MemoryBackend`] implements it, and so will PostgreSQL. Every call takes `now` so the
-/// rules about time (session expiry, `createdAt`, `deletedAt`) can be tested with a fixed
-/// clock. Errors name the bad value (`"user … is not a member of channel …"`).
-pub trait Backend {
-    /// CONNECT (contract §2): resolves the credential to a user, checks that the user is a
-    /// member of `workspace`, and lists the rooms to join: `user:`, `workspace:`, then every
-    /// channel and DM of that workspace the user belongs to.
-    fn authenticate(
-        &mut self,
-        credential: &Credential,
-        workspace: WorkspaceId,
-        now: DateTime<Utc>,
-    ) -> Result<Grant, StoreError>;
-
-    /// Stores a batch of messages in order, one result per message, in the same order. The
-    /// target must exist, lie in `workspace` when one is given, and have the author as a
-    /// member. A message whose `(author, client_msg_id)` is already stored (earlier, or
-    /// earlier in this batch) yields that original with `created: false`. A new message gets
-    /// the target's next sequence (from 1) and `created_at = now`.
-    fn send_batch(
-        &mut self,
-        batch: Vec<NewMessage>,
-        now: DateTime<Utc>,
-    ) -> Vec<Result<Stored, StoreError>>;
-
-    /// Soft-deletes a message for its author (`deleted_at = now` the first time only).
-    fn delete(
-        &mut self,
-        author: UserId,
-        workspace: WorkspaceId,
-        message: MessageId,
-        now: DateTime<Utc>,
-    ) -> Result<Deletion, StoreError>;
-
-    /// A page of a target's messages, ascending by sequence, tombstones included. With
-    /// `after`, the oldest `limit` above it; otherwise the newest `limit` below `before` (or
-    /// of all). `limit` is capped at one more than [`MAX_HISTORY_LIMIT`]. With a `reader`, they must be a
-    /// member of the target and the target must be in their workspace; without one (admin
-    /// API) only the target's existence is checked.
-    fn history(
-        &mut self,
-        reader: Option<Reader>,
-        query: &HistoryQuery,
-    ) -> Result<Vec<Message>, StoreError>;
-
-    /// Each channel and DM room's top sequence now (0 when it has no message), read after
-    /// the membership that lists it: where a cluster node starts the room's stream for a
-    /// member joining it. The embedded store never runs in a cluster and answers nothing.
-    fn floors(&mut self, rooms: &[crate::ids::Room]) -> Vec<(crate::ids::Room, u64)> {
-        let _ = rooms;
-        Vec::new()
-    }
-
-    /// `Ok` when `user` is a member of `target` and the target lies in `workspace`.
-    fn check_member(
-        &mut self,
-        user: UserId,
-        workspace: WorkspaceId,
-        target: Target,
-    ) -> Result<(), StoreError>;
-
-    /// Adds a user; a taken email is a conflict.
-    fn create_user(
-        &mut self,
-        name: &str,
-        email: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<UserId, StoreError>;
-
-    /// Adds a workspace; a taken slug is a conflict.
-    fn create_workspace(
-        &mut self,
-        slug: &str,
-        name: &str,
-        now: DateTime<Utc>,
-    ) -> Result<WorkspaceId, StoreError>;
-
-    /// Makes a user a member of a workspace (again: updates the role).
-    fn add_workspace_member(
-        &mut self,
-        workspace: WorkspaceId,
-        user: UserId,
-        role: Option<&str>,
-    ) -> Result<(), StoreError>;
-
-    /// Adds a channel; a slug taken in the same workspace is a conflict.
-    fn create_channel(
-        &mut self,
-        workspace: WorkspaceId,
-        slug: &str,
-        name: &str,
-        is_private: bool,
-        now: DateTime<Utc>,
-    ) -> Result<ChannelId, StoreError>;
-
-    /// Adds a workspace member to a channel. Returns the change to announce, or `None` when
-    /// the user already was a member.
-    fn add_channel_member(
-        &mut self,
-        channel: ChannelId,
-        user: UserId,
-    ) -> Result<Option<MembershipChange>, StoreError>;
-
-    /// Removes a workspace member (the row only: its channel and DM rows stay, unreachable
-    /// without the workspace); not being one is `NotFound`. Returns the change to announce:
-    /// the user's sockets in that workspace leave every room of it.
-    fn remove_workspace_member(
-        &mut self,
-        workspace: WorkspaceId,
-        user: UserId,
-    ) -> Result<MembershipChange, StoreError>;
-
-    /// Removes a channel member; not being one is `NotFound`. Returns the change to announce.
-    fn remove_channel_member(
-        &mut self,
-        channel: ChannelId,
-        user: UserId,
-    ) -> Result<MembershipChange, StoreError>;
-
-    /// Adds a DM conversation between workspace members (duplicates ignored). Returns its id
-    /// and one change per participant to announce.
-    fn create_conversation(
-        &mut self,
-        workspace: WorkspaceId,
-        participants: &[UserId],
-        now: DateTime<Utc>,
-    ) -> Result<(ConversationId, Vec<MembershipChange>), StoreError>;
-
-    /// Stores a session token for a user, valid until `expires_at`.
-    fn create_session(
-        &mut self,
-        user: UserId,
-        token: &str,
-        expires_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-}
-
 /// Starts the store thread over `backend` (the embedded [`MemoryBackend`] when there is no
 /// `DATABASE_URL`).
 ///
@@ -230,18 +97,23 @@ pub fn spawn_with<B: Backend + Send + 'static>(
     mesh: Mesh,
     metrics: Arc<Metrics>,
 ) -> io::Result<JoinHandle<()>> {
-    spawn_pool(backend, Vec::new(), inbox, mesh, metrics)
+    spawn_pool(backend, Vec::new(), Vec::new(), inbox, mesh, metrics)
 }
 
 /// The store thread's state: the backend, the handles it answers through, and the sends
-/// waiting for the next batch.
+/// waiting for their batch.
 pub struct Store<B> {
     backend: B,
     mesh: Mesh,
     /// `message:new` and `message:deleted`, with their offsets.
     durable: DurablePublisher,
     metrics: Arc<Metrics>,
-    pending: Vec<PendingSend>,
+    /// Sends waiting for their lane's next batch (one queue without lanes).
+    queued: Vec<Vec<PendingSend>>,
+    /// Per lane, the origins of the batch it is storing now.
+    running: Vec<Option<Vec<Origin>>>,
+    /// The writer lanes; without them `backend` stores the sends, on this thread.
+    lanes: Option<Lanes>,
     /// The reader pool's queue, when there is one.
     readers: Option<Sender<ReadJob>>,
 }
@@ -265,24 +137,52 @@ enum Origin {
 }
 
 impl<B: Backend> Store<B> {
-    /// A store over `backend`, answering through `mesh`.
+    /// A store over `backend`, answering through `mesh`; `backend` stores the sends too.
     pub fn new(backend: B, mesh: Mesh, metrics: Arc<Metrics>) -> Self {
         Store {
             backend,
             durable: DurablePublisher::new(mesh.broker.clone()),
             mesh,
             metrics,
-            pending: Vec::new(),
+            queued: vec![Vec::new()],
+            running: vec![None],
+            lanes: None,
             readers: None,
         }
     }
 
+    /// Stores the sends on `lanes` instead of on this thread (see [`lanes`]).
+    pub fn with_lanes(mut self, lanes: Lanes) -> Self {
+        let n = lanes.count().max(1);
+        self.queued = (0..n).map(|_| Vec::new()).collect();
+        self.running = (0..n).map(|_| None).collect();
+        self.lanes = Some(lanes);
+        self
+    }
+
     /// Runs the loop until [`StoreCommand::Shutdown`] or until the inbox closes.
     pub fn run(mut self, inbox: &Receiver<StoreCommand>) {
+        // Without lanes nothing ever arrives here.
+        let done = match &self.lanes {
+            Some(lanes) => lanes.done.clone(),
+            None => crossbeam_channel::never(),
+        };
         let mut commands = Vec::with_capacity(MAX_DRAIN);
-        // `recv` fails only once every sender is gone: nobody can ask anything any more.
-        while let Ok(first) = inbox.recv() {
-            commands.push(first);
+        loop {
+            crossbeam_channel::select! {
+                recv(inbox) -> first => {
+                    // Fails only once every sender is gone: nobody can ask anything any more.
+                    let Ok(first) = first else { break };
+                    commands.push(first);
+                }
+                recv(done) -> answer => {
+                    if let Ok(answer) = answer {
+                        self.landed(answer);
+                        self.dispatch();
+                    }
+                    continue;
+                }
+            }
             // Take what queued up meanwhile, without waiting: that is the batch.
             while commands.len() < MAX_DRAIN {
                 match inbox.try_recv() {
@@ -292,24 +192,29 @@ impl<B: Backend> Store<B> {
             }
             let depth = inbox.len();
             self.metrics.store.inbox_depth.store(depth as i64, Relaxed);
-            // The writer's queue as this turn found it: what it took plus what still waits.
-            let queued = depth + commands.len();
+            // The writer's queue as this turn found it: what it took, what still waits, and
+            // the sends already with the lanes.
+            let queued = depth + commands.len() + self.unanswered();
             self.metrics.store.queue_depth.record(queued as u64);
             // Shutdown came after everything queued before it, all of which is now answered.
             if self.turn(commands.drain(..)) {
-                return;
+                break;
             }
+        }
+        self.settle();
+        if let Some(lanes) = self.lanes.take() {
+            lanes.stop();
         }
     }
 
-    /// Handles one batch of commands (the sends among them are stored together) and
-    /// answers them all; returns `true` when the batch held `Shutdown`.
+    /// Handles one batch of commands and answers them all, except sends still with a lane;
+    /// returns `true` when the batch held `Shutdown`.
     pub fn turn(&mut self, commands: impl IntoIterator<Item = StoreCommand>) -> bool {
         let mut stopping = false;
         for command in commands {
             stopping |= self.handle(command);
         }
-        self.flush();
+        self.dispatch();
         stopping
     }
 
@@ -321,7 +226,7 @@ impl<B: Backend> Store<B> {
                 ack,
                 message,
                 received,
-            } => self.pending.push(PendingSend {
+            } => self.queue(PendingSend {
                 origin: Origin::Socket {
                     asker,
                     ack,
@@ -332,7 +237,7 @@ impl<B: Backend> Store<B> {
             StoreCommand::Admin {
                 from,
                 request: AdminRequest::Publish(message),
-            } => self.pending.push(PendingSend {
+            } => self.queue(PendingSend {
                 origin: Origin::Admin { from },
                 message,
             }),
@@ -351,36 +256,36 @@ impl<B: Backend> Store<B> {
                 ack,
                 message,
             } => {
-                self.flush();
+                self.settle();
                 self.delete(asker, ack, message);
             }
             StoreCommand::History { asker, ack, query } => {
-                self.flush();
+                self.settle();
                 self.read(ReadJob::History { asker, ack, query });
             }
             StoreCommand::CheckMember { asker, ack, target } => {
-                self.flush();
+                self.settle();
                 self.read(ReadJob::CheckMember { asker, ack, target });
             }
             StoreCommand::Recheck(standings) => {
-                self.flush();
+                self.settle();
                 self.read(ReadJob::Recheck(standings));
             }
             StoreCommand::Admin {
                 from,
                 request: AdminRequest::History(query),
             } => {
-                self.flush();
+                self.settle();
                 self.read(ReadJob::AdminHistory { from, query });
             }
             StoreCommand::Admin { from, request } => {
-                self.flush();
+                self.settle();
                 let reply =
                     admin::handle(&mut self.backend, &self.mesh.broker, request, Utc::now());
                 self.mesh.reply(from, reply);
             }
             StoreCommand::Shutdown => {
-                self.flush();
+                self.settle();
                 return true;
             }
         }
@@ -399,22 +304,81 @@ impl<B: Backend> Store<B> {
         serve(&mut self.backend, &self.mesh, job);
     }
 
-    /// Stores the pending sends as one batch, publishes each new message, then answers.
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let (origins, messages): (Vec<Origin>, Vec<NewMessage>) = self
-            .pending
-            .drain(..)
-            .map(|p| (p.origin, p.message))
-            .unzip();
-        let size = messages.len();
-        let started = Instant::now();
-        let mut results = self.backend.send_batch(messages, Utc::now()).into_iter();
-        let took = started.elapsed();
-        let micros = took.as_micros();
+    /// Queues a send for its room's lane.
+    fn queue(&mut self, send: PendingSend) {
+        let lane = lanes::lane_of(send.message.target, self.queued.len());
+        self.queued[lane].push(send);
+        self.mesh.store.set_backlog(self.unanswered());
+    }
 
+    /// Sends taken from the inbox and not answered yet.
+    fn unanswered(&self) -> usize {
+        let queued: usize = self.queued.iter().map(Vec::len).sum();
+        let running: usize = self.running.iter().flatten().map(Vec::len).sum();
+        queued + running
+    }
+
+    /// Starts the next batch of every idle lane that has sends queued. Without lanes, stores
+    /// them here and answers at once.
+    fn dispatch(&mut self) {
+        for lane in 0..self.queued.len() {
+            while self.running[lane].is_none() && !self.queued[lane].is_empty() {
+                let take = self.queued[lane].len().min(lanes::MAX_BATCH);
+                let (origins, messages): (Vec<Origin>, Vec<NewMessage>) = self.queued[lane]
+                    .drain(..take)
+                    .map(|p| (p.origin, p.message))
+                    .unzip();
+                let Some(writers) = &self.lanes else {
+                    let started = Instant::now();
+                    let results = self.backend.send_batch(messages, Utc::now());
+                    self.answer(origins, results, started.elapsed());
+                    continue;
+                };
+                match writers.start(lane, messages) {
+                    Ok(()) => self.running[lane] = Some(origins),
+                    Err(messages) => {
+                        // The lane's thread is gone (it panicked): store them here.
+                        let started = Instant::now();
+                        let results = self.backend.send_batch(messages, Utc::now());
+                        self.answer(origins, results, started.elapsed());
+                    }
+                }
+            }
+        }
+        self.mesh.store.set_backlog(self.unanswered());
+    }
+
+    /// A lane's batch came back: publish and answer it.
+    fn landed(&mut self, done: Done) {
+        if let Some(origins) = self.running.get_mut(done.lane).and_then(Option::take) {
+            self.answer(origins, done.results, done.took);
+        }
+        self.mesh.store.set_backlog(self.unanswered());
+    }
+
+    /// Stores every send taken so far and answers them: what comes next sees them committed
+    /// ("a history after a send sees the send").
+    fn settle(&mut self) {
+        self.dispatch();
+        while self.running.iter().any(Option::is_some) {
+            let Some(answer) = self.lanes.as_ref().and_then(|l| l.done.recv().ok()) else {
+                break;
+            };
+            self.landed(answer);
+            self.dispatch();
+        }
+    }
+
+    /// Publishes each new message of a stored batch, then answers its senders.
+    fn answer(
+        &mut self,
+        origins: Vec<Origin>,
+        results: Vec<Result<Stored, StoreError>>,
+        took: Duration,
+    ) {
+        let size = origins.len();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut results = results.into_iter();
         let mut created = 0;
         for origin in origins {
             let result = results.next().unwrap_or_else(|| {
@@ -459,13 +423,11 @@ impl<B: Backend> Store<B> {
         let m = &self.metrics.store;
         m.batches.fetch_add(1, Relaxed);
         m.messages.fetch_add(created, Relaxed);
-        m.batch_micros
-            .fetch_add(u64::try_from(micros).unwrap_or(u64::MAX), Relaxed);
+        m.batch_micros.fetch_add(micros, Relaxed);
         m.max_batch.fetch_max(size as u64, Relaxed);
         m.batch_size.record(size as u64);
         m.batch_time.observe(took);
-        m.max_batch_micros
-            .fetch_max(u64::try_from(micros).unwrap_or(u64::MAX), Relaxed);
+        m.max_batch_micros.fetch_max(micros, Relaxed);
     }
 
     fn delete(&mut self, asker: Asker, ack: Option<u64>, message: MessageId) {

@@ -15,17 +15,19 @@ use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::Room;
 use crate::ids::{ConnectionId, Target, WorkspaceId};
-use crate::mesh::{Asker, Mesh, Standing, StoreCommand, StoreHandle, StoreReply};
+use crate::mesh::{Asker, Mesh, Standing, StoreCommand, StoreReply};
 use crate::metrics::Metrics;
 use crate::model::MembershipChange;
 
 /// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
-/// in `readers`, each with its own connection; without readers, the store thread alone
-/// ([`super::spawn_with`]).
-/// Reader threads stop after the store thread has answered `Shutdown`.
+/// in `readers` and one writer lane (`store-write-N`, see [`super::lanes`]) per backend in
+/// `lanes`, each with its own connection; without readers and lanes, the store thread alone
+/// ([`super::spawn_with`]). Reader and lane threads stop after the store thread has answered
+/// `Shutdown`.
 pub fn spawn_pool<B: Backend + Send + 'static>(
     writer: B,
     readers: Vec<B>,
+    lanes: Vec<B>,
     inbox: Receiver<StoreCommand>,
     mut mesh: Mesh,
     metrics: Arc<Metrics>,
@@ -33,7 +35,12 @@ pub fn spawn_pool<B: Backend + Send + 'static>(
     // The store never writes to its own inbox, and the copy of its handle inside `mesh` would
     // keep the inbox open forever; swap it for a dead one so "every sender gone" can end it.
     let (dead, _) = crossbeam_channel::bounded(0);
-    mesh.store = StoreHandle::new(dead);
+    mesh.store = mesh.store.with_inbox(dead);
+    let lanes = if lanes.is_empty() {
+        None
+    } else {
+        Some(super::lanes::Lanes::spawn(lanes)?)
+    };
     let mut threads = Vec::with_capacity(readers.len());
     let (jobs, queue) = crossbeam_channel::unbounded::<ReadJob>();
     for (i, mut backend) in readers.into_iter().enumerate() {
@@ -53,6 +60,9 @@ pub fn spawn_pool<B: Backend + Send + 'static>(
     let readers = (!threads.is_empty()).then_some(jobs);
     thread::Builder::new().name("store".into()).spawn(move || {
         let mut store = Store::new(writer, mesh, metrics);
+        if let Some(lanes) = lanes {
+            store = store.with_lanes(lanes);
+        }
         store.readers = readers;
         store.run(&inbox);
         for t in threads {

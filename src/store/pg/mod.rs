@@ -148,6 +148,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Whether `sql` is prepared on this connection already.
+    pub(crate) fn is_prepared(&self, sql: &'static str) -> bool {
+        self.statements.contains_key(sql)
+    }
+
     /// The prepared form of `sql` on this connection.
     pub(crate) fn prepare(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
@@ -273,12 +278,14 @@ pub(crate) fn describe(target: Target) -> String {
     }
 }
 
-/// Starts the store for `DATABASE_URL`: migrations, then the writer (store thread), `readers`
-/// reader threads and the membership listener. Fails when the migrations cannot be applied.
+/// Starts the store for `DATABASE_URL`: migrations, then the store thread, `writers` writer
+/// lanes (send batches, see [`crate::store::lanes`]), `readers` reader threads and the
+/// membership listener. Fails when the migrations cannot be applied.
 /// The handle returned ends once the store thread has stopped (after
 /// [`StoreCommand::Shutdown`]) and the listener with it.
 pub fn spawn_postgres(
     url: &str,
+    writers: usize,
     readers: usize,
     inbox: Receiver<StoreCommand>,
     mesh: Mesh,
@@ -289,13 +296,22 @@ pub fn spawn_postgres(
     let mut writer = PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics));
     // Connect now so a wrong URL shows at start; the store retries by itself later.
     writer.check().map_err(|e| e.to_string())?;
-    let pool = (0..readers.max(1))
-        .map(|_| PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics)))
-        .collect();
+    let backends = |n: usize| -> Vec<PgBackend> {
+        (0..n)
+            .map(|_| PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics)))
+            .collect()
+    };
+    let pool = backends(readers.max(1));
+    // One lane is the store thread's own connection: no lane threads then.
+    let lanes = if writers > 1 {
+        backends(writers)
+    } else {
+        Vec::new()
+    };
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let listener = spawn_listener(url.to_owned(), mesh.clone(), Arc::clone(&metrics), stopped)
         .map_err(|e| format!("cannot start the PostgreSQL listener thread: {e}"))?;
-    let store = super::spawn_pool(writer, pool, inbox, mesh, metrics)
+    let store = super::spawn_pool(writer, pool, lanes, inbox, mesh, metrics)
         .map_err(|e| format!("cannot start the store threads: {e}"))?;
     std::thread::Builder::new()
         .name("pg-supervisor".into())

@@ -4,19 +4,25 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use chrono::TimeZone;
+use chrono::{DateTime, TimeZone};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use super::*;
 use crate::api::AdminRequest;
+use crate::chat::auth::Credential;
+use crate::ids::{ChannelId, ConversationId};
 use crate::ids::{Room, ShardId};
 use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle, StoreHandle};
+use crate::model::{Grant, MembershipChange};
 
 mod admin;
 mod connect;
+mod lanes;
 mod messages;
 
+// The same test files again, on PostgreSQL: loading them twice is the point.
+#[allow(clippy::duplicate_mod)]
 mod on_postgres;
 
 /// A fixed clock for backend tests.
@@ -71,7 +77,7 @@ pub(super) fn world_in<B: Backend>(b: &mut B) -> World {
     b.add_channel_member(quiet, ann).unwrap();
     b.add_channel_member(elsewhere, ann).unwrap();
     let (dm, _) = b.create_conversation(ws, &[ann, bob], now).unwrap();
-    let world = World {
+    World {
         ann,
         bob,
         carl,
@@ -82,8 +88,7 @@ pub(super) fn world_in<B: Backend>(b: &mut B) -> World {
         quiet,
         elsewhere,
         dm,
-    };
-    world
+    }
 }
 
 pub(super) fn new_message(
@@ -140,8 +145,31 @@ impl Harness {
         Self::start_on(backend, w, Some(db), queued)
     }
 
+    /// [`Harness::start_pg`] with `lanes` writer lanes (see [`super::lanes`]).
+    fn start_pg_lanes(lanes: usize, queued: impl FnOnce(&World) -> Vec<StoreCommand>) -> Harness {
+        let db = pg::testing::TestDb::create();
+        pg::migrate(&db.url()).unwrap();
+        let metrics = Arc::new(Metrics::new(1));
+        let backend =
+            || pg::PgBackend::new(&db.url(), pg::InsertMethod::Unnest, Arc::clone(&metrics));
+        let mut writer = backend();
+        let w = world_in(&mut writer);
+        let lanes = (0..lanes).map(|_| backend()).collect();
+        Self::spawn(writer, lanes, w, Some(db), queued)
+    }
+
     fn start_on<B: Backend + Send + 'static>(
         backend: B,
+        w: World,
+        db: Option<pg::testing::TestDb>,
+        queued: impl FnOnce(&World) -> Vec<StoreCommand>,
+    ) -> Harness {
+        Self::spawn(backend, Vec::new(), w, db, queued)
+    }
+
+    fn spawn<B: Backend + Send + 'static>(
+        backend: B,
+        lanes: Vec<B>,
         w: World,
         db: Option<pg::testing::TestDb>,
         queued: impl FnOnce(&World) -> Vec<StoreCommand>,
@@ -160,7 +188,15 @@ impl Harness {
             inbox.send(command).unwrap();
         }
         let metrics = Arc::new(Metrics::new(1));
-        let thread = spawn_with(backend, store_rx, mesh, Arc::clone(&metrics)).unwrap();
+        let thread = spawn_pool(
+            backend,
+            Vec::new(),
+            lanes,
+            store_rx,
+            mesh,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
         Harness {
             inbox: Some(inbox),
             shard,

@@ -1,0 +1,146 @@
+//! Writer lanes: send batches stored on several connections at once, each room always on the
+//! same lane.
+//!
+//! One connection stores one batch at a time, and a batch spends much of its time waiting
+//! for its COMMIT to reach the disk. With lanes, the store thread hands each lane the sends of
+//! its rooms ([`lane_of`]) and goes on taking commands while the lanes' statements run; a lane
+//! that comes back gets everything queued for it meanwhile as its next batch. Per-room order
+//! holds because a room's batches run one after the other on its one lane, and the store
+//! thread publishes each lane's results in the order the lane returns them. The store thread
+//! stays the one publisher (offsets, replies), so nothing else changes for the shards.
+
+use std::io;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Backend, NewMessage, StoreError, Stored};
+use crate::ids::Target;
+
+/// Most sends in one batch (one statement).
+pub const MAX_BATCH: usize = 512;
+
+/// The lane that stores `target`'s messages, out of `lanes`.
+pub fn lane_of(target: Target, lanes: usize) -> usize {
+    let id = match target {
+        Target::Channel(c) => c.0,
+        Target::Dm(d) => d.0,
+    };
+    // The low 64 bits: random in v4 and v7 ids alike.
+    let bits = id.as_u128() as u64;
+    (bits % lanes.max(1) as u64) as usize
+}
+
+/// A batch handed to a lane.
+struct Job {
+    lane: usize,
+    messages: Vec<NewMessage>,
+}
+
+/// A lane's answer: one result per message, in order, and how long the batch took.
+pub struct Done {
+    /// Which lane.
+    pub lane: usize,
+    /// One result per message of the batch.
+    pub results: Vec<Result<Stored, StoreError>>,
+    /// Time the backend took.
+    pub took: Duration,
+}
+
+/// The lane threads, seen from the store thread.
+pub struct Lanes {
+    jobs: Vec<Sender<Job>>,
+    /// Answers of every lane.
+    pub done: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Lanes {
+    /// Starts one thread (`store-write-N`) per backend.
+    pub fn spawn<B: Backend + Send + 'static>(backends: Vec<B>) -> io::Result<Lanes> {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let mut jobs = Vec::with_capacity(backends.len());
+        let mut threads = Vec::with_capacity(backends.len());
+        for (i, mut backend) in backends.into_iter().enumerate() {
+            // At most one batch is ever in flight per lane.
+            let (tx, rx) = crossbeam_channel::bounded::<Job>(1);
+            let done_tx = done_tx.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("store-write-{i}"))
+                    .spawn(move || {
+                        // Ends once the store thread dropped its sender.
+                        while let Ok(job) = rx.recv() {
+                            let started = Instant::now();
+                            let results = backend.send_batch(job.messages, Utc::now());
+                            let done = Done {
+                                lane: job.lane,
+                                results,
+                                took: started.elapsed(),
+                            };
+                            if done_tx.send(done).is_err() {
+                                return;
+                            }
+                        }
+                    })?,
+            );
+            jobs.push(tx);
+        }
+        Ok(Lanes {
+            jobs,
+            done,
+            threads,
+        })
+    }
+
+    /// How many lanes.
+    pub fn count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Hands `messages` to `lane`, which must be idle. Gives them back if the lane is gone.
+    pub fn start(&self, lane: usize, messages: Vec<NewMessage>) -> Result<(), Vec<NewMessage>> {
+        match self.jobs.get(lane) {
+            Some(tx) => tx
+                .send(Job { lane, messages })
+                .map_err(|crossbeam_channel::SendError(job)| job.messages),
+            None => Err(messages),
+        }
+    }
+
+    /// Stops the lanes once their current batch is answered.
+    pub fn stop(self) {
+        drop(self.jobs);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ChannelId, ConversationId};
+    use uuid::Uuid;
+
+    #[test]
+    fn a_room_always_maps_to_the_same_lane_and_rooms_spread_over_all_lanes() {
+        let mut seen = [0usize; 4];
+        for _ in 0..400 {
+            let room = Target::Channel(ChannelId(Uuid::new_v4()));
+            let lane = lane_of(room, 4);
+            assert_eq!(lane, lane_of(room, 4));
+            seen[lane] += 1;
+        }
+        assert!(
+            seen.iter().all(|&n| n > 50),
+            "lanes used unevenly: {seen:?}"
+        );
+        let dm = Target::Dm(ConversationId(Uuid::now_v7()));
+        assert!(lane_of(dm, 3) < 3);
+        assert_eq!(lane_of(dm, 1), 0);
+        assert_eq!(lane_of(dm, 0), 0);
+    }
+}
