@@ -15,7 +15,7 @@ use super::auth::{self, JwtVerifier};
 use super::budget::Kind;
 use super::state::{Auth, ChatState, Detached, Member, Recovery};
 use super::{typing_update, Effect};
-use crate::ids::{new_session_id, ConnectionId, Room, ShardId};
+use crate::ids::{new_pid, ConnectionId, Room, ShardId};
 use crate::limits::EventBudgets;
 use crate::mesh::{PresenceCommand, StoreCommand};
 use crate::model::{Grant, MembershipChange, User};
@@ -31,6 +31,9 @@ pub struct Admission<'a> {
     pub now: Instant,
     /// Whether connection state recovery is on (a socket then gets a pid).
     pub recovery: bool,
+    /// In a cluster, this node's id (16 hex digits): it starts the pids made here, and names
+    /// the node whose counter an offset is.
+    pub node: Option<&'a str>,
     /// The newest durable offset this shard has seen.
     pub newest: u64,
     /// Whether every durable event after an offset to any of the rooms is still in this
@@ -88,10 +91,9 @@ pub fn connect(
     };
     match checked {
         Ok((credential, workspace)) => {
-            let recover = pid.filter(|_| recovery).map(|pid| Recovery {
-                pid,
-                offset: offset.and_then(|o| o.parse().ok()),
-            });
+            let recover = pid
+                .filter(|_| recovery)
+                .map(|pid| Recovery::new(pid, offset.as_deref()));
             *auth = Auth::Checking(std::mem::take(creds), recover);
             out.push(Effect::Store(StoreCommand::Authenticate {
                 from,
@@ -119,24 +121,60 @@ pub fn authenticated(
             out.push(Effect::Refuse(e.message().to_owned()));
         }
         (Ok(grant), None) => admit(adm, auth, grant, None, out),
-        (Ok(grant), Some(recover)) => {
-            out.push(Effect::Recover(recover.pid.clone()));
+        (Ok(grant), Some(mut recover)) => {
+            out.push(match recover.holder(adm.node) {
+                Some((node, offset)) => {
+                    recover.asked = true;
+                    recover_from(node, &recover, offset, &grant)
+                }
+                None => Effect::Recover(recover.pid.clone()),
+            });
             *auth = Auth::Recovering(grant, recover);
         }
     }
 }
 
-/// The detached session asked for by [`Effect::Recover`], if it was still kept.
+/// What a recovery found.
+#[derive(Debug)]
+pub enum Found {
+    /// The session, kept on this node: its missed events are in this shard's log.
+    Here(Detached),
+    /// The session, handed over by another node ([`Effect::RecoverFrom`]), with the events
+    /// it missed, read for the rooms granted now.
+    Moved(Detached, Vec<bytes::Bytes>),
+}
+
+/// The detached session asked for by [`Effect::Recover`] or [`Effect::RecoverFrom`], if it
+/// was still kept.
 pub fn recovered(
     adm: &Admission<'_>,
     auth: &mut Auth,
-    found: Option<Detached>,
+    found: Option<Found>,
     out: &mut Vec<Effect>,
 ) {
-    let Auth::Recovering(grant, recover) = auth.take() else {
+    let Auth::Recovering(grant, mut recover) = auth.take() else {
         return;
     };
+    // Not here: in a cluster the session may have moved on from here to another node.
+    if let (None, Some(own), false) = (&found, adm.node, recover.asked) {
+        recover.asked = true;
+        out.push(recover_from(own.to_owned(), &recover, None, &grant));
+        *auth = Auth::Recovering(grant, recover);
+        return;
+    }
     admit(adm, auth, grant, found.map(|d| (recover, d)), out);
+}
+
+/// Asks the `broker` thread for the session from `node`.
+fn recover_from(node: String, recover: &Recovery, offset: Option<u64>, grant: &Grant) -> Effect {
+    Effect::RecoverFrom {
+        node,
+        pid: recover.pid.clone(),
+        offset,
+        user: grant.user.id,
+        workspace: grant.workspace,
+        rooms: grant.rooms.clone(),
+    }
 }
 
 /// Accepts an authenticated socket: joins its rooms, tells presence, and, when a detached
@@ -147,17 +185,23 @@ fn admit(
     adm: &Admission<'_>,
     auth: &mut Auth,
     grant: Grant,
-    found: Option<(Recovery, Detached)>,
+    found: Option<(Recovery, Found)>,
     out: &mut Vec<Effect>,
 ) {
-    let recovered = found.and_then(|(r, d)| {
-        let after = r.offset.unwrap_or(d.since_offset);
+    let recovered = found.and_then(|(r, found)| {
+        let (d, replay) = match found {
+            Found::Here(d) => {
+                let after = r.local_offset(adm.node).unwrap_or(d.since_offset);
+                ((adm.can_replay)(after, &grant.rooms)).then_some((d, Effect::Replay(after)))?
+            }
+            Found::Moved(d, packets) => (d, Effect::ReplayPackets(packets)),
+        };
         let same = d.user == grant.user.id && d.workspace == grant.workspace;
-        (same && (adm.can_replay)(after, &grant.rooms)).then_some((r.pid, after))
+        same.then_some((r.pid, replay))
     });
     let pid = match &recovered {
         Some((pid, _)) => Some(pid.as_str().into()),
-        None if adm.recovery => Some(new_session_id(adm.shard).into_boxed_str()),
+        None if adm.recovery => Some(new_pid(adm.shard, adm.node).into_boxed_str()),
         None => None,
     };
     out.extend(grant.rooms.iter().copied().map(Effect::Join));
@@ -166,8 +210,8 @@ fn admit(
         user: grant.user.id,
         workspace: grant.workspace,
     }));
-    if let Some((_, after)) = recovered {
-        out.push(Effect::Replay(after));
+    if let Some((_, replay)) = recovered {
+        out.push(replay);
     }
     *auth = Auth::Connected(Member {
         user: grant.user,

@@ -178,6 +178,7 @@ impl Core {
             shard: self.id,
             now,
             recovery: self.recovery.enabled(),
+            node: self.mesh.broker.node(),
             newest: self.recovery.newest(),
             can_replay: &can_replay,
         })
@@ -386,9 +387,31 @@ impl Shard {
             }
             ShardCommand::Recover { pid, to } => {
                 let session = core.recovery.take(now, &pid);
-                core.send_to(to.shard, ShardCommand::Recovered { to, session });
+                let replay = None;
+                core.send_to(
+                    to.shard,
+                    ShardCommand::Recovered {
+                        to,
+                        session,
+                        replay,
+                    },
+                );
             }
-            ShardCommand::Recovered { to, session } => sockets.recovered(core, to, session, now),
+            ShardCommand::Recovered {
+                to,
+                session,
+                replay,
+            } => {
+                let found = session.map(|d| match replay {
+                    Some(packets) => crate::chat::connect::Found::Moved(d, packets),
+                    None => crate::chat::connect::Found::Here(d),
+                });
+                sockets.recovered(core, to, found, now)
+            }
+            ShardCommand::Handover { pid, req } => {
+                let session = core.recovery.take(now, &pid);
+                core.mesh.broker.handed(req, session);
+            }
             ShardCommand::Detach { pid, session } => core.recovery.detach(now, pid, session),
             ShardCommand::Polling(command) => match *command {
                 PollCommand::Request {

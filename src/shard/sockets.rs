@@ -15,7 +15,7 @@ use super::socket::{Close, Flow, Outlet, Socket};
 use super::timers::Due;
 use super::upgrade::Step;
 use super::{http, Core};
-use crate::chat::{self, connect, Auth, Detached, Effect};
+use crate::chat::{self, connect, Auth, Effect};
 use crate::ids::{ConnectionId, Room, SocketRef, UserId, WorkspaceId};
 use crate::mesh::{ShardCommand, Standing, StoreReply};
 use crate::model::MembershipChange;
@@ -167,7 +167,7 @@ impl Sockets {
         &mut self,
         core: &mut Core,
         to: ConnectionId,
-        session: Option<Detached>,
+        session: Option<connect::Found>,
         now: Instant,
     ) {
         if let Some(socket) = self.find(to) {

@@ -39,6 +39,10 @@ struct Waiter {
     rooms: Vec<(Room, Option<u64>)>,
     admission: Admission,
     since: Instant,
+    /// A recovered session's (exact, or not at all): `Some` with the replay it waits for, if
+    /// any. It goes only once nothing up to its floors is held back; if that takes longer
+    /// than [`READY_WAIT`] the socket gets a clean new session instead.
+    resume: Option<Option<u64>>,
 }
 
 /// A room with admissions in line.
@@ -46,8 +50,8 @@ struct Waiter {
 struct Held {
     /// Events above this sequence are held back (the lowest floor in line).
     above: u64,
-    /// Events held back, in release order: (sequence, packet).
-    events: Vec<(u64, Bytes)>,
+    /// Events held back, in release order: (sequence, position if a `message:new`, packet).
+    events: Vec<(u64, Option<u64>, Bytes)>,
 }
 
 /// The admissions in line, and the durable events they hold back.
@@ -60,17 +64,50 @@ pub(super) struct Admissions {
 impl Admissions {
     /// Holds the event at `seq` back if an admission waits on `room` with a floor below it;
     /// otherwise hands it back.
-    pub(super) fn hold(&mut self, room: Room, seq: u64, packet: Bytes) -> Option<Bytes> {
+    pub(super) fn hold(
+        &mut self,
+        room: Room,
+        seq: u64,
+        position: Option<u64>,
+        packet: Bytes,
+    ) -> Option<Bytes> {
         if self.held.is_empty() {
             return Some(packet);
         }
         match self.held.get_mut(&room) {
             Some(h) if seq > h.above && h.events.len() < MAX_HELD_PER_ROOM => {
-                h.events.push((seq, packet));
+                h.events.push((seq, position, packet));
                 None
             }
             _ => Some(packet),
         }
+    }
+
+    /// A recovery's replay came (`None`: it could not be read: a clean new session).
+    pub(super) fn replayed(&mut self, req: u64, packets: Option<Vec<Bytes>>) {
+        for w in &mut self.line {
+            if w.resume != Some(Some(req)) {
+                continue;
+            }
+            w.resume = Some(None);
+            if let Admission::Resume {
+                session, replay, ..
+            } = &mut w.admission
+            {
+                match packets {
+                    Some(packets) => *replay = packets,
+                    None => *session = None,
+                }
+            }
+            return;
+        }
+    }
+
+    /// Whether an event up to `floor` of `room` is held back.
+    fn holds_up_to(&self, room: &Room, floor: u64) -> bool {
+        self.held
+            .get(room)
+            .is_some_and(|h| h.events.iter().any(|(seq, _, _)| *seq <= floor))
     }
 
     /// Redis confirmed `channel`.
@@ -89,6 +126,19 @@ impl Broker {
         rooms: Vec<Room>,
         subscribe: bool,
         admission: Admission,
+        now: Instant,
+    ) {
+        self.ready_with(floors, rooms, subscribe, admission, None, now);
+    }
+
+    /// Puts an admission in line; `resume` as [`Waiter::resume`].
+    pub(super) fn ready_with(
+        &mut self,
+        floors: Vec<(Room, u64)>,
+        rooms: Vec<Room>,
+        subscribe: bool,
+        admission: Admission,
+        resume: Option<Option<u64>>,
         now: Instant,
     ) {
         for &(room, floor) in &floors {
@@ -133,6 +183,7 @@ impl Broker {
             rooms: held,
             admission,
             since: now,
+            resume,
         });
         self.admit(now);
     }
@@ -151,10 +202,27 @@ impl Broker {
                 Some(floor) => self.seq.released(room).is_none_or(|r| r >= *floor),
                 None => true,
             });
-            let due =
-                (w.channels.is_empty() && reached) || now.duration_since(w.since) >= READY_WAIT;
+            let exact = w.resume.is_none()
+                || w.resume == Some(None)
+                    && w.rooms.iter().all(|(room, floor)| {
+                        floor.is_none_or(|f| !self.admissions.holds_up_to(room, f))
+                    });
+            let late = now.duration_since(w.since) >= READY_WAIT;
+            let due = (w.channels.is_empty() && reached && exact) || late;
             if due && !w.rooms.iter().any(|(r, _)| blocked.contains(r)) {
-                done.push(w.admission);
+                let mut admission = w.admission;
+                if let Admission::Resume {
+                    session, replay, ..
+                } = &mut admission
+                {
+                    if exact {
+                        let offset = format!("{}:{}", self.node, self.offset);
+                        *replay = super::resume::with_offsets(std::mem::take(replay), &offset);
+                    } else {
+                        *session = None;
+                    }
+                }
+                done.push(admission);
             } else {
                 blocked.extend(w.rooms.iter().map(|(r, _)| *r));
                 self.admissions.line.push(w);
@@ -172,9 +240,36 @@ impl Broker {
             .collect();
         for room in free {
             if let Some(h) = self.admissions.held.remove(&room) {
-                for (_, packet) in h.events {
-                    self.release_now(room, packet);
+                for (_, position, packet) in h.events {
+                    self.release_now(room, position, packet);
                 }
+            }
+        }
+        // A room still in line lets go what is up to every floor still waiting on it (those
+        // admissions want it before them; a leave lets nothing go).
+        let mut upto: FxHashMap<Room, u64> = FxHashMap::default();
+        for w in &self.admissions.line {
+            for (room, floor) in &w.rooms {
+                let f = floor.unwrap_or(0);
+                let e = upto.entry(*room).or_insert(f);
+                *e = (*e).min(f);
+            }
+        }
+        for (room, upto) in upto {
+            let Some(h) = self.admissions.held.get_mut(&room) else {
+                continue;
+            };
+            let n = h
+                .events
+                .iter()
+                .take_while(|(seq, _, _)| *seq <= upto)
+                .count();
+            if n == 0 {
+                continue;
+            }
+            let go: Vec<_> = h.events.drain(..n).collect();
+            for (_, position, packet) in go {
+                self.release_now(room, position, packet);
             }
         }
         // Rooms still in line hold back only above their lowest floor still waiting.
@@ -202,7 +297,9 @@ mod tests {
         let mut a = Admissions::default();
         let waiting = Room::Channel(ChannelId(Uuid::new_v4()));
         let other = Room::Channel(ChannelId(Uuid::new_v4()));
-        assert!(a.hold(waiting, 9, Bytes::from_static(b"x")).is_some());
+        assert!(a
+            .hold(waiting, 9, Some(9), Bytes::from_static(b"x"))
+            .is_some());
         a.held.insert(
             waiting,
             Held {
@@ -210,18 +307,27 @@ mod tests {
                 events: Vec::new(),
             },
         );
-        assert!(a.hold(other, 9, Bytes::from_static(b"y")).is_some());
+        assert!(a
+            .hold(other, 9, Some(9), Bytes::from_static(b"y"))
+            .is_some());
         assert!(
-            a.hold(waiting, 5, Bytes::from_static(b"at the floor"))
+            a.hold(waiting, 5, Some(5), Bytes::from_static(b"at the floor"))
                 .is_some(),
             "an event up to the floor goes before the admission"
         );
         for seq in 6..6 + MAX_HELD_PER_ROOM as u64 {
-            assert!(a.hold(waiting, seq, Bytes::from_static(b"z")).is_none());
+            assert!(a
+                .hold(waiting, seq, Some(seq), Bytes::from_static(b"z"))
+                .is_none());
         }
         assert!(
-            a.hold(waiting, 1 << 40, Bytes::from_static(b"past the bound"))
-                .is_some(),
+            a.hold(
+                waiting,
+                1 << 40,
+                None,
+                Bytes::from_static(b"past the bound")
+            )
+            .is_some(),
             "past the bound an event goes on rather than grow the buffer"
         );
     }
