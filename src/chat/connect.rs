@@ -40,6 +40,9 @@ pub struct Admission<'a> {
     /// shard's log, and all of them fit in one replay (a replay too large to send would
     /// drop the client: it gets a new session instead and reads history).
     pub can_replay: &'a dyn Fn(u64, &[Room]) -> bool,
+    /// Most bytes one replay may take (another node's replay larger than it is refused like
+    /// one from the log).
+    pub replay_budget: usize,
 }
 
 /// The client's CONNECT, with its auth payload and, when it asks to recover a session, the
@@ -194,7 +197,10 @@ fn admit(
                 let after = r.local_offset(adm.node).unwrap_or(d.since_offset);
                 ((adm.can_replay)(after, &grant.rooms)).then_some((d, Effect::Replay(after)))?
             }
-            Found::Moved(d, packets) => (d, Effect::ReplayPackets(packets)),
+            Found::Moved(d, packets) => {
+                let bytes: usize = packets.iter().map(|p| p.len()).sum();
+                (bytes <= adm.replay_budget).then_some((d, Effect::ReplayPackets(packets)))?
+            }
         };
         let same = d.user == grant.user.id && d.workspace == grant.workspace;
         same.then_some((r.pid, replay))

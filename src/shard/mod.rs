@@ -181,6 +181,7 @@ impl Core {
             node: self.mesh.broker.node(),
             newest: self.recovery.newest(),
             can_replay: &can_replay,
+            replay_budget: budget,
         })
     }
 }

@@ -17,6 +17,9 @@ const send = (socket, targetId, content) =>
 /** The contents `inbox` (message:new payloads) holds for `channel`, in arrival order. */
 const contents = (inbox, channel) => inbox.filter((m) => m.channelId === channel).map((m) => m.content);
 
+/** 3,990 emoji: about 16 KB a message. */
+const LONG = "\u{1F600}".repeat(3990);
+
 /** Cuts the client's transport without a goodbye and waits for its disconnect. */
 async function cut(client) {
   const disconnected = once(client, "disconnect");
@@ -154,6 +157,31 @@ describe("cluster: connection state recovery on another node", { timeout: 120_00
     assert.deepEqual(contents(inbox, removed), ["removed before"], "nothing of the room it was removed from");
     const refused = await emitWithAck(client, "message:send", { targetId: removed, targetType: "channel", content: "x", clientMsgId: randomUUID() });
     assert.equal(refused.success, false, "not a member of the removed room");
+    client.disconnect();
+    sender.disconnect();
+  });
+
+  test("a replay from another node too large to send ends in a clean new session, still connected", async () => {
+    const [a, b] = cluster.nodes;
+    const ws = await cluster.provision({ users: 2, channels: [{ members: "all" }] });
+    const channel = ws.channels[0].id;
+    // The sender is on B: B streams the channel, so the gap is read as one replay.
+    const sender = await b.connectUser(ws.users[0], ws.workspaceId);
+    const client = await a.connectUser(ws.users[1], ws.workspaceId);
+    const inbox = collect(client, "message:new");
+    await send(sender, channel, "before");
+    await inbox.until(1);
+    await cut(client);
+    // 80 x 16 KB: 1.3 MB, more than one replay may carry.
+    for (let i = 0; i < 80; i += 8) {
+      await Promise.all(Array.from({ length: 8 }, (_, j) => send(sender, channel, `${i + j} ${LONG}`)));
+    }
+    await reconnectTo(client, b);
+    assert.equal(client.recovered, false, "a new session rather than a replay that would drop it");
+    const live = await send(sender, channel, "live");
+    await inbox.until((msgs) => msgs.some((m) => m.id === live.messageId));
+    assert.equal(client.connected, true, "still connected");
+    assert.equal(inbox.length, 2, "nothing replayed");
     client.disconnect();
     sender.disconnect();
   });
