@@ -345,3 +345,113 @@ pub(super) fn leave(user: &User, state: &mut ChatState, room: Room, out: &mut Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::state::Credentials;
+    use crate::ids::{ChannelId, UserId, WorkspaceId};
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    const A: &str = "00000000000000aa";
+    const B: &str = "00000000000000bb";
+
+    fn grant() -> Grant {
+        Grant {
+            user: User {
+                id: UserId(Uuid::from_u128(1)),
+                name: "ann".into(),
+            },
+            workspace: WorkspaceId(Uuid::from_u128(2)),
+            rooms: vec![Room::Channel(ChannelId(Uuid::from_u128(3)))],
+        }
+    }
+
+    fn session() -> Detached {
+        let g = grant();
+        Detached {
+            user: g.user.id,
+            workspace: g.workspace,
+            since_offset: 0,
+        }
+    }
+
+    fn adm<'a>(node: Option<&'a str>, can: &'a dyn Fn(u64, &[Room]) -> bool) -> Admission<'a> {
+        Admission {
+            shard: ShardId(0),
+            now: Instant::now(),
+            recovery: true,
+            node,
+            newest: 0,
+            can_replay: can,
+            replay_budget: 10,
+        }
+    }
+
+    fn recovering(offset: Option<&str>) -> Auth {
+        let pid = format!("{A}0{}", "1".repeat(20));
+        Auth::Recovering(grant(), Recovery::new(pid, offset))
+    }
+
+    fn checking(offset: Option<&str>) -> Auth {
+        let pid = format!("{A}0{}", "1".repeat(20));
+        Auth::Checking(Credentials::default(), Some(Recovery::new(pid, offset)))
+    }
+
+    #[test]
+    fn a_session_another_node_holds_is_asked_for_through_the_broker() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = checking(Some(&format!("{A}:7")));
+        authenticated(&adm(Some(B), &can), &mut auth, Ok(grant()), &mut out);
+        assert!(
+            matches!(&out[..], [Effect::RecoverFrom { node, offset: Some(7), rooms, .. }]
+                if node == A && rooms == &grant().rooms),
+            "{out:?}"
+        );
+        // Its answer: the pid back, and the replay after the CONNECT answer.
+        out.clear();
+        let replay = vec![Bytes::from_static(b"42[1]")];
+        let found = Some(Found::Moved(session(), replay));
+        recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
+        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(A)));
+        assert!(matches!(out.last(), Some(Effect::ReplayPackets(p)) if p.len() == 1));
+    }
+
+    #[test]
+    fn a_replay_over_the_budget_is_a_new_session_with_a_pid_of_this_node() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = recovering(None);
+        let found = Some(Found::Moved(session(), vec![Bytes::from(vec![b'x'; 11])]));
+        recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
+        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(B)));
+        assert!(!out.iter().any(|e| matches!(e, Effect::ReplayPackets(_))));
+    }
+
+    #[test]
+    fn not_found_here_asks_where_it_went_once_in_a_cluster_and_never_on_one_node() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = recovering(Some(&format!("{A}:7")));
+        recovered(&adm(Some(A), &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(&out[..], [Effect::RecoverFrom { node, offset: None, .. }] if node == A),
+            "{out:?}"
+        );
+        out.clear();
+        recovered(&adm(Some(A), &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(out[1], Effect::Accept { .. }),
+            "then a new session"
+        );
+        let mut auth = recovering(Some("7"));
+        out.clear();
+        recovered(&adm(None, &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(out[1], Effect::Accept { .. }),
+            "one node: a new session"
+        );
+    }
+}

@@ -331,4 +331,55 @@ mod tests {
             "past the bound an event goes on rather than grow the buffer"
         );
     }
+
+    #[test]
+    fn a_recovery_waits_for_its_replay_and_sees_what_is_held_up_to_its_floor() {
+        use crate::ids::{ConnectionId, UserId, WorkspaceId};
+        let mut a = Admissions::default();
+        let room = Room::Channel(ChannelId(Uuid::new_v4()));
+        let session = crate::chat::state::Detached {
+            user: UserId(Uuid::new_v4()),
+            workspace: WorkspaceId(Uuid::new_v4()),
+            since_offset: 0,
+        };
+        let waiter = |req| Waiter {
+            channels: Vec::new(),
+            rooms: vec![(room, Some(5))],
+            admission: Admission::Resume {
+                to: ConnectionId {
+                    shard: crate::ids::ShardId(0),
+                    slot: crate::ids::SocketRef::Conn(0),
+                    generation: 0,
+                },
+                session: Some(session),
+                replay: Vec::new(),
+            },
+            since: Instant::now(),
+            resume: Some(Some(req)),
+        };
+        a.line.push(waiter(1));
+        a.line.push(waiter(2));
+        a.replayed(1, Some(vec![Bytes::from_static(b"m")]));
+        a.replayed(2, None);
+        assert_eq!(a.line[0].resume, Some(None));
+        assert!(
+            matches!(&a.line[0].admission, Admission::Resume { session: Some(_), replay, .. } if replay.len() == 1)
+        );
+        assert!(
+            matches!(
+                &a.line[1].admission,
+                Admission::Resume { session: None, .. }
+            ),
+            "a replay that could not be read: a new session"
+        );
+        a.held.insert(
+            room,
+            Held {
+                above: 3,
+                events: vec![(4, Some(4), Bytes::from_static(b"4"))],
+            },
+        );
+        assert!(a.holds_up_to(&room, 5));
+        assert!(!a.holds_up_to(&room, 3));
+    }
 }
