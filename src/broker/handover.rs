@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -21,6 +22,10 @@ use crate::ids::{ChannelId, ConversationId, Room, UserId, WorkspaceId};
 /// Releases kept at most, whatever the window (as the shards' recovery log).
 pub const MAX_RELEASES: usize = 200_000;
 
+/// Most deletions one recovery carries (past it the holder answers that it cannot recover
+/// the session exactly).
+pub const MAX_DELETIONS: usize = 1_000;
+
 /// One room's releases.
 #[derive(Debug, Default)]
 struct RoomLog {
@@ -29,6 +34,8 @@ struct RoomLog {
     base: u64,
     /// `(offset, position)` of each release kept, both increasing.
     releases: VecDeque<(u64, u64)>,
+    /// `(offset, sequence of the deleted message, packet)` of each deletion kept.
+    deletions: VecDeque<(u64, u64, Bytes)>,
 }
 
 /// The positions this node released, per room, with the offset each release was given.
@@ -36,8 +43,8 @@ struct RoomLog {
 pub struct ReleaseLog {
     window: Duration,
     rooms: FxHashMap<Room, RoomLog>,
-    /// Every release kept, oldest first, for dropping them in order.
-    order: VecDeque<(Instant, u64, Room)>,
+    /// Every release kept (`true`: a deletion), oldest first, for dropping them in order.
+    order: VecDeque<(Instant, u64, Room, bool)>,
     /// Offsets up to this one may have lost releases: positions at them are not exact.
     floor: u64,
 }
@@ -60,6 +67,7 @@ impl ReleaseLog {
             RoomLog {
                 base: floor,
                 releases: VecDeque::new(),
+                deletions: VecDeque::new(),
             },
         );
     }
@@ -78,13 +86,31 @@ impl ReleaseLog {
             return;
         }
         log.releases.push_back((offset, position));
-        self.order.push_back((now, offset, room));
+        self.order.push_back((now, offset, room, false));
+        self.trim(now);
+    }
+
+    /// The room's deletion of the message at `seq` was released with `offset`; `packet` is
+    /// the `message:deleted` event without an offset.
+    pub fn record_deletion(
+        &mut self,
+        room: Room,
+        offset: u64,
+        seq: u64,
+        packet: Bytes,
+        now: Instant,
+    ) {
+        let Some(log) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        log.deletions.push_back((offset, seq, packet));
+        self.order.push_back((now, offset, room, true));
         self.trim(now);
     }
 
     /// Drops what fell out of the window or past the bound.
     pub fn trim(&mut self, now: Instant) {
-        while let Some(&(at, offset, room)) = self.order.front() {
+        while let Some(&(at, offset, room, deletion)) = self.order.front() {
             if self.order.len() <= MAX_RELEASES && now.saturating_duration_since(at) <= self.window
             {
                 break;
@@ -92,7 +118,11 @@ impl ReleaseLog {
             self.order.pop_front();
             self.floor = self.floor.max(offset);
             if let Some(log) = self.rooms.get_mut(&room) {
-                if log.releases.front().is_some_and(|(o, _)| *o == offset) {
+                if deletion {
+                    if log.deletions.front().is_some_and(|(o, _, _)| *o == offset) {
+                        log.deletions.pop_front();
+                    }
+                } else if log.releases.front().is_some_and(|(o, _)| *o == offset) {
                     if let Some((_, position)) = log.releases.pop_front() {
                         log.base = position;
                     }
@@ -108,26 +138,40 @@ impl ReleaseLog {
     }
 
     /// For each of `rooms` this node streams, the last position released at or before
-    /// `offset`: what a client whose last event had `offset` had received of it. `None` when
-    /// releases after `offset` were dropped already (the answer would not be exact).
-    pub fn positions(&self, offset: u64, rooms: &[Room]) -> Option<Vec<(Room, u64)>> {
+    /// `offset`: what a client whose last event had `offset` had received of it; and the
+    /// deletions released after `offset` of messages up to those positions (which the client
+    /// had), in release order. `None` when releases after `offset` were dropped already, or
+    /// past [`MAX_DELETIONS`] (the answer would not be exact).
+    #[allow(clippy::type_complexity)]
+    pub fn positions(&self, offset: u64, rooms: &[Room]) -> Option<(Vec<(Room, u64)>, Vec<Bytes>)> {
         if offset < self.floor {
             return None;
         }
-        Some(
-            rooms
-                .iter()
-                .filter_map(|room| {
-                    let log = self.rooms.get(room)?;
-                    let n = log.releases.partition_point(|(o, _)| *o <= offset);
-                    let position = match n {
-                        0 => log.base,
-                        n => log.releases[n - 1].1,
-                    };
-                    Some((*room, position))
-                })
-                .collect(),
-        )
+        let mut positions = Vec::new();
+        let mut deletions: Vec<(u64, Bytes)> = Vec::new();
+        for room in rooms {
+            let Some(log) = self.rooms.get(room) else {
+                continue;
+            };
+            let n = log.releases.partition_point(|(o, _)| *o <= offset);
+            let position = match n {
+                0 => log.base,
+                n => log.releases[n - 1].1,
+            };
+            positions.push((*room, position));
+            let after = log.deletions.partition_point(|(o, _, _)| *o <= offset);
+            deletions.extend(
+                log.deletions
+                    .range(after..)
+                    .filter(|(_, seq, _)| *seq <= position)
+                    .map(|(o, _, p)| (*o, p.clone())),
+            );
+        }
+        if deletions.len() > MAX_DELETIONS {
+            return None;
+        }
+        deletions.sort_by_key(|(o, _)| *o);
+        Some((positions, deletions.into_iter().map(|(_, p)| p).collect()))
     }
 }
 
@@ -167,6 +211,8 @@ pub struct Session {
     pub workspace: WorkspaceId,
     /// Per room, the last position the client had.
     pub positions: Vec<(Room, u64)>,
+    /// The `message:deleted` events the client missed of messages it had, in order.
+    pub deletions: Vec<Bytes>,
 }
 
 /// A channel or DM room as control messages write it (`c:<uuid>`, `d:<uuid>`).
@@ -221,6 +267,9 @@ impl Control {
                 "positions": s.positions.iter()
                     .filter_map(|(r, p)| Some(json!([room_text(r)?, p])))
                     .collect::<Vec<_>>(),
+                "deletions": s.deletions.iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>(),
             }),
         };
         value.to_string().into_bytes()
@@ -273,12 +322,21 @@ impl Control {
                             .collect()
                     })
                     .unwrap_or_default();
+                let deletions = v["deletions"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| Some(Bytes::from(p.as_str()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Ok(Control::Recovered {
                     req,
                     found: Some(Session {
                         user: UserId(uuid("user")?),
                         workspace: WorkspaceId(uuid("workspace")?),
                         positions,
+                        deletions,
                     }),
                 })
             }
@@ -308,11 +366,12 @@ mod tests {
         log.record(b, 3, 2, t0);
         log.record(a, 4, 12, t0);
         log.record(b, 6, 3, t0);
-        assert_eq!(log.positions(0, &[a, b]), Some(vec![(a, 10), (b, 0)]));
-        assert_eq!(log.positions(3, &[a, b]), Some(vec![(a, 11), (b, 2)]));
-        assert_eq!(log.positions(5, &[a, b]), Some(vec![(a, 12), (b, 2)]));
+        let at = |o, rooms: &[Room]| log.positions(o, rooms).map(|(p, _)| p);
+        assert_eq!(at(0, &[a, b]), Some(vec![(a, 10), (b, 0)]));
+        assert_eq!(at(3, &[a, b]), Some(vec![(a, 11), (b, 2)]));
+        assert_eq!(at(5, &[a, b]), Some(vec![(a, 12), (b, 2)]));
         assert_eq!(
-            log.positions(9, &[a, b, c]),
+            at(9, &[a, b, c]),
             Some(vec![(a, 12), (b, 3)]),
             "a room this node does not stream has no position"
         );
@@ -320,6 +379,39 @@ mod tests {
         assert_eq!(log.last(&c), None);
         log.stop(&a);
         assert_eq!(log.last(&a), None);
+    }
+
+    #[test]
+    fn deletions_the_client_missed_of_messages_it_had_come_in_release_order() {
+        let t0 = Instant::now();
+        let mut log = ReleaseLog::new(Duration::from_secs(120));
+        let (a, b) = (room(1), room(2));
+        log.start(a, 0);
+        log.start(b, 0);
+        log.record(a, 1, 1, t0);
+        log.record(a, 2, 2, t0);
+        log.record(b, 3, 1, t0);
+        log.record_deletion(a, 4, 1, Bytes::from_static(b"del a1"), t0);
+        log.record(a, 5, 3, t0);
+        log.record_deletion(b, 6, 1, Bytes::from_static(b"del b1"), t0);
+        log.record_deletion(a, 7, 3, Bytes::from_static(b"del a3"), t0);
+        let (positions, deletions) = log.positions(3, &[a, b]).unwrap();
+        assert_eq!(positions, vec![(a, 2), (b, 1)]);
+        assert_eq!(
+            deletions,
+            vec![Bytes::from_static(b"del a1"), Bytes::from_static(b"del b1")],
+            "a3 was not had: it comes with the message's replay"
+        );
+        assert_eq!(
+            log.positions(4, &[a, b]).unwrap().1,
+            vec![Bytes::from_static(b"del b1")]
+        );
+        log.trim(t0 + Duration::from_secs(121));
+        assert_eq!(
+            log.positions(7, &[a]),
+            Some((vec![(a, 3)], Vec::new())),
+            "all dropped, the base moved"
+        );
     }
 
     #[test]
@@ -332,9 +424,10 @@ mod tests {
         log.record(a, 1, 1, t0);
         log.record(a, 2, 2, t0 + Duration::from_secs(5));
         log.record(a, 3, 3, t0 + Duration::from_secs(11));
-        assert_eq!(log.positions(0, &[a]), None, "offset 1 fell out");
-        assert_eq!(log.positions(1, &[a]), Some(vec![(a, 1)]), "the base");
-        assert_eq!(log.positions(2, &[a]), Some(vec![(a, 2)]));
+        let at = |o| log.positions(o, &[a]).map(|(p, _)| p);
+        assert_eq!(at(0), None, "offset 1 fell out");
+        assert_eq!(at(1), Some(vec![(a, 1)]), "the base");
+        assert_eq!(at(2), Some(vec![(a, 2)]));
         assert_eq!(log.last(&a), Some(3));
         log.record(a, 4, 3, t0 + Duration::from_secs(11));
         assert_eq!(log.last(&a), Some(3), "positions only go up");
@@ -362,6 +455,9 @@ mod tests {
                 user: UserId(Uuid::from_u128(5)),
                 workspace: WorkspaceId(Uuid::from_u128(6)),
                 positions: vec![(room(1), 12), (room(3), 0)],
+                deletions: vec![Bytes::from_static(
+                    br#"42["message:deleted",{"sequence":3}]"#,
+                )],
             }),
         };
         assert_eq!(Control::decode(&found.encode()), Ok(found));

@@ -95,7 +95,7 @@ impl Admissions {
             } = &mut w.admission
             {
                 match packets {
-                    Some(packets) => *replay = packets,
+                    Some(packets) => replay.extend(packets),
                     None => *session = None,
                 }
             }
@@ -240,8 +240,8 @@ impl Broker {
             .collect();
         for room in free {
             if let Some(h) = self.admissions.held.remove(&room) {
-                for (_, position, packet) in h.events {
-                    self.release_now(room, position, packet);
+                for (seq, position, packet) in h.events {
+                    self.release_now(room, seq, position, packet);
                 }
             }
         }
@@ -268,8 +268,8 @@ impl Broker {
                 continue;
             }
             let go: Vec<_> = h.events.drain(..n).collect();
-            for (_, position, packet) in go {
-                self.release_now(room, position, packet);
+            for (seq, position, packet) in go {
+                self.release_now(room, seq, position, packet);
             }
         }
         // Rooms still in line hold back only above their lowest floor still waiting.
@@ -363,7 +363,8 @@ mod tests {
         a.replayed(2, None);
         assert_eq!(a.line[0].resume, Some(None));
         assert!(
-            matches!(&a.line[0].admission, Admission::Resume { session: Some(_), replay, .. } if replay.len() == 1)
+            matches!(&a.line[0].admission, Admission::Resume { session: Some(_), replay, .. } if replay.len() == 1),
+            "the replay follows what the admission carried (the deletions)"
         );
         assert!(
             matches!(

@@ -518,17 +518,23 @@ impl Broker {
     /// `position` is the sequence of a `message:new` (a deletion has none).
     fn release(&mut self, room: Room, seq: u64, position: Option<u64>, packet: Bytes) {
         if let Some(packet) = self.admissions.hold(room, seq, position, packet) {
-            self.release_now(room, position, packet);
+            self.release_now(room, seq, position, packet);
         }
     }
 
     /// Hands a durable event to the room's shards with the node's next offset,
     /// `<node>:<counter>` on the wire (the node names whose counter it is).
-    fn release_now(&mut self, room: Room, position: Option<u64>, packet: Bytes) {
+    /// A deletion (no `position`) is kept with the sequence of its message, `seq`, for a
+    /// recovery on another node.
+    fn release_now(&mut self, room: Room, seq: u64, position: Option<u64>, packet: Bytes) {
         self.offset += 1;
         let packet = if self.broker.recovery() {
-            if let Some(position) = position {
-                self.log.record(room, self.offset, position, Instant::now());
+            let now = Instant::now();
+            match position {
+                Some(position) => self.log.record(room, self.offset, position, now),
+                None => self
+                    .log
+                    .record_deletion(room, self.offset, seq, packet.clone(), now),
             }
             let offset = format!("{}:{}", self.node, self.offset);
             Bytes::from(codec::with_offset(&packet, &offset))

@@ -191,11 +191,15 @@ impl Broker {
             return;
         };
         let at = h.offset.unwrap_or(d.since_offset);
-        let found = self.log.positions(at, &h.rooms).map(|positions| Session {
-            user: d.user,
-            workspace: d.workspace,
-            positions,
-        });
+        let found = self
+            .log
+            .positions(at, &h.rooms)
+            .map(|(positions, deletions)| Session {
+                user: d.user,
+                workspace: d.workspace,
+                positions,
+                deletions,
+            });
         if found.is_some() {
             self.moved
                 .insert(h.pid.into_boxed_str(), (h.from, now + self.window));
@@ -230,6 +234,10 @@ impl Broker {
             let _ = self.pg.send(Ask::Replay { req, ranges });
             Some(req)
         };
+        // The deletions of messages the client had go first; the messages after its
+        // positions follow when they are read.
+        // (The holder sent only those of the rooms asked for: the rooms granted now.)
+        let deletions = s.deletions;
         let admission = Admission::Resume {
             to: ask.to,
             session: Some(Detached {
@@ -237,7 +245,7 @@ impl Broker {
                 workspace: ask.workspace,
                 since_offset: 0,
             }),
-            replay: Vec::new(),
+            replay: deletions,
         };
         self.ready_with(floors, ask.rooms, true, admission, Some(replay), now);
     }

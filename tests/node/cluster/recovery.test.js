@@ -134,6 +134,38 @@ describe("cluster: connection state recovery on another node", { timeout: 120_00
     sender.disconnect();
   });
 
+  test("deletions made while the client was away come back too: of messages it had, and as tombstones of those it missed", async () => {
+    const [a, b, c] = cluster.nodes;
+    const ws = await cluster.provision({ users: 2, channels: [{ members: "all" }] });
+    const channel = ws.channels[0].id;
+    const sender = await c.connectUser(ws.users[0], ws.workspaceId);
+    const client = await a.connectUser(ws.users[1], ws.workspaceId);
+    const inbox = collect(client, "message:new");
+    const deleted = collect(client, "message:deleted");
+    const had = await send(sender, channel, "had");
+    await send(sender, channel, "kept");
+    await inbox.until(2);
+    await cut(client);
+    const del = (messageId) => emitWithAck(sender, "message:delete", { messageId }, 15000);
+    assert.equal((await del(had.messageId)).success, true);
+    const missed = await send(sender, channel, "missed, then deleted");
+    assert.equal((await del(missed.messageId)).success, true);
+    await reconnectTo(client, b);
+    assert.equal(client.recovered, true, "socket.recovered");
+    await inbox.until(3);
+    await deleted.until(1);
+    assert.deepEqual(deleted.map((d) => d.messageId), [had.messageId], "the deletion of a message it had, once");
+    assert.equal(inbox[2].id, missed.messageId);
+    assert.notEqual(inbox[2].deletedAt, null, "a missed message deleted meanwhile comes as its tombstone");
+    const live = await send(sender, channel, "live");
+    await inbox.until(4);
+    assert.equal(inbox[3].id, live.messageId);
+    assert.equal(inbox.length, 4, "nothing twice");
+    assert.equal(deleted.length, 1, "no deletion twice");
+    client.disconnect();
+    sender.disconnect();
+  });
+
   test("a membership removed while the client was away is not recovered into", async () => {
     const [a, b, c] = cluster.nodes;
     const ws = await cluster.provision({ users: 2, channels: [{ members: "all" }, { members: "all" }] });
