@@ -215,6 +215,9 @@ impl Broker {
         let Some(s) = found.filter(|s| s.user == ask.user && s.workspace == ask.workspace) else {
             return self.broker.carry_out(fresh(&ask));
         };
+        // The session is here now: where it once went from here no longer leads to it (and
+        // the pointers between nodes can never form a loop).
+        self.moved.remove(ask.pid.as_str());
         let mut ranges = Vec::new();
         let mut floors = Vec::new();
         for (room, position) in s.positions {
