@@ -402,13 +402,7 @@ impl Shard {
                 to,
                 session,
                 replay,
-            } => {
-                let found = session.map(|d| match replay {
-                    Some(packets) => crate::chat::connect::Found::Moved(d, packets),
-                    None => crate::chat::connect::Found::Here(d),
-                });
-                sockets.recovered(core, to, found, now)
-            }
+            } => sockets.recovered(core, to, session, replay, now),
             ShardCommand::Handover { pid, req } => {
                 let session = core.recovery.take(now, &pid);
                 core.mesh.broker.handed(req, session);

@@ -15,7 +15,7 @@ use super::socket::{Close, Flow, Outlet, Socket};
 use super::timers::Due;
 use super::upgrade::Step;
 use super::{http, Core};
-use crate::chat::{self, connect, Auth, Effect};
+use crate::chat::{self, connect, Auth, Detached, Effect};
 use crate::ids::{ConnectionId, Room, SocketRef, UserId, WorkspaceId};
 use crate::mesh::{ShardCommand, Standing, StoreReply};
 use crate::model::MembershipChange;
@@ -167,16 +167,30 @@ impl Sockets {
         &mut self,
         core: &mut Core,
         to: ConnectionId,
-        session: Option<connect::Found>,
+        session: Option<Detached>,
+        replay: Option<Vec<bytes::Bytes>>,
         now: Instant,
     ) {
-        if let Some(socket) = self.find(to) {
-            self.update(core, socket, now, |s, core, _, out| {
-                core.admit(now, |adm| {
-                    connect::recovered(adm, &mut s.auth, session, out)
-                })
-            });
-        }
+        let Some(socket) = self.find(to) else {
+            // A polling session that moved to a WebSocket meanwhile (a recovery from another
+            // node takes a few milliseconds): the answer follows it.
+            if let Some(moved) = self.polls.moved_to(to) {
+                let command = ShardCommand::Recovered {
+                    to: moved,
+                    session,
+                    replay,
+                };
+                core.send_to(moved.shard, command);
+            }
+            return;
+        };
+        let found = session.map(|d| match replay {
+            Some(packets) => connect::Found::Moved(d, packets),
+            None => connect::Found::Here(d),
+        });
+        self.update(core, socket, now, |s, core, _, out| {
+            core.admit(now, |adm| connect::recovered(adm, &mut s.auth, found, out))
+        });
     }
 
     /// What the connected sockets hold, per user and workspace: the union of their channel
