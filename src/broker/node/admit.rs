@@ -52,6 +52,9 @@ struct Held {
     above: u64,
     /// Events held back, in release order: (sequence, position if a `message:new`, packet).
     events: Vec<(u64, Option<u64>, Bytes)>,
+    /// An event went on past the bound: an admission waiting on the room may miss it (a
+    /// recovery is then a new session).
+    overflowed: bool,
 }
 
 /// The admissions in line, and the durable events they hold back.
@@ -79,6 +82,10 @@ impl Admissions {
                 h.events.push((seq, position, packet));
                 None
             }
+            Some(h) if seq > h.above => {
+                h.overflowed = true;
+                Some(packet)
+            }
             _ => Some(packet),
         }
     }
@@ -103,11 +110,11 @@ impl Admissions {
         }
     }
 
-    /// Whether an event up to `floor` of `room` is held back.
+    /// Whether an event up to `floor` of `room` is held back, or one went on past the bound.
     fn holds_up_to(&self, room: &Room, floor: u64) -> bool {
         self.held
             .get(room)
-            .is_some_and(|h| h.events.iter().any(|(seq, _, _)| *seq <= floor))
+            .is_some_and(|h| h.overflowed || h.events.iter().any(|(seq, _, _)| *seq <= floor))
     }
 
     /// Redis confirmed `channel`.
@@ -169,6 +176,7 @@ impl Broker {
             let h = self.admissions.held.entry(room).or_insert(Held {
                 above: u64::MAX,
                 events: Vec::new(),
+                overflowed: false,
             });
             h.above = h.above.min(floor.unwrap_or(u64::MAX));
             // A stream behind the floor (its events still on their way from Redis) is read
@@ -305,6 +313,7 @@ mod tests {
             Held {
                 above: 5,
                 events: Vec::new(),
+                overflowed: false,
             },
         );
         assert!(a
@@ -330,6 +339,7 @@ mod tests {
             .is_some(),
             "past the bound an event goes on rather than grow the buffer"
         );
+        assert!(a.held[&waiting].overflowed);
     }
 
     #[test]
@@ -378,9 +388,12 @@ mod tests {
             Held {
                 above: 3,
                 events: vec![(4, Some(4), Bytes::from_static(b"4"))],
+                overflowed: false,
             },
         );
         assert!(a.holds_up_to(&room, 5));
         assert!(!a.holds_up_to(&room, 3));
+        a.held.get_mut(&room).unwrap().overflowed = true;
+        assert!(a.holds_up_to(&room, 3), "past the bound: not exact");
     }
 }
