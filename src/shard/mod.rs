@@ -387,16 +387,13 @@ impl Shard {
                 }
             }
             ShardCommand::Recover { pid, to } => {
-                let session = core.recovery.take(now, &pid);
-                let replay = None;
-                core.send_to(
-                    to.shard,
-                    ShardCommand::Recovered {
-                        to,
-                        session,
-                        replay,
-                    },
-                );
+                let (session, replay) = (core.recovery.take(now, &pid), None);
+                let answer = ShardCommand::Recovered {
+                    to,
+                    session,
+                    replay,
+                };
+                core.send_to(to.shard, answer);
             }
             ShardCommand::Recovered {
                 to,
@@ -404,8 +401,7 @@ impl Shard {
                 replay,
             } => sockets.recovered(core, to, session, replay, now),
             ShardCommand::Handover { pid, req } => {
-                let session = core.recovery.take(now, &pid);
-                core.mesh.broker.handed(req, session);
+                core.mesh.broker.handed(req, core.recovery.take(now, &pid))
             }
             ShardCommand::Detach { pid, session } => core.recovery.detach(now, pid, session),
             ShardCommand::Polling(command) => match *command {
