@@ -57,6 +57,33 @@ pub fn session_shard(id: &str, shards: usize) -> Option<ShardId> {
     (usize::from(shard) < shards).then_some(ShardId(shard))
 }
 
+/// Hex digits of the node id that starts a pid made in a cluster.
+const PID_NODE_DIGITS: usize = 16;
+
+/// A new recovery pid made on `shard`: a session id, led in a cluster by the 16 hex digits of
+/// the node that made it (`node`), so a reconnect on another node knows whom to ask.
+pub fn new_pid(shard: ShardId, node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!("{node}{}", new_session_id(shard)),
+        None => new_session_id(shard),
+    }
+}
+
+/// The node a pid names (its 16 leading hex digits), if it was made in a cluster.
+pub fn pid_node(pid: &str) -> Option<&str> {
+    (pid.len() > PID_NODE_DIGITS + SESSION_ID_RANDOM_DIGITS && pid.is_ascii())
+        .then(|| &pid[..PID_NODE_DIGITS])
+}
+
+/// The shard of this node that keeps a detached session under `pid`: the shard number after
+/// the node (if any), as [`session_shard`] reads it.
+pub fn pid_shard(pid: &str, shards: usize) -> Option<ShardId> {
+    match pid_node(pid) {
+        Some(_) => session_shard(&pid[PID_NODE_DIGITS..], shards),
+        None => session_shard(pid, shards),
+    }
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
         #[$doc]
@@ -225,6 +252,23 @@ mod tests {
         assert_eq!(session_shard("zz0123456789abcdef0123", 2), None, "not hex");
         assert_eq!(session_shard("short", 2), None);
         assert_eq!(session_shard("", 2), None);
+    }
+
+    #[test]
+    fn pids_made_in_a_cluster_name_their_node_and_shard() {
+        let node = "00112233aabbccdd";
+        let pid = new_pid(ShardId(3), Some(node));
+        assert_eq!(pid_node(&pid), Some(node));
+        assert_eq!(pid_shard(&pid, 4), Some(ShardId(3)));
+        assert_eq!(pid_shard(&pid, 3), None, "no such shard");
+        let plain = new_pid(ShardId(1), None);
+        assert_eq!(pid_node(&plain), None);
+        assert_eq!(pid_shard(&plain, 2), Some(ShardId(1)));
+        assert_eq!(
+            pid_shard(&new_pid(ShardId(0xffff), Some(node)), 0x1_0000),
+            Some(ShardId(0xffff))
+        );
+        assert_eq!(pid_node("ééééééééééééééééééééééééééééé"), None, "not ascii");
     }
 
     #[test]

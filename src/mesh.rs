@@ -26,6 +26,7 @@ use crate::protocol::{packet, Session};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 mod broker;
+pub use crate::broker::input::RecoverAsk;
 pub use broker::{BrokerHandle, DurablePublisher};
 
 /// An event for every socket of a room but those it skips, as a publisher (a chat handler,
@@ -113,6 +114,17 @@ pub enum ShardCommand {
         to: ConnectionId,
         /// What the old socket was.
         session: Option<Detached>,
+        /// When another node held the session: the events it missed, read for the rooms
+        /// granted now (`None`: they are in this shard's log).
+        replay: Option<Vec<Bytes>>,
+    },
+    /// In a cluster, from the `broker` thread: another node asks for the session detached
+    /// under `pid` (take it, and answer the broker with request `req`).
+    Handover {
+        /// The session's private id.
+        pid: String,
+        /// The broker's request number.
+        req: u64,
     },
     /// To the shard that made `pid`: keep this session that went away for the recovery
     /// window, where a reconnect will look for it.

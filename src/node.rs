@@ -140,7 +140,7 @@ impl Node {
             crossbeam_channel::unbounded()
         });
         if let Some((tx, _)) = &cluster_inbox {
-            broker = broker.with_cluster(tx.clone());
+            broker = broker.with_cluster(tx.clone(), node_id);
         }
         let mesh = Mesh {
             shards: handles,

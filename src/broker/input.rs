@@ -4,9 +4,29 @@
 use bytes::Bytes;
 
 use super::pg::Answer;
-use crate::ids::{ConnectionId, Room, ShardId};
+use crate::ids::{ConnectionId, Room, ShardId, UserId, WorkspaceId};
 use crate::mesh::{Publication, StoreReply};
 use crate::model::MembershipChange;
+
+/// A reconnect that asks another node of the cluster for its detached session (see
+/// `docs/cluster.md`, connection state recovery across nodes).
+#[derive(Debug)]
+pub struct RecoverAsk {
+    /// The reconnected socket.
+    pub to: ConnectionId,
+    /// The node that holds the session (16 hex digits).
+    pub node: String,
+    /// The session's private id.
+    pub pid: String,
+    /// The client's last offset, a counter of `node`.
+    pub offset: Option<u64>,
+    /// Who reconnected (the session must be theirs).
+    pub user: UserId,
+    /// Where.
+    pub workspace: WorkspaceId,
+    /// The rooms granted now.
+    pub rooms: Vec<Room>,
+}
 
 /// What a membership read admits once its rooms are ready (see [`Input::Ready`]).
 #[derive(Debug)]
@@ -15,6 +35,16 @@ pub enum Admission {
     Reply(ConnectionId, StoreReply),
     /// A membership change another node made, for this node's sockets of its user.
     Membership(MembershipChange),
+    /// A session recovered from another node: the socket's shard gets the session and its
+    /// replay, each packet given the node's offset when it is carried out.
+    Resume {
+        /// The reconnected socket.
+        to: ConnectionId,
+        /// The session (`None`: a clean new session after all).
+        session: Option<crate::chat::state::Detached>,
+        /// The replay: `42["message:new",…]` packets without offsets, in order.
+        replay: Vec<Bytes>,
+    },
 }
 
 /// What the `broker` thread is told.
@@ -64,6 +94,15 @@ pub enum Input {
         subscribe: bool,
         /// What to carry out.
         admission: Admission,
+    },
+    /// A reconnect asks another node for its detached session.
+    Recover(crate::mesh::RecoverAsk),
+    /// A shard's answer to [`crate::mesh::ShardCommand::Handover`].
+    Handed {
+        /// The broker's request number.
+        req: u64,
+        /// The session, if it was still kept.
+        session: Option<crate::chat::state::Detached>,
     },
     /// `broker-pg` answered.
     Pg(Answer),

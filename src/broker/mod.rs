@@ -9,6 +9,8 @@
 //! - [`codec`]: the publication wire format;
 //! - [`sequencer`]: the per-room sequencer that delivers every room's durable events in
 //!   position order, holding back early arrivals and filling gaps from PostgreSQL;
+//! - [`handover`]: connection state recovery across nodes (the release log, the control
+//!   messages on node channels);
 //! - [`interest`]: which rooms the node subscribes to, refcounted over its shards;
 //! - [`typing`]: other nodes' typers as this node showed them, with their own timers (a typer
 //!   whose node died stops showing);
@@ -26,6 +28,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod handover;
 pub mod input;
 pub mod interest;
 pub mod link;

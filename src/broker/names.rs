@@ -104,11 +104,6 @@ impl Names {
     pub fn sweep_lock(&self, node: NodeId) -> String {
         format!("{}:sweep:{node}", self.presence())
     }
-
-    /// Where a detached session's holder is written for cross-node recovery.
-    pub fn session(&self, pid: &str) -> String {
-        format!("{}:sess:{{{pid}}}", self.prefix)
-    }
 }
 
 /// The part of a key or channel Redis Cluster hashes: the first non-empty `{…}`, else all.

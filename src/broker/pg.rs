@@ -36,7 +36,18 @@ pub enum Ask {
     },
     /// The committed top of each room.
     Tops(Vec<Room>),
+    /// A recovered session's replay: each room's messages in `(after, upto]`, rooms in turn.
+    Replay {
+        /// The broker's request number.
+        req: u64,
+        /// `(room, after, upto)`.
+        ranges: Vec<(Room, u64, u64)>,
+    },
 }
+
+/// Most messages one recovery replays (past it the client gets a new session and reads
+/// history: a replay that large would not fit its socket's queue anyway).
+pub const MAX_REPLAY: usize = 2_000;
 
 /// Its answers (sent to the `broker` thread's inbox as [`Input::Pg`]).
 #[derive(Debug)]
@@ -57,6 +68,14 @@ pub enum Answer {
     FillFailed(Room),
     /// Rooms' committed tops.
     Tops(Vec<(Room, u64)>),
+    /// A replay: `message:new` packets (without offsets) in order, or `None` when it could
+    /// not be read whole.
+    Replayed {
+        /// The broker's request number.
+        req: u64,
+        /// The packets.
+        packets: Option<Vec<Bytes>>,
+    },
 }
 
 const TOP: &str = "SELECT last FROM message_sequences WHERE target_id = $1";
@@ -108,6 +127,7 @@ fn failed(ask: Ask) -> Option<Answer> {
     match ask {
         Ask::Fill { room, .. } => Some(Answer::FillFailed(room)),
         Ask::Tops(_) => None,
+        Ask::Replay { req, .. } => Some(Answer::Replayed { req, packets: None }),
     }
 }
 
@@ -119,6 +139,13 @@ fn answer(client: &mut Client, ask: Ask) -> Option<Answer> {
                 tracing::warn!(error = %e, %room, "gap fill failed; retrying");
                 Answer::FillFailed(room)
             }
+        }),
+        Ask::Replay { req, ranges } => Some(Answer::Replayed {
+            req,
+            packets: replay(client, &ranges)
+                .map_err(|e| tracing::warn!(error = %e, "recovery replay failed"))
+                .ok()
+                .flatten(),
         }),
         Ask::Tops(rooms) => match tops(client, &rooms) {
             Ok(tops) => Some(Answer::Tops(tops)),
@@ -173,4 +200,49 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
         top: u64::try_from(top).unwrap_or(0),
         complete,
     })
+}
+
+macro_rules! replay {
+    ($column:literal) => {
+        concat!(
+            "SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, ",
+            "m.sequence, m.client_msg_id, m.created_at, m.deleted_at ",
+            "FROM messages m JOIN users u ON u.id = m.author_id WHERE m.",
+            $column,
+            " = $1 AND m.sequence > $2 AND m.sequence <= $3 ORDER BY m.sequence LIMIT $4"
+        )
+    };
+}
+
+/// The messages of each range, in order (a deleted one as its tombstone); `None` past
+/// [`MAX_REPLAY`].
+fn replay(
+    client: &mut Client,
+    ranges: &[(Room, u64, u64)],
+) -> Result<Option<Vec<Bytes>>, postgres::Error> {
+    let mut packets = Vec::new();
+    for &(room, after, upto) in ranges {
+        let Some(target) = room.target() else {
+            continue;
+        };
+        let sql = match target {
+            Target::Channel(_) => replay!("channel_id"),
+            Target::Dm(_) => replay!("conversation_id"),
+        };
+        let left = MAX_REPLAY - packets.len();
+        let limit = i64::try_from(left + 1).unwrap_or(i64::MAX);
+        let (after, upto) = (
+            i64::try_from(after).unwrap_or(i64::MAX),
+            i64::try_from(upto).unwrap_or(i64::MAX),
+        );
+        let rows = client.query(sql, &[&target.uuid(), &after, &upto, &limit])?;
+        if rows.len() > left {
+            return Ok(None);
+        }
+        packets.extend(rows.iter().map(|row| {
+            let m = message_from_row(row);
+            Bytes::from(packet::event("message:new", &m.to_json(), None))
+        }));
+    }
+    Ok(Some(packets))
 }

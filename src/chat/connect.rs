@@ -15,7 +15,7 @@ use super::auth::{self, JwtVerifier};
 use super::budget::Kind;
 use super::state::{Auth, ChatState, Detached, Member, Recovery};
 use super::{typing_update, Effect};
-use crate::ids::{new_session_id, ConnectionId, Room, ShardId};
+use crate::ids::{new_pid, ConnectionId, Room, ShardId};
 use crate::limits::EventBudgets;
 use crate::mesh::{PresenceCommand, StoreCommand};
 use crate::model::{Grant, MembershipChange, User};
@@ -31,12 +31,18 @@ pub struct Admission<'a> {
     pub now: Instant,
     /// Whether connection state recovery is on (a socket then gets a pid).
     pub recovery: bool,
+    /// In a cluster, this node's id (16 hex digits): it starts the pids made here, and names
+    /// the node whose counter an offset is.
+    pub node: Option<&'a str>,
     /// The newest durable offset this shard has seen.
     pub newest: u64,
     /// Whether every durable event after an offset to any of the rooms is still in this
     /// shard's log, and all of them fit in one replay (a replay too large to send would
     /// drop the client: it gets a new session instead and reads history).
     pub can_replay: &'a dyn Fn(u64, &[Room]) -> bool,
+    /// Most bytes one replay may take (another node's replay larger than it is refused like
+    /// one from the log).
+    pub replay_budget: usize,
 }
 
 /// The client's CONNECT, with its auth payload and, when it asks to recover a session, the
@@ -88,10 +94,9 @@ pub fn connect(
     };
     match checked {
         Ok((credential, workspace)) => {
-            let recover = pid.filter(|_| recovery).map(|pid| Recovery {
-                pid,
-                offset: offset.and_then(|o| o.parse().ok()),
-            });
+            let recover = pid
+                .filter(|_| recovery)
+                .map(|pid| Recovery::new(pid, offset.as_deref()));
             *auth = Auth::Checking(std::mem::take(creds), recover);
             out.push(Effect::Store(StoreCommand::Authenticate {
                 from,
@@ -119,24 +124,60 @@ pub fn authenticated(
             out.push(Effect::Refuse(e.message().to_owned()));
         }
         (Ok(grant), None) => admit(adm, auth, grant, None, out),
-        (Ok(grant), Some(recover)) => {
-            out.push(Effect::Recover(recover.pid.clone()));
+        (Ok(grant), Some(mut recover)) => {
+            out.push(match recover.holder(adm.node) {
+                Some((node, offset)) => {
+                    recover.asked = true;
+                    recover_from(node, &recover, offset, &grant)
+                }
+                None => Effect::Recover(recover.pid.clone()),
+            });
             *auth = Auth::Recovering(grant, recover);
         }
     }
 }
 
-/// The detached session asked for by [`Effect::Recover`], if it was still kept.
+/// What a recovery found.
+#[derive(Debug)]
+pub enum Found {
+    /// The session, kept on this node: its missed events are in this shard's log.
+    Here(Detached),
+    /// The session, handed over by another node ([`Effect::RecoverFrom`]), with the events
+    /// it missed, read for the rooms granted now.
+    Moved(Detached, Vec<bytes::Bytes>),
+}
+
+/// The detached session asked for by [`Effect::Recover`] or [`Effect::RecoverFrom`], if it
+/// was still kept.
 pub fn recovered(
     adm: &Admission<'_>,
     auth: &mut Auth,
-    found: Option<Detached>,
+    found: Option<Found>,
     out: &mut Vec<Effect>,
 ) {
-    let Auth::Recovering(grant, recover) = auth.take() else {
+    let Auth::Recovering(grant, mut recover) = auth.take() else {
         return;
     };
+    // Not here: in a cluster the session may have moved on from here to another node.
+    if let (None, Some(own), false) = (&found, adm.node, recover.asked) {
+        recover.asked = true;
+        out.push(recover_from(own.to_owned(), &recover, None, &grant));
+        *auth = Auth::Recovering(grant, recover);
+        return;
+    }
     admit(adm, auth, grant, found.map(|d| (recover, d)), out);
+}
+
+/// Asks the `broker` thread for the session from `node`.
+fn recover_from(node: String, recover: &Recovery, offset: Option<u64>, grant: &Grant) -> Effect {
+    Effect::RecoverFrom {
+        node,
+        pid: recover.pid.clone(),
+        offset,
+        user: grant.user.id,
+        workspace: grant.workspace,
+        rooms: grant.rooms.clone(),
+    }
 }
 
 /// Accepts an authenticated socket: joins its rooms, tells presence, and, when a detached
@@ -147,17 +188,26 @@ fn admit(
     adm: &Admission<'_>,
     auth: &mut Auth,
     grant: Grant,
-    found: Option<(Recovery, Detached)>,
+    found: Option<(Recovery, Found)>,
     out: &mut Vec<Effect>,
 ) {
-    let recovered = found.and_then(|(r, d)| {
-        let after = r.offset.unwrap_or(d.since_offset);
+    let recovered = found.and_then(|(r, found)| {
+        let (d, replay) = match found {
+            Found::Here(d) => {
+                let after = r.local_offset(adm.node).unwrap_or(d.since_offset);
+                ((adm.can_replay)(after, &grant.rooms)).then_some((d, Effect::Replay(after)))?
+            }
+            Found::Moved(d, packets) => {
+                let bytes: usize = packets.iter().map(|p| p.len()).sum();
+                (bytes <= adm.replay_budget).then_some((d, Effect::ReplayPackets(packets)))?
+            }
+        };
         let same = d.user == grant.user.id && d.workspace == grant.workspace;
-        (same && (adm.can_replay)(after, &grant.rooms)).then_some((r.pid, after))
+        same.then_some((r.pid, replay))
     });
     let pid = match &recovered {
         Some((pid, _)) => Some(pid.as_str().into()),
-        None if adm.recovery => Some(new_session_id(adm.shard).into_boxed_str()),
+        None if adm.recovery => Some(new_pid(adm.shard, adm.node).into_boxed_str()),
         None => None,
     };
     out.extend(grant.rooms.iter().copied().map(Effect::Join));
@@ -166,8 +216,8 @@ fn admit(
         user: grant.user.id,
         workspace: grant.workspace,
     }));
-    if let Some((_, after)) = recovered {
-        out.push(Effect::Replay(after));
+    if let Some((_, replay)) = recovered {
+        out.push(replay);
     }
     *auth = Auth::Connected(Member {
         user: grant.user,
@@ -293,5 +343,115 @@ pub(super) fn leave(user: &User, state: &mut ChatState, room: Room, out: &mut Ve
         if state.typing.stop(target) {
             out.push(Effect::Publish(typing_update(user, target, false)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::state::Credentials;
+    use crate::ids::{ChannelId, UserId, WorkspaceId};
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    const A: &str = "00000000000000aa";
+    const B: &str = "00000000000000bb";
+
+    fn grant() -> Grant {
+        Grant {
+            user: User {
+                id: UserId(Uuid::from_u128(1)),
+                name: "ann".into(),
+            },
+            workspace: WorkspaceId(Uuid::from_u128(2)),
+            rooms: vec![Room::Channel(ChannelId(Uuid::from_u128(3)))],
+        }
+    }
+
+    fn session() -> Detached {
+        let g = grant();
+        Detached {
+            user: g.user.id,
+            workspace: g.workspace,
+            since_offset: 0,
+        }
+    }
+
+    fn adm<'a>(node: Option<&'a str>, can: &'a dyn Fn(u64, &[Room]) -> bool) -> Admission<'a> {
+        Admission {
+            shard: ShardId(0),
+            now: Instant::now(),
+            recovery: true,
+            node,
+            newest: 0,
+            can_replay: can,
+            replay_budget: 10,
+        }
+    }
+
+    fn recovering(offset: Option<&str>) -> Auth {
+        let pid = format!("{A}0{}", "1".repeat(20));
+        Auth::Recovering(grant(), Recovery::new(pid, offset))
+    }
+
+    fn checking(offset: Option<&str>) -> Auth {
+        let pid = format!("{A}0{}", "1".repeat(20));
+        Auth::Checking(Credentials::default(), Some(Recovery::new(pid, offset)))
+    }
+
+    #[test]
+    fn a_session_another_node_holds_is_asked_for_through_the_broker() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = checking(Some(&format!("{A}:7")));
+        authenticated(&adm(Some(B), &can), &mut auth, Ok(grant()), &mut out);
+        assert!(
+            matches!(&out[..], [Effect::RecoverFrom { node, offset: Some(7), rooms, .. }]
+                if node == A && rooms == &grant().rooms),
+            "{out:?}"
+        );
+        // Its answer: the pid back, and the replay after the CONNECT answer.
+        out.clear();
+        let replay = vec![Bytes::from_static(b"42[1]")];
+        let found = Some(Found::Moved(session(), replay));
+        recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
+        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(A)));
+        assert!(matches!(out.last(), Some(Effect::ReplayPackets(p)) if p.len() == 1));
+    }
+
+    #[test]
+    fn a_replay_over_the_budget_is_a_new_session_with_a_pid_of_this_node() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = recovering(None);
+        let found = Some(Found::Moved(session(), vec![Bytes::from(vec![b'x'; 11])]));
+        recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
+        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(B)));
+        assert!(!out.iter().any(|e| matches!(e, Effect::ReplayPackets(_))));
+    }
+
+    #[test]
+    fn not_found_here_asks_where_it_went_once_in_a_cluster_and_never_on_one_node() {
+        let can = |_: u64, _: &[Room]| true;
+        let mut out = Vec::new();
+        let mut auth = recovering(Some(&format!("{A}:7")));
+        recovered(&adm(Some(A), &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(&out[..], [Effect::RecoverFrom { node, offset: None, .. }] if node == A),
+            "{out:?}"
+        );
+        out.clear();
+        recovered(&adm(Some(A), &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(out[1], Effect::Accept { .. }),
+            "then a new session"
+        );
+        let mut auth = recovering(Some("7"));
+        out.clear();
+        recovered(&adm(None, &can), &mut auth, None, &mut out);
+        assert!(
+            matches!(out[1], Effect::Accept { .. }),
+            "one node: a new session"
+        );
     }
 }

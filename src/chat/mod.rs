@@ -54,9 +54,29 @@ pub enum Effect {
     /// Fetch the detached session with this pid (from the shard that made the pid), then
     /// hand it to [`connect::recovered`].
     Recover(String),
+    /// In a cluster, ask `node` (through the broker) for the session detached under `pid`,
+    /// with the client's `offset` in that node's counter and the rooms granted now; the answer
+    /// comes as a replay to hand to [`connect::recovered`].
+    RecoverFrom {
+        /// The node that holds the session.
+        node: String,
+        /// The session's private id.
+        pid: String,
+        /// The client's last offset, a counter of `node`.
+        offset: Option<u64>,
+        /// Who reconnected.
+        user: crate::ids::UserId,
+        /// Where.
+        workspace: crate::ids::WorkspaceId,
+        /// The rooms granted now.
+        rooms: Vec<Room>,
+    },
     /// Send the durable events after this offset to the socket's rooms, after what the
     /// session has queued (the CONNECT answer).
     Replay(u64),
+    /// Send these packets (a replay another node's session needed, read by the broker), after
+    /// what the session has queued (the CONNECT answer).
+    ReplayPackets(Vec<bytes::Bytes>),
     /// Keep this session for the recovery window, on the shard that made its pid.
     Detach(Box<str>, Detached),
     /// The socket kept going over its budget after it was told: tell it why, end it with a

@@ -78,8 +78,58 @@ impl Credentials {
 pub struct Recovery {
     /// The session's private id.
     pub pid: String,
-    /// The last offset the client received, if any.
+    /// The last offset the client received, if any: a counter of the node that delivered it.
     pub offset: Option<u64>,
+    /// In a cluster, the node whose counter `offset` is (offsets read `<node>:<counter>`).
+    pub offset_node: Option<String>,
+    /// The `broker` thread was asked already (another node, or where the session went from
+    /// here).
+    pub asked: bool,
+}
+
+impl Recovery {
+    /// A recovery of `pid` from socket.io-client's last `offset`: `<counter>` on one node,
+    /// `<node>:<counter>` in a cluster. An offset that reads as neither counts as none.
+    pub fn new(pid: String, offset: Option<&str>) -> Recovery {
+        let (offset_node, counter) = match offset.map(|o| o.split_once(':').ok_or(o)) {
+            Some(Ok((node, counter))) => (Some(node.to_owned()), counter),
+            Some(Err(counter)) => (None, counter),
+            None => (None, ""),
+        };
+        let offset = counter.parse().ok();
+        Recovery {
+            pid,
+            offset_node: offset.and(offset_node),
+            offset,
+            asked: false,
+        }
+    }
+
+    /// Where the session is to be looked for, seen from node `own` (`None` on one node): `None`
+    /// here, or the other node that holds it (the node of the offset, else the pid's), with
+    /// the offset when it is that node's counter.
+    pub fn holder(&self, own: Option<&str>) -> Option<(String, Option<u64>)> {
+        let own = own?;
+        let node = self
+            .offset_node
+            .as_deref()
+            .or_else(|| crate::ids::pid_node(&self.pid))?;
+        (node != own).then(|| {
+            let offset = self
+                .offset
+                .filter(|_| self.offset_node.as_deref() == Some(node));
+            (node.to_owned(), offset)
+        })
+    }
+
+    /// The offset as a counter of node `own` (`None` on one node): an offset another node
+    /// gave counts as none (the session's own starting point is used instead).
+    pub fn local_offset(&self, own: Option<&str>) -> Option<u64> {
+        match (own, self.offset_node.as_deref()) {
+            (Some(own), Some(node)) if node != own => None,
+            _ => self.offset,
+        }
+    }
 }
 
 /// An authenticated socket: who it is, where, and its own chat state.
@@ -150,4 +200,46 @@ pub struct Detached {
     /// The newest offset its shard had seen when it connected (replay starts after it when
     /// the client received no offset at all).
     pub since_offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recovery;
+
+    const A: &str = "00000000000000aa";
+    const B: &str = "00000000000000bb";
+
+    #[test]
+    fn offsets_read_with_or_without_their_node() {
+        let r = Recovery::new("p".into(), Some("00000000000000aa:17"));
+        assert_eq!((r.offset, r.offset_node.as_deref()), (Some(17), Some(A)));
+        let r = Recovery::new("p".into(), Some("17"));
+        assert_eq!((r.offset, r.offset_node), (Some(17), None));
+        let r = Recovery::new("p".into(), Some("aa:x"));
+        assert_eq!((r.offset, r.offset_node), (None, None), "not a counter");
+        let r = Recovery::new("p".into(), None);
+        assert_eq!((r.offset, r.offset_node), (None, None));
+    }
+
+    #[test]
+    fn the_holder_is_the_offsets_node_else_the_pids() {
+        let pid = format!("{A}0{}", "1".repeat(20));
+        // One node: always here.
+        let r = Recovery::new(pid.clone(), Some("5"));
+        assert_eq!(r.holder(None), None);
+        assert_eq!(r.local_offset(None), Some(5));
+        // Offset from B, pid from A, reconnect on A: ask B, with B's counter.
+        let r = Recovery::new(pid.clone(), Some(&format!("{B}:9")));
+        assert_eq!(r.holder(Some(A)), Some((B.to_owned(), Some(9))));
+        // The same on B: here, and the offset is B's.
+        assert_eq!(r.holder(Some(B)), None);
+        assert_eq!(r.local_offset(Some(B)), Some(9));
+        // No offset: the pid's node, without an offset.
+        let r = Recovery::new(pid.clone(), None);
+        assert_eq!(r.holder(Some(B)), Some((A.to_owned(), None)));
+        assert_eq!(r.holder(Some(A)), None);
+        // Here, with an offset another node gave: it counts as none.
+        let r = Recovery::new(pid, Some(&format!("{B}:9")));
+        assert_eq!(r.local_offset(Some(A)), None);
+    }
 }

@@ -32,6 +32,8 @@ pub struct BrokerHandle {
     /// In a cluster (`REDIS_URL`): the `broker` thread's inbox. Every publication, reply to a
     /// send and interest change goes there instead of straight to the shards.
     cluster: Option<Sender<crate::broker::node::Input>>,
+    /// In a cluster, this node's id (16 hex digits): in pids and offsets.
+    node: Option<Arc<str>>,
 }
 
 impl BrokerHandle {
@@ -43,13 +45,42 @@ impl BrokerHandle {
             ids: Arc::new(AtomicU64::new(1)),
             recovery: false,
             cluster: None,
+            node: None,
         }
     }
 
-    /// Sends every publication through the cluster's `broker` thread (`inbox`).
-    pub fn with_cluster(mut self, inbox: Sender<crate::broker::node::Input>) -> Self {
+    /// Sends every publication through the cluster's `broker` thread (`inbox`) of node
+    /// `node`.
+    pub fn with_cluster(
+        mut self,
+        inbox: Sender<crate::broker::node::Input>,
+        node: crate::broker::names::NodeId,
+    ) -> Self {
         self.cluster = Some(inbox);
+        self.node = Some(node.to_string().into());
         self
+    }
+
+    /// In a cluster, this node's id as pids and offsets carry it.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Asks the node that holds a detached session for it (through the `broker` thread); the
+    /// answer comes to the socket's shard as [`ShardCommand::Recovered`]. `false` on one node.
+    pub fn recover(&self, ask: super::RecoverAsk) -> bool {
+        match &self.cluster {
+            Some(inbox) => {
+                let _ = inbox.send(crate::broker::node::Input::Recover(ask));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A shard's answer to [`ShardCommand::Handover`].
+    pub fn handed(&self, req: u64, session: Option<crate::chat::state::Detached>) {
+        self.to_cluster(crate::broker::node::Input::Handed { req, session });
     }
 
     /// Whether this node is part of a cluster.
@@ -152,6 +183,20 @@ impl BrokerHandle {
         match admission {
             Admission::Reply(to, reply) => self.reply(to, reply),
             Admission::Membership(change) => self.membership(change),
+            Admission::Resume {
+                to,
+                session,
+                replay,
+            } => {
+                let replay = session.is_some().then_some(replay);
+                if let Some(shard) = self.shards.get(usize::from(to.shard.0)) {
+                    shard.send(ShardCommand::Recovered {
+                        to,
+                        session,
+                        replay,
+                    });
+                }
+            }
         }
     }
 

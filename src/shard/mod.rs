@@ -178,8 +178,10 @@ impl Core {
             shard: self.id,
             now,
             recovery: self.recovery.enabled(),
+            node: self.mesh.broker.node(),
             newest: self.recovery.newest(),
             can_replay: &can_replay,
+            replay_budget: budget,
         })
     }
 }
@@ -385,10 +387,22 @@ impl Shard {
                 }
             }
             ShardCommand::Recover { pid, to } => {
-                let session = core.recovery.take(now, &pid);
-                core.send_to(to.shard, ShardCommand::Recovered { to, session });
+                let (session, replay) = (core.recovery.take(now, &pid), None);
+                let answer = ShardCommand::Recovered {
+                    to,
+                    session,
+                    replay,
+                };
+                core.send_to(to.shard, answer);
             }
-            ShardCommand::Recovered { to, session } => sockets.recovered(core, to, session, now),
+            ShardCommand::Recovered {
+                to,
+                session,
+                replay,
+            } => sockets.recovered(core, to, session, replay, now),
+            ShardCommand::Handover { pid, req } => {
+                core.mesh.broker.handed(req, core.recovery.take(now, &pid))
+            }
             ShardCommand::Detach { pid, session } => core.recovery.detach(now, pid, session),
             ShardCommand::Polling(command) => match *command {
                 PollCommand::Request {

@@ -20,7 +20,7 @@ use super::sockets::Sockets;
 use super::timers::earliest;
 use super::Core;
 use crate::chat::{self, connect, Auth, Context, Credentials, Detached, Effect};
-use crate::ids::{new_session_id, session_shard, ConnectionId, Room, ShardId, SocketRef, UserId};
+use crate::ids::{new_session_id, pid_shard, ConnectionId, Room, ShardId, SocketRef, UserId};
 use crate::mesh::{Broadcast, BroadcastId, Except, ShardCommand, StoreCommand};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{Session, SessionEvent};
@@ -282,7 +282,7 @@ impl Socket {
                         .accept(&new_session_id(core.id), pid.as_deref());
                     core.metrics().sockets.fetch_add(1, Relaxed);
                 }
-                Effect::Recover(pid) => match session_shard(&pid, core.mesh.shards.len()) {
+                Effect::Recover(pid) => match pid_shard(&pid, core.mesh.shards.len()) {
                     Some(owner) => core.send_to(owner, ShardCommand::Recover { pid, to: id }),
                     // A pid this node never made (another node, or a restart): a new session.
                     None => core.send_to(
@@ -290,9 +290,39 @@ impl Socket {
                         ShardCommand::Recovered {
                             to: id,
                             session: None,
+                            replay: None,
                         },
                     ),
                 },
+                Effect::RecoverFrom {
+                    node,
+                    pid,
+                    offset,
+                    user,
+                    workspace,
+                    rooms,
+                } => {
+                    let ask = crate::mesh::RecoverAsk {
+                        to: id,
+                        node,
+                        pid,
+                        offset,
+                        user,
+                        workspace,
+                        rooms,
+                    };
+                    if !core.mesh.broker.recover(ask) {
+                        // Not a cluster after all: a new session.
+                        core.send_to(
+                            core.id,
+                            ShardCommand::Recovered {
+                                to: id,
+                                session: None,
+                                replay: None,
+                            },
+                        );
+                    }
+                }
                 Effect::Replay(after) => {
                     // The CONNECT answer goes out before any replayed event.
                     while let Some(text) = self.session.poll_transmit() {
@@ -300,6 +330,14 @@ impl Socket {
                     }
                     if let Auth::Connected(member) = &self.auth {
                         replay(outlet, core, after, &member.rooms, |_| false);
+                    }
+                }
+                Effect::ReplayPackets(packets) => {
+                    while let Some(text) = self.session.poll_transmit() {
+                        outlet.packet(text, core.metrics());
+                    }
+                    for packet in packets {
+                        outlet.raw(packet, core.metrics());
                     }
                 }
                 Effect::Detach(pid, session) => detach(core, pid, session, now),
@@ -322,6 +360,14 @@ impl Outlet<'_> {
         match self {
             Outlet::WebSocket(out) => out.queue(websocket::text(text.as_bytes()), metrics),
             Outlet::Polling(packets) => packets.push(Bytes::from(text)),
+        }
+    }
+
+    /// Queues a packet made elsewhere (a replay read by the broker).
+    pub fn raw(&mut self, packet: Bytes, metrics: &ShardMetrics) {
+        match self {
+            Outlet::WebSocket(out) => out.queue(websocket::text(&packet), metrics),
+            Outlet::Polling(packets) => packets.push(packet),
         }
     }
 
@@ -500,7 +546,7 @@ pub fn gone(core: &mut Core, socket: SocketRef, auth: Auth, now: Instant) {
 /// (a session that moved here with a WebSocket upgrade keeps the pid of its first shard,
 /// where a reconnect will look for it).
 fn detach(core: &mut Core, pid: Box<str>, session: Detached, now: Instant) {
-    match session_shard(&pid, core.mesh.shards.len()) {
+    match pid_shard(&pid, core.mesh.shards.len()) {
         Some(owner) if owner != core.id => {
             core.send_to(owner, ShardCommand::Detach { pid, session })
         }

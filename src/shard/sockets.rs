@@ -168,15 +168,29 @@ impl Sockets {
         core: &mut Core,
         to: ConnectionId,
         session: Option<Detached>,
+        replay: Option<Vec<bytes::Bytes>>,
         now: Instant,
     ) {
-        if let Some(socket) = self.find(to) {
-            self.update(core, socket, now, |s, core, _, out| {
-                core.admit(now, |adm| {
-                    connect::recovered(adm, &mut s.auth, session, out)
-                })
-            });
-        }
+        let Some(socket) = self.find(to) else {
+            // A polling session that moved to a WebSocket meanwhile (a recovery from another
+            // node takes a few milliseconds): the answer follows it.
+            if let Some(moved) = self.polls.moved_to(to) {
+                let command = ShardCommand::Recovered {
+                    to: moved,
+                    session,
+                    replay,
+                };
+                core.send_to(moved.shard, command);
+            }
+            return;
+        };
+        let found = session.map(|d| match replay {
+            Some(packets) => connect::Found::Moved(d, packets),
+            None => connect::Found::Here(d),
+        });
+        self.update(core, socket, now, |s, core, _, out| {
+            core.admit(now, |adm| connect::recovered(adm, &mut s.auth, found, out))
+        });
     }
 
     /// What the connected sockets hold, per user and workspace: the union of their channel

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{self, Header, Kind, Place};
+use super::handover::ReleaseLog;
 use super::interest::{Change, Interest, LINGER};
 use super::link::{Event, Link};
 use super::metrics::BrokerMetrics;
@@ -29,6 +30,7 @@ use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand};
 pub use super::input::Input;
 
 mod admit;
+mod resume;
 mod upkeep;
 
 use admit::Admissions;
@@ -82,6 +84,18 @@ pub struct Broker {
     unpublished: FxHashMap<Room, u64>,
     /// The last recovery offset given.
     offset: u64,
+    /// Positions released per room at each offset (recovery on another node).
+    log: ReleaseLog,
+    /// Reconnects here waiting for another node's answer.
+    asking: FxHashMap<u64, resume::Asking>,
+    /// Other nodes' requests waiting for this node's shards.
+    handing: FxHashMap<u64, resume::Handing>,
+    /// Sessions handed over from here, and where to (until the window ends).
+    moved: FxHashMap<Box<str>, (NodeId, Instant)>,
+    /// The last request number.
+    next_req: u64,
+    /// The recovery window.
+    window: Duration,
     /// Publication ids of this node.
     next_id: u64,
     sweep: Duration,
@@ -128,6 +142,12 @@ impl Broker {
             deletes: FxHashMap::default(),
             unpublished: FxHashMap::default(),
             offset: 0,
+            log: ReleaseLog::new(LINGER.max(linger)),
+            asking: FxHashMap::default(),
+            handing: FxHashMap::default(),
+            moved: FxHashMap::default(),
+            next_req: 0,
+            window: LINGER.max(linger),
             next_id: 1,
             sweep,
             next_sweep: Instant::now() + sweep,
@@ -237,6 +257,8 @@ impl Broker {
                 admission,
             } => self.ready(floors, rooms, subscribe, admission, now),
             Input::Pg(answer) => self.answer(answer, now),
+            Input::Recover(ask) => self.ask(ask, now),
+            Input::Handed { req, session } => self.handed(req, session, now),
             Input::Shutdown => {}
         }
         self.settle(now);
@@ -288,7 +310,7 @@ impl Broker {
     fn durable(&mut self, room: Room, deleted: bool, seq: u64, packet: Bytes, now: Instant) {
         if deleted {
             match self.seq.released(&room) {
-                Some(released) if seq <= released => self.release(room, seq, packet),
+                Some(released) if seq <= released => self.release(room, seq, None, packet),
                 Some(_) => {
                     let waiting = self.deletes.entry(room).or_default();
                     if waiting.len() < MAX_WAITING_DELETES {
@@ -319,6 +341,7 @@ impl Broker {
             match self.hints.remove(&room) {
                 Some((floor, _)) => {
                     self.seq.start(room, floor);
+                    self.log.start(room, floor);
                 }
                 None => {
                     self.pending.insert(
@@ -355,6 +378,7 @@ impl Broker {
     /// Starts a pending room's stream at `floor` and lets what waited arrive.
     fn begin(&mut self, room: Room, floor: u64, held: Vec<(u64, Bytes)>, now: Instant) {
         self.seq.start(room, floor);
+        self.log.start(room, floor);
         for (seq, packet) in held {
             self.seq.arrive(&room, seq, packet, now, &mut self.out);
         }
@@ -373,6 +397,10 @@ impl Broker {
                 .seq
                 .filled(&room, rows, top, complete, now, &mut self.out),
             Answer::FillFailed(room) => self.seq.fill_failed(&room, now),
+            Answer::Replayed { req, packets } => {
+                self.admissions.replayed(req, packets);
+                self.admit(now);
+            }
             Answer::Tops(tops) => {
                 for (room, top) in tops {
                     if let Some(p) = self.pending.remove(&room) {
@@ -433,6 +461,9 @@ impl Broker {
         }
         self.metrics
             .lag(super::now_micros().saturating_sub(h.sent_at_micros));
+        if h.kind == Kind::Control {
+            return self.control_message(&publication.packet, now);
+        }
         let Some(room) = h.room else { return };
         match (h.kind, h.place) {
             (Kind::MessageNew, Some(place)) => {
@@ -484,17 +515,29 @@ impl Broker {
 
     /// Hands a released durable event to the room's shards, or holds it back while an
     /// admission on the room waits (see [`admit`]).
-    fn release(&mut self, room: Room, seq: u64, packet: Bytes) {
-        if let Some(packet) = self.admissions.hold(room, seq, packet) {
-            self.release_now(room, packet);
+    /// `position` is the sequence of a `message:new` (a deletion has none).
+    fn release(&mut self, room: Room, seq: u64, position: Option<u64>, packet: Bytes) {
+        if let Some(packet) = self.admissions.hold(room, seq, position, packet) {
+            self.release_now(room, seq, position, packet);
         }
     }
 
-    /// Hands a durable event to the room's shards with the node's next offset.
-    fn release_now(&mut self, room: Room, packet: Bytes) {
+    /// Hands a durable event to the room's shards with the node's next offset,
+    /// `<node>:<counter>` on the wire (the node names whose counter it is).
+    /// A deletion (no `position`) is kept with the sequence of its message, `seq`, for a
+    /// recovery on another node.
+    fn release_now(&mut self, room: Room, seq: u64, position: Option<u64>, packet: Bytes) {
         self.offset += 1;
         let packet = if self.broker.recovery() {
-            Bytes::from(codec::with_offset(&packet, &self.offset.to_string()))
+            let now = Instant::now();
+            match position {
+                Some(position) => self.log.record(room, self.offset, position, now),
+                None => self
+                    .log
+                    .record_deletion(room, self.offset, seq, packet.clone(), now),
+            }
+            let offset = format!("{}:{}", self.node, self.offset);
+            Bytes::from(codec::with_offset(&packet, &offset))
         } else {
             packet
         };

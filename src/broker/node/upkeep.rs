@@ -20,7 +20,7 @@ impl Broker {
             for o in out {
                 match o {
                     Output::Deliver { room, pos, item } => {
-                        self.release(room, pos, item);
+                        self.release(room, pos, Some(pos), item);
                         if self.deletes.contains_key(&room) && !touched.contains(&room) {
                             touched.push(room);
                         }
@@ -39,7 +39,7 @@ impl Broker {
             let (ready, wait): (Vec<_>, Vec<_>) =
                 waiting.drain(..).partition(|(seq, _)| *seq <= released);
             for (seq, packet) in ready {
-                self.release(room, seq, packet);
+                self.release(room, seq, None, packet);
             }
             if !wait.is_empty() {
                 self.deletes.insert(room, wait);
@@ -58,6 +58,7 @@ impl Broker {
             self.channels.remove(&channel);
             self.confirmed.remove(&channel);
             self.seq.stop(&room);
+            self.log.stop(&room);
             self.pending.remove(&room);
             self.deletes.remove(&room);
             self.link.unsubscribe(vec![channel]);
@@ -77,6 +78,8 @@ impl Broker {
         self.hints
             .retain(|_, (_, at)| now.duration_since(*at) <= HINT_TTL);
         self.admit(now);
+        self.resume_tick(now);
+        self.log.trim(now);
         for (room, user, stop) in self.typers.expire(now) {
             self.local(room, crate::mesh::Except::User(user), stop);
         }
