@@ -1,6 +1,7 @@
 //! Sends on PostgreSQL end to end through the real binary: a NUL character is refused while
 //! an honest sender at the same moment is acked, and a COMMIT whose answer was lost (the
-//! connection cut while it was in flight) is broadcast exactly once, when the sender retries.
+//! connection cut while it was in flight) is broadcast exactly once: when the sender retries
+//! with its clientMsgId, or, without one, once the database is back.
 //! Needs PostgreSQL (see `ocomms_rt::store::pg::testing`).
 
 mod common;
@@ -204,8 +205,16 @@ fn ready_for_query(bytes: &[u8]) -> bool {
     false
 }
 
-#[test]
-fn a_commit_whose_answer_was_lost_is_broadcast_exactly_once_when_the_sender_retries() {
+/// A server whose PostgreSQL connections go through a [`Proxy`], and a socket in a channel.
+struct CutSetup {
+    db: TestDb,
+    proxy: Proxy,
+    _server: Server,
+    socket: Socket,
+    channel: Value,
+}
+
+fn cut_setup() -> CutSetup {
     let db = TestDb::create();
     let (user, ws, channels) = provision(&db, 1);
     let upstream = server_url()
@@ -219,61 +228,110 @@ fn a_commit_whose_answer_was_lost_is_broadcast_exactly_once_when_the_sender_retr
         db.url().rsplit('/').next().unwrap().to_owned()
     });
     let server = Server::start(&url);
-    let mut s = Socket::connect(&server.addr, user, ws);
-    let channel = channels[0];
-    let mut news: Vec<Value> = Vec::new();
-    let mut seen = |text: &str| {
+    let socket = Socket::connect(&server.addr, user, ws);
+    CutSetup {
+        db,
+        proxy,
+        _server: server,
+        socket,
+        channel: json!(channels[0]),
+    }
+}
+
+/// Collects the `message:new` payloads among other frames.
+fn news_of(news: &mut Vec<Value>) -> impl FnMut(&str) + '_ {
+    |text: &str| {
         if text.starts_with("42[\"message:new\",") {
             let packet: Value = serde_json::from_str(&text[2..]).unwrap();
             news.push(packet[1].clone());
         }
-    };
+    }
+}
 
-    proxy.arm(b"cut-at-commit");
-    let data = json!({"targetId": channel, "targetType": "channel",
-                      "content": "cut-at-commit", "clientMsgId": "amb-1"});
-    let ack = send_and_ack(&mut s, 1, &data, &mut seen);
+/// Sends `data` until it is acked with success (the server may still be reconnecting).
+fn send_until_acked(s: &mut Socket, first_ack: u64, data: &Value, news: &mut Vec<Value>) -> Value {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut ack_id = first_ack;
+    loop {
+        let ack = send_and_ack(s, ack_id, data, news_of(news));
+        if ack["success"] == true {
+            return ack;
+        }
+        assert!(Instant::now() < end, "the send never succeeded: {ack}");
+        ack_id += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Cuts the statement of a send holding `content` at COMMIT: the sender is told it failed,
+/// but the row is stored. Returns its id and sequence.
+fn cut_send(c: &mut CutSetup, data: &Value, news: &mut Vec<Value>) -> (String, i64) {
+    let content = data["content"].as_str().unwrap().to_owned();
+    c.proxy.arm(content.as_bytes());
+    let ack = send_and_ack(&mut c.socket, 1, data, news_of(news));
     assert_eq!(
         ack["success"], false,
         "the sender learns nothing stored: {ack}"
     );
-    proxy
+    c.proxy
         .answered
         .recv_timeout(Duration::from_secs(60))
         .expect("PostgreSQL answered the cut statement");
-    let rows = db
-        .client()
-        .query(
-            "SELECT id::text, sequence FROM messages WHERE client_msg_id = 'amb-1'",
-            &[],
-        )
-        .unwrap();
+    let rows =
+        c.db.client()
+            .query(
+                "SELECT id::text, sequence FROM messages WHERE content = $1",
+                &[&content],
+            )
+            .unwrap();
     assert_eq!(rows.len(), 1, "the statement did commit");
-    let (id, sequence): (String, i64) = (rows[0].get(0), rows[0].get(1));
+    (rows[0].get(0), rows[0].get(1))
+}
+
+fn contents(news: &[Value]) -> Vec<&str> {
+    news.iter()
+        .map(|m| m["content"].as_str().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_broadcast_exactly_once_when_the_sender_retries() {
+    let mut c = cut_setup();
+    let mut news: Vec<Value> = Vec::new();
+    let data = json!({"targetId": c.channel, "targetType": "channel",
+                      "content": "cut-at-commit", "clientMsgId": "amb-1"});
+    let (id, sequence) = cut_send(&mut c, &data, &mut news);
 
     // The retry (repeated while the server is still reconnecting) returns the original.
-    proxy.heal();
-    let end = Instant::now() + Duration::from_secs(60);
-    let mut ack_id = 2;
-    let ack = loop {
-        let ack = send_and_ack(&mut s, ack_id, &data, &mut seen);
-        if ack["success"] == true {
-            break ack;
-        }
-        assert!(Instant::now() < end, "the retry never succeeded: {ack}");
-        ack_id += 1;
-        thread::sleep(Duration::from_millis(100));
-    };
+    c.proxy.heal();
+    let ack = send_until_acked(&mut c.socket, 2, &data, &mut news);
     assert_eq!(ack["messageId"], id.as_str(), "{ack}");
     assert_eq!(ack["sequence"], sequence);
 
     // Everything published before this ack has reached the socket by now.
-    let next = json!({"targetId": channel, "targetType": "channel", "content": "after"});
-    let ack = send_and_ack(&mut s, 1000, &next, &mut seen);
+    let next = json!({"targetId": c.channel, "targetType": "channel", "content": "after"});
+    let ack = send_and_ack(&mut c.socket, 1000, &next, news_of(&mut news));
     assert_eq!(ack["success"], true, "{ack}");
-    let contents: Vec<&str> = news
-        .iter()
-        .map(|m| m["content"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(contents, ["cut-at-commit", "after"], "{news:?}");
+    assert_eq!(contents(&news), ["cut-at-commit", "after"], "{news:?}");
+}
+
+#[test]
+fn a_commit_without_client_msg_id_whose_answer_was_lost_is_broadcast_once_the_database_is_back() {
+    let mut c = cut_setup();
+    let mut news: Vec<Value> = Vec::new();
+    // No clientMsgId: no retry can name it, so the server must find it by itself.
+    let data = json!({"targetId": c.channel, "targetType": "channel", "content": "cut-unkeyed"});
+    let (id, sequence) = cut_send(&mut c, &data, &mut news);
+    assert!(
+        news.is_empty(),
+        "published before the database was back: {news:?}"
+    );
+
+    c.proxy.heal();
+    let next = json!({"targetId": c.channel, "targetType": "channel", "content": "after"});
+    let ack = send_until_acked(&mut c.socket, 2, &next, &mut news);
+    assert_eq!(ack["sequence"], sequence + 1, "{ack}");
+    assert_eq!(contents(&news), ["cut-unkeyed", "after"], "{news:?}");
+    assert_eq!(news[0]["id"], id.as_str());
+    assert_eq!(news[0]["sequence"], sequence);
 }

@@ -34,6 +34,13 @@ pub trait Backend {
         now: DateTime<Utc>,
     ) -> Vec<Result<Stored, StoreError>>;
 
+    /// Messages an earlier batch stored although its senders were told it failed (its
+    /// connection broke during COMMIT), found since: nobody was told of them, so the store
+    /// publishes them, before the results of the batch just stored.
+    fn take_orphans(&mut self) -> Vec<Message> {
+        Vec::new()
+    }
+
     /// Soft-deletes a message for its author (`deleted_at = now` the first time only).
     fn delete(
         &mut self,

@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Backend, NewMessage, StoreError, Stored};
 use crate::ids::Target;
+use crate::model::Message;
 
 /// Most sends in one batch (one statement).
 pub const MAX_BATCH: usize = 512;
@@ -43,6 +44,8 @@ struct Job {
 pub struct Done {
     /// Which lane.
     pub lane: usize,
+    /// Messages of earlier batches found stored since (see [`Backend::take_orphans`]).
+    pub orphans: Vec<Message>,
     /// One result per message of the batch.
     pub results: Vec<Result<Stored, StoreError>>,
     /// Time the backend took.
@@ -77,6 +80,7 @@ impl Lanes {
                             let results = backend.send_batch(job.messages, Utc::now());
                             let done = Done {
                                 lane: job.lane,
+                                orphans: backend.take_orphans(),
                                 results,
                                 took: started.elapsed(),
                             };

@@ -328,21 +328,22 @@ impl<B: Backend> Store<B> {
                     .drain(..take)
                     .map(|p| (p.origin, p.message))
                     .unzip();
-                let Some(writers) = &self.lanes else {
-                    let started = Instant::now();
-                    let results = self.backend.send_batch(messages, Utc::now());
-                    self.answer(origins, results, started.elapsed());
-                    continue;
-                };
-                match writers.start(lane, messages) {
-                    Ok(()) => self.running[lane] = Some(origins),
-                    Err(messages) => {
+                let messages = match &self.lanes {
+                    Some(writers) => match writers.start(lane, messages) {
+                        Ok(()) => {
+                            self.running[lane] = Some(origins);
+                            continue;
+                        }
                         // The lane's thread is gone (it panicked): store them here.
-                        let started = Instant::now();
-                        let results = self.backend.send_batch(messages, Utc::now());
-                        self.answer(origins, results, started.elapsed());
-                    }
-                }
+                        Err(messages) => messages,
+                    },
+                    None => messages,
+                };
+                let started = Instant::now();
+                let results = self.backend.send_batch(messages, Utc::now());
+                let took = started.elapsed();
+                let orphans = self.backend.take_orphans();
+                self.answer(origins, orphans, results, took);
             }
         }
         self.mesh.store.set_backlog(self.unanswered());
@@ -351,7 +352,7 @@ impl<B: Backend> Store<B> {
     /// A lane's batch came back: publish and answer it.
     fn landed(&mut self, done: Done) {
         if let Some(origins) = self.running.get_mut(done.lane).and_then(Option::take) {
-            self.answer(origins, done.results, done.took);
+            self.answer(origins, done.orphans, done.results, done.took);
         }
         self.mesh.store.set_backlog(self.unanswered());
     }
@@ -369,13 +370,24 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// Publishes each new message of a stored batch, then answers its senders.
+    /// Publishes the orphans of earlier batches, then each new message of a stored batch,
+    /// then answers its senders.
     fn answer(
         &mut self,
         origins: Vec<Origin>,
+        orphans: Vec<Message>,
         results: Vec<Result<Stored, StoreError>>,
         took: Duration,
     ) {
+        if !orphans.is_empty() {
+            tracing::info!(
+                messages = orphans.len(),
+                "publishing messages stored by a batch whose connection broke at COMMIT"
+            );
+        }
+        for message in &orphans {
+            self.publish_new(message);
+        }
         let size = origins.len();
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let mut results = results.into_iter();
@@ -422,7 +434,8 @@ impl<B: Backend> Store<B> {
 
         let m = &self.metrics.store;
         m.batches.fetch_add(1, Relaxed);
-        m.messages.fetch_add(created, Relaxed);
+        m.messages
+            .fetch_add(created + orphans.len() as u64, Relaxed);
         m.batch_micros.fetch_add(micros, Relaxed);
         m.max_batch.fetch_max(size as u64, Relaxed);
         m.batch_size.record(size as u64);

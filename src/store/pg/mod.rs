@@ -176,6 +176,8 @@ pub struct PgBackend {
     metrics: Arc<Metrics>,
     /// Messages an ambiguous COMMIT may have stored unseen (see [`write::Unconfirmed`]).
     unconfirmed: write::Unconfirmed,
+    /// Those of them found stored since, for the store thread to publish.
+    orphans: Vec<crate::model::Message>,
 }
 
 impl PgBackend {
@@ -191,6 +193,7 @@ impl PgBackend {
             last_error: None,
             metrics,
             unconfirmed: write::Unconfirmed::default(),
+            orphans: Vec::new(),
         }
     }
 
@@ -347,6 +350,10 @@ impl Backend for PgBackend {
         self.send_once(batch, now)
     }
 
+    fn take_orphans(&mut self) -> Vec<crate::model::Message> {
+        std::mem::take(&mut self.orphans)
+    }
+
     fn delete(
         &mut self,
         author: UserId,
@@ -467,9 +474,11 @@ impl PgBackend {
     /// One batch, one statement (see [`write::send_batch`]). A connection lost meanwhile is
     /// replaced and the open messages tried once more, after looking up which of them the
     /// lost statement did commit (those are answered as new and published now). When that
-    /// fails too, the senders get `Unavailable`; a retry with the same `clientMsgId` then
-    /// finds the original and, if it was stored unseen, publishes it then. Deadlocks between
-    /// nodes (SQLSTATE 40P01) roll the statement back, so they are retried too.
+    /// fails too, the senders get `Unavailable`, and the messages wait in
+    /// [`write::Unconfirmed`]: a retry with the same `clientMsgId` finds the original and, if
+    /// it was stored unseen, publishes it then; otherwise the next batch's sweep finds it and
+    /// the store publishes it ([`Backend::take_orphans`]). Deadlocks between nodes (SQLSTATE
+    /// 40P01) roll the statement back, so they are retried too.
     fn send_once(
         &mut self,
         batch: Vec<NewMessage>,
@@ -477,6 +486,17 @@ impl PgBackend {
     ) -> Vec<Result<Stored, StoreError>> {
         let mut pending = write::Pending::new(&batch, now);
         let mut unconfirmed = std::mem::take(&mut self.unconfirmed);
+        if !unconfirmed.is_empty() {
+            // Before this batch: its rooms' later messages must not overtake them.
+            if let Ok(conn) = self.conn() {
+                match write::sweep(conn, &mut unconfirmed) {
+                    Ok(found) => self.orphans.extend(found),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up the messages of a broken batch yet; will retry")
+                    }
+                }
+            }
+        }
         let mut ambiguous = false;
         let mut failure = None;
         for _attempt in 0..2 {
@@ -513,7 +533,7 @@ impl PgBackend {
             }
         }
         if failure.is_some() && ambiguous {
-            unconfirmed.add(pending.open_keyed_ids());
+            unconfirmed.add(pending.open_ids());
         }
         self.unconfirmed = unconfirmed;
         pending.finish(failure)

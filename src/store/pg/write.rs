@@ -66,13 +66,9 @@ impl<'a> Pending<'a> {
             .collect()
     }
 
-    /// Ids of the open messages that carry a clientMsgId: a retry can name them.
-    pub fn open_keyed_ids(&self) -> Vec<Uuid> {
-        self.open()
-            .into_iter()
-            .filter(|&i| self.batch[i].client_msg_id.is_some())
-            .map(|i| self.ids[i])
-            .collect()
+    /// Ids of the open messages.
+    pub fn open_ids(&self) -> Vec<Uuid> {
+        self.open().into_iter().map(|i| self.ids[i]).collect()
     }
 
     /// One answer per message in batch order; open ones get `error`.
@@ -101,22 +97,27 @@ impl<'a> Pending<'a> {
 }
 
 /// Messages a batch may have stored when its connection broke during the statement, whose
-/// senders were answered with an error: none of them was published. A retry with the same
-/// clientMsgId finds the original, which [`Unconfirmed::take`] then reports as unseen, so it
-/// is published once, then.
+/// senders were answered with an error: none of them was published. Two ways out, whichever
+/// comes first, so each is published exactly once:
+/// - a retry with the same clientMsgId finds the original, which [`Unconfirmed::take`] then
+///   reports as unseen, so the batch publishes it;
+/// - [`sweep`], before the writer's next batch, looks them all up (the ones without a
+///   clientMsgId too, which no retry can name) and hands those that were stored to the store
+///   thread to publish. One not found once every statement of the broken connection has ended
+///   (the statement timeout, twice) was never stored, and is forgotten.
 #[derive(Default)]
 pub(super) struct Unconfirmed(HashMap<Uuid, Instant>);
 
 impl Unconfirmed {
-    /// Longest a message stays here; a sender retries within seconds.
-    const TTL: Duration = Duration::from_secs(3600);
     /// Most messages kept (a long outage of a busy node).
     const CAP: usize = 100_000;
+    /// After this, a message not found was not stored: the broken connection's statement was
+    /// ended by its statement timeout at the latest.
+    const SETTLED: Duration = Duration::from_millis(2 * super::DB_TIMEOUT.as_millis() as u64);
+    /// Most messages one sweep looks up.
+    const SWEEP: usize = 4096;
 
     pub fn add(&mut self, ids: Vec<Uuid>) {
-        if self.0.len() + ids.len() > Self::CAP {
-            self.0.retain(|_, at| at.elapsed() < Self::TTL);
-        }
         let now = Instant::now();
         for id in ids.into_iter().take(Self::CAP.saturating_sub(self.0.len())) {
             self.0.insert(id, now);
@@ -127,6 +128,36 @@ impl Unconfirmed {
     pub fn take(&mut self, id: Uuid) -> bool {
         self.0.remove(&id).is_some()
     }
+
+    /// Whether any message waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Looks up the [`Unconfirmed`] messages: those found were stored and nobody was told, and
+/// are returned (oldest batch first, each room in sequence order) for the store to publish.
+pub(super) fn sweep(
+    conn: &mut Conn,
+    unconfirmed: &mut Unconfirmed,
+) -> Result<Vec<Message>, postgres::Error> {
+    let ids: Vec<Uuid> = unconfirmed
+        .0
+        .keys()
+        .take(Unconfirmed::SWEEP)
+        .copied()
+        .collect();
+    let mut found: Vec<Message> = batch::lookup(conn, &[], &ids)?
+        .iter()
+        .map(message_from_row)
+        .filter(|m| unconfirmed.take(m.id.0))
+        .collect();
+    let checked: std::collections::HashSet<Uuid> = ids.into_iter().collect();
+    unconfirmed
+        .0
+        .retain(|id, at| !checked.contains(id) || at.elapsed() < Unconfirmed::SETTLED);
+    found.sort_by_key(|m| (m.created_at, m.sequence));
+    Ok(found)
 }
 
 /// Stores the open messages of `pending` (see [`crate::store::Backend::send_batch`]): one

@@ -13,6 +13,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import jsonwebtoken from "jsonwebtoken";
+import { remember } from "./failure-logs.js";
 import { io } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -183,6 +184,7 @@ export class Server {
     this.port = 0;
     /** Everything the server printed on stdout and stderr, interleaved. */
     this.output = "";
+    remember(this);
     this.exited = new Promise((resolve) => {
       child.on("exit", (code, signal) => {
         running.delete(child);
