@@ -80,16 +80,36 @@ pub enum Answer {
 
 const TOP: &str = "SELECT last FROM message_sequences WHERE target_id = $1";
 
-macro_rules! fill {
+/// A room's messages in `($2, $3]` by sequence, at most `$4`: fills (up to any sequence) and
+/// replays (up to the holder's position).
+macro_rules! range {
     ($column:literal) => {
         concat!(
             "SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, ",
             "m.sequence, m.client_msg_id, m.created_at, m.deleted_at ",
             "FROM messages m JOIN users u ON u.id = m.author_id WHERE m.",
             $column,
-            " = $1 AND m.sequence > $2 ORDER BY m.sequence LIMIT $3"
+            " = $1 AND m.sequence > $2 AND m.sequence <= $3 ORDER BY m.sequence LIMIT $4"
         )
     };
+}
+
+/// [`range!`] for `target`'s column.
+fn range_sql(target: Target) -> &'static str {
+    match target {
+        Target::Channel(_) => range!("channel_id"),
+        Target::Dm(_) => range!("conversation_id"),
+    }
+}
+
+/// `message:new` of a row of [`range!`] (a deleted message as its tombstone).
+fn event_of(row: &postgres::Row) -> (u64, Bytes) {
+    let m = message_from_row(row);
+    let seq = u64::try_from(m.sequence).unwrap_or(0);
+    (
+        seq,
+        Bytes::from(packet::event("message:new", &m.to_json(), None)),
+    )
 }
 
 /// Starts `broker-pg`. It exits when `asks` closes.
@@ -166,10 +186,7 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
             complete: true,
         });
     };
-    let sql = match target {
-        Target::Channel(_) => fill!("channel_id"),
-        Target::Dm(_) => fill!("conversation_id"),
-    };
+    let sql = range_sql(target);
     // One snapshot for the top and the rows: a row committed after the top was read would
     // otherwise make the rows look complete up to a top they exceed.
     let mut tx = client
@@ -180,38 +197,16 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
     let id = target.uuid();
     let top: i64 = tx.query_opt(TOP, &[&id])?.map_or(0, |r| r.get(0));
     let after_i = i64::try_from(after).unwrap_or(i64::MAX);
-    let found = tx.query(sql, &[&id, &after_i, &PAGE])?;
+    let found = tx.query(sql, &[&id, &after_i, &i64::MAX, &PAGE])?;
     tx.commit()?;
     let complete = (found.len() as i64) < PAGE;
-    let rows = found
-        .iter()
-        .map(|row| {
-            let m = message_from_row(row);
-            let seq = u64::try_from(m.sequence).unwrap_or(0);
-            (
-                seq,
-                Bytes::from(packet::event("message:new", &m.to_json(), None)),
-            )
-        })
-        .collect();
+    let rows = found.iter().map(event_of).collect();
     Ok(Answer::Filled {
         room,
         rows,
         top: u64::try_from(top).unwrap_or(0),
         complete,
     })
-}
-
-macro_rules! replay {
-    ($column:literal) => {
-        concat!(
-            "SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, ",
-            "m.sequence, m.client_msg_id, m.created_at, m.deleted_at ",
-            "FROM messages m JOIN users u ON u.id = m.author_id WHERE m.",
-            $column,
-            " = $1 AND m.sequence > $2 AND m.sequence <= $3 ORDER BY m.sequence LIMIT $4"
-        )
-    };
 }
 
 /// The messages of each range, in order (a deleted one as its tombstone); `None` past
@@ -225,10 +220,7 @@ fn replay(
         let Some(target) = room.target() else {
             continue;
         };
-        let sql = match target {
-            Target::Channel(_) => replay!("channel_id"),
-            Target::Dm(_) => replay!("conversation_id"),
-        };
+        let sql = range_sql(target);
         let left = MAX_REPLAY - packets.len();
         let limit = i64::try_from(left + 1).unwrap_or(i64::MAX);
         let (after, upto) = (
@@ -239,10 +231,7 @@ fn replay(
         if rows.len() > left {
             return Ok(None);
         }
-        packets.extend(rows.iter().map(|row| {
-            let m = message_from_row(row);
-            Bytes::from(packet::event("message:new", &m.to_json(), None))
-        }));
+        packets.extend(rows.iter().map(|row| event_of(row).1));
     }
     Ok(Some(packets))
 }
