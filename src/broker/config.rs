@@ -234,11 +234,15 @@ impl RedisConfig {
         protocol: ProtocolVersion,
     ) -> redis::RedisResult<redis::Client> {
         let settings = self.info.redis_settings().clone().set_protocol(protocol);
+        // No Nagle delay: a publication is a small write that must leave at once (the
+        // crate's default keeps Nagle's algorithm on).
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let info = self
             .info
             .clone()
             .set_addr(addr)
-            .set_redis_settings(settings);
+            .set_redis_settings(settings)
+            .set_tcp_settings(tcp);
         match &self.ca {
             Some(ca) => redis::Client::build_with_tls(
                 info,
