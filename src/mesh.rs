@@ -144,6 +144,17 @@ pub enum ShardCommand {
     },
 }
 
+impl ShardCommand {
+    /// The answer to a recovery that found nothing: `to` gets a new session.
+    pub fn new_session(to: ConnectionId) -> Self {
+        ShardCommand::Recovered {
+            to,
+            session: None,
+            replay: None,
+        }
+    }
+}
+
 /// What the shards tell the presence keeper (contract §5: presence per user and workspace,
 /// across every connection).
 #[derive(Debug)]

@@ -387,11 +387,10 @@ impl Shard {
                 }
             }
             ShardCommand::Recover { pid, to } => {
-                let (session, replay) = (core.recovery.take(now, &pid), None);
                 let answer = ShardCommand::Recovered {
                     to,
-                    session,
-                    replay,
+                    session: core.recovery.take(now, &pid),
+                    replay: None,
                 };
                 core.send_to(to.shard, answer);
             }

@@ -285,14 +285,7 @@ impl Socket {
                 Effect::Recover(pid) => match pid_shard(&pid, core.mesh.shards.len()) {
                     Some(owner) => core.send_to(owner, ShardCommand::Recover { pid, to: id }),
                     // A pid this node never made (another node, or a restart): a new session.
-                    None => core.send_to(
-                        core.id,
-                        ShardCommand::Recovered {
-                            to: id,
-                            session: None,
-                            replay: None,
-                        },
-                    ),
+                    None => core.send_to(core.id, ShardCommand::new_session(id)),
                 },
                 Effect::RecoverFrom {
                     node,
@@ -313,14 +306,7 @@ impl Socket {
                     };
                     if !core.mesh.broker.recover(ask) {
                         // Not a cluster after all: a new session.
-                        core.send_to(
-                            core.id,
-                            ShardCommand::Recovered {
-                                to: id,
-                                session: None,
-                                replay: None,
-                            },
-                        );
+                        core.send_to(core.id, ShardCommand::new_session(id));
                     }
                 }
                 Effect::Replay(after) => {
