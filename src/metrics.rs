@@ -30,6 +30,12 @@ pub struct ShardMetrics {
     pub auth_failures: AtomicU64,
     /// Sockets disconnected for going on over their event budgets.
     pub clients_cut: AtomicU64,
+    /// Sessions recovered from this node's log.
+    pub recovered_here: AtomicU64,
+    /// Sessions recovered from another node's hand-over.
+    pub recovered_moved: AtomicU64,
+    /// Recoveries asked for that ended in a new session.
+    pub recovery_missed: AtomicU64,
     /// Connections and new sockets refused by the connection limits.
     pub connections_refused: AtomicU64,
     /// Bytes currently queued for clients.
@@ -38,6 +44,18 @@ pub struct ShardMetrics {
     pub inbox_depth: AtomicI64,
     /// Broadcasts dropped because the inbox was full (see `mesh::ShardHandle::send`).
     pub broadcasts_dropped: AtomicU64,
+}
+
+impl ShardMetrics {
+    /// Counts what became of a session a client asked to recover.
+    pub fn recovery(&self, outcome: crate::chat::Recovered) {
+        let counter = match outcome {
+            crate::chat::Recovered::Here => &self.recovered_here,
+            crate::chat::Recovered::Moved => &self.recovered_moved,
+            crate::chat::Recovered::Missed => &self.recovery_missed,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 /// The store thread's counters.
@@ -272,6 +290,24 @@ impl Metrics {
             "ocomms_clients_cut_total",
             "counter",
             "Sockets disconnected for going on over their event budgets."
+        );
+        shard_metric!(
+            recovered_here,
+            "ocomms_recovered_local_total",
+            "counter",
+            "Sessions recovered from this node's log."
+        );
+        shard_metric!(
+            recovered_moved,
+            "ocomms_recovered_from_node_total",
+            "counter",
+            "Sessions recovered from another node's hand-over."
+        );
+        shard_metric!(
+            recovery_missed,
+            "ocomms_recovery_missed_total",
+            "counter",
+            "Recoveries asked for that ended in a new session."
         );
         shard_metric!(
             connections_refused,

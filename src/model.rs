@@ -93,6 +93,21 @@ impl Message {
             },
         }
     }
+    /// The `message:deleted` event's data: `{messageId, deletedAt, channelId,
+    /// conversationId, sequence}` (contract §4).
+    pub fn deleted_json(&self) -> serde_json::Value {
+        let (channel, conversation) = match self.target {
+            Target::Channel(c) => (Some(c), None),
+            Target::Dm(d) => (None, Some(d)),
+        };
+        serde_json::json!({
+            "messageId": self.id,
+            "deletedAt": self.deleted_at.map(timestamp),
+            "channelId": channel,
+            "conversationId": conversation,
+            "sequence": self.sequence,
+        })
+    }
 }
 
 /// A user's presence in a workspace (contract §5).

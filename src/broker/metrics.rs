@@ -47,6 +47,15 @@ pub struct BrokerMetrics {
     pub lag_count: AtomicU64,
     /// Largest lag seen, in µs.
     pub lag_max_micros: AtomicU64,
+    /// Reads of an outage's deletions asked of PostgreSQL.
+    pub deletion_reads: AtomicU64,
+    /// Deletions released from those reads (no publication brought them).
+    pub deletions_caught_up: AtomicU64,
+    /// Reconnects that asked another node for their session and got no answer that
+    /// recovers it (counted again as `ocomms_recovery_missed_total` by the socket's shard).
+    pub recoveries_unanswered: AtomicU64,
+    /// Sessions this node handed over to another.
+    pub handovers: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -169,6 +178,30 @@ impl BrokerMetrics {
             self.held.load(Relaxed).to_string(),
         );
         one(
+            "ocomms_broker_deletion_reads_total",
+            "counter",
+            "Reads from PostgreSQL of the deletions made during an outage.",
+            n(&self.deletion_reads),
+        );
+        one(
+            "ocomms_broker_deletions_caught_up_total",
+            "counter",
+            "Deletions no publication brought, released from those reads.",
+            n(&self.deletions_caught_up),
+        );
+        one(
+            "ocomms_broker_recoveries_unanswered_total",
+            "counter",
+            "Reconnects whose session no node handed over (holder gone, slow or without it).",
+            n(&self.recoveries_unanswered),
+        );
+        one(
+            "ocomms_broker_handovers_total",
+            "counter",
+            "Sessions handed over to another node.",
+            n(&self.handovers),
+        );
+        one(
             "ocomms_broker_lag_max_seconds",
             "gauge",
             "Largest delay seen from a publication's send to its receipt.",
@@ -193,6 +226,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = BrokerMetrics::default();
         m.publishes.fetch_add(3, Relaxed);
+        m.handovers.fetch_add(5, Relaxed);
         m.lag(1500);
         m.lag(500);
         m.sequencer(
@@ -210,6 +244,8 @@ mod tests {
             "ocomms_broker_holdbacks_total 4",
             "ocomms_broker_gap_fills_total 2",
             "ocomms_broker_held 1",
+            "ocomms_broker_handovers_total 5",
+            "ocomms_broker_recoveries_unanswered_total 0",
             "ocomms_broker_lag_seconds_sum 0.002",
             "ocomms_broker_lag_seconds_count 2",
             "ocomms_broker_lag_max_seconds 0.0015",

@@ -28,6 +28,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod deletions;
 pub mod handover;
 pub mod input;
 pub mod interest;

@@ -9,9 +9,10 @@
 //! committed too, or is a hole (a sequence reserved by a batch whose row was skipped).
 
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
 use postgres::{Client, IsolationLevel};
 
@@ -36,6 +37,14 @@ pub enum Ask {
     },
     /// The committed top of each room.
     Tops(Vec<Room>),
+    /// The deletions in `rooms` made from `since` on (an outage's, see
+    /// [`super::deletions`]).
+    Deletions {
+        /// The rooms.
+        rooms: Vec<Room>,
+        /// The wall clock's moment.
+        since: SystemTime,
+    },
     /// A recovered session's replay: each room's messages in `(after, upto]`, rooms in turn.
     Replay {
         /// The broker's request number.
@@ -68,6 +77,9 @@ pub enum Answer {
     FillFailed(Room),
     /// Rooms' committed tops.
     Tops(Vec<(Room, u64)>),
+    /// Deletions read for an outage: `(room, sequence of the message, message:deleted
+    /// packet)`, oldest first.
+    Deletions(Vec<(Room, u64, Bytes)>),
     /// A replay: `message:new` packets (without offsets) in order, or `None` when it could
     /// not be read whole.
     Replayed {
@@ -101,6 +113,21 @@ fn range_sql(target: Target) -> &'static str {
         Target::Dm(_) => range!("conversation_id"),
     }
 }
+
+/// Rows per page of [`DELETIONS`], and pages per read.
+const DELETIONS_PAGE: i64 = 5_000;
+const DELETIONS_PAGES: usize = 10;
+
+/// Deletions in some rooms from a moment on (after the page's last `(deleted_at, id)`), in
+/// [`range!`]'s columns. The partial index `messages_deleted_at_idx` holds deleted rows only,
+/// so the read costs what was deleted, not the rooms' sizes.
+const DELETIONS: &str = "\
+SELECT m.id, m.content, m.author_id, u.name, m.channel_id, m.conversation_id, m.sequence,
+       m.client_msg_id, m.created_at, m.deleted_at
+FROM messages m JOIN users u ON u.id = m.author_id
+WHERE m.deleted_at IS NOT NULL AND (m.deleted_at, m.id) > ($1, $2)
+  AND COALESCE(m.channel_id, m.conversation_id) = ANY($3)
+ORDER BY m.deleted_at, m.id LIMIT $4";
 
 /// `message:new` of a row of [`range!`] (a deleted message as its tombstone).
 fn event_of(row: &postgres::Row) -> (u64, Bytes) {
@@ -146,7 +173,7 @@ pub fn spawn(
 fn failed(ask: Ask) -> Option<Answer> {
     match ask {
         Ask::Fill { room, .. } => Some(Answer::FillFailed(room)),
-        Ask::Tops(_) => None,
+        Ask::Tops(_) | Ask::Deletions { .. } => None,
         Ask::Replay { req, .. } => Some(Answer::Replayed { req, packets: None }),
     }
 }
@@ -167,6 +194,13 @@ fn answer(client: &mut Client, ask: Ask) -> Option<Answer> {
                 .ok()
                 .flatten(),
         }),
+        Ask::Deletions { rooms, since } => match deletions(client, &rooms, since) {
+            Ok(found) => Some(Answer::Deletions(found)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading an outage's deletions failed; retrying");
+                None
+            }
+        },
         Ask::Tops(rooms) => match tops(client, &rooms) {
             Ok(tops) => Some(Answer::Tops(tops)),
             Err(e) => {
@@ -207,6 +241,36 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
         top: u64::try_from(top).unwrap_or(0),
         complete,
     })
+}
+
+/// The deletions in `rooms` from `since` on, at most [`DELETIONS_PAGES`] pages.
+fn deletions(
+    client: &mut Client,
+    rooms: &[Room],
+    since: SystemTime,
+) -> Result<Vec<(Room, u64, Bytes)>, postgres::Error> {
+    let ids: Vec<uuid::Uuid> = rooms
+        .iter()
+        .filter_map(|r| r.target().map(|t| t.uuid()))
+        .collect();
+    let mut after: (DateTime<Utc>, uuid::Uuid) = (DateTime::<Utc>::from(since), uuid::Uuid::nil());
+    let mut found = Vec::new();
+    for _ in 0..DELETIONS_PAGES {
+        let rows = client.query(DELETIONS, &[&after.0, &after.1, &ids, &DELETIONS_PAGE])?;
+        for row in &rows {
+            let m = message_from_row(row);
+            let seq = u64::try_from(m.sequence).unwrap_or(0);
+            let packet = packet::event("message:deleted", &m.deleted_json(), None);
+            found.push((m.room(), seq, Bytes::from(packet)));
+            if let Some(at) = m.deleted_at {
+                after = (at, m.id.0);
+            }
+        }
+        if (rows.len() as i64) < DELETIONS_PAGE {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// The messages of each range, in order (a deleted one as its tombstone); `None` past

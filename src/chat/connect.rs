@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::auth::{self, JwtVerifier};
 use super::budget::Kind;
 use super::state::{Auth, ChatState, Detached, Member, Recovery};
-use super::{typing_update, Effect};
+use super::{typing_update, Effect, Recovered};
 use crate::ids::{new_pid, ConnectionId, Room, ShardId};
 use crate::limits::EventBudgets;
 use crate::mesh::{PresenceCommand, StoreCommand};
@@ -123,7 +123,7 @@ pub fn authenticated(
             *auth = Auth::Pending(creds);
             out.push(Effect::Refuse(e.message().to_owned()));
         }
-        (Ok(grant), None) => admit(adm, auth, grant, None, out),
+        (Ok(grant), None) => admit(adm, auth, grant, None, Asked::No, out),
         (Ok(grant), Some(mut recover)) => {
             out.push(match recover.holder(adm.node) {
                 Some((node, offset)) => {
@@ -135,6 +135,13 @@ pub fn authenticated(
             *auth = Auth::Recovering(grant, recover);
         }
     }
+}
+
+/// Whether the client asked to recover a session.
+#[derive(Clone, Copy)]
+enum Asked {
+    Yes,
+    No,
 }
 
 /// What a recovery found.
@@ -165,7 +172,14 @@ pub fn recovered(
         *auth = Auth::Recovering(grant, recover);
         return;
     }
-    admit(adm, auth, grant, found.map(|d| (recover, d)), out);
+    admit(
+        adm,
+        auth,
+        grant,
+        found.map(|d| (recover, d)),
+        Asked::Yes,
+        out,
+    );
 }
 
 /// Asks the `broker` thread for the session from `node`.
@@ -189,9 +203,13 @@ fn admit(
     auth: &mut Auth,
     grant: Grant,
     found: Option<(Recovery, Found)>,
+    auth_asked: Asked,
     out: &mut Vec<Effect>,
 ) {
+    let asked = matches!(auth_asked, Asked::Yes);
+    let mut moved = false;
     let recovered = found.and_then(|(r, found)| {
+        moved = matches!(found, Found::Moved(..));
         let (d, replay) = match found {
             Found::Here(d) => {
                 let after = r.local_offset(adm.node).unwrap_or(d.since_offset);
@@ -211,7 +229,16 @@ fn admit(
         None => None,
     };
     out.extend(grant.rooms.iter().copied().map(Effect::Join));
-    out.push(Effect::Accept { pid: pid.clone() });
+    let recovery = match (&recovered, moved) {
+        (Some(_), false) => Some(Recovered::Here),
+        (Some(_), true) => Some(Recovered::Moved),
+        (None, _) if asked => Some(Recovered::Missed),
+        (None, _) => None,
+    };
+    out.push(Effect::Accept {
+        pid: pid.clone(),
+        recovery,
+    });
     out.push(Effect::Presence(PresenceCommand::Connected {
         user: grant.user.id,
         workspace: grant.workspace,
@@ -415,7 +442,9 @@ mod tests {
         let replay = vec![Bytes::from_static(b"42[1]")];
         let found = Some(Found::Moved(session(), replay));
         recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
-        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(A)));
+        assert!(
+            matches!(out[1], Effect::Accept { pid: Some(ref p), recovery: Some(Recovered::Moved) } if p.starts_with(A))
+        );
         assert!(matches!(out.last(), Some(Effect::ReplayPackets(p)) if p.len() == 1));
     }
 
@@ -426,7 +455,9 @@ mod tests {
         let mut auth = recovering(None);
         let found = Some(Found::Moved(session(), vec![Bytes::from(vec![b'x'; 11])]));
         recovered(&adm(Some(B), &can), &mut auth, found, &mut out);
-        assert!(matches!(out[1], Effect::Accept { pid: Some(ref p) } if p.starts_with(B)));
+        assert!(
+            matches!(out[1], Effect::Accept { pid: Some(ref p), recovery: Some(Recovered::Missed) } if p.starts_with(B))
+        );
         assert!(!out.iter().any(|e| matches!(e, Effect::ReplayPackets(_))));
     }
 
@@ -443,7 +474,13 @@ mod tests {
         out.clear();
         recovered(&adm(Some(A), &can), &mut auth, None, &mut out);
         assert!(
-            matches!(out[1], Effect::Accept { .. }),
+            matches!(
+                out[1],
+                Effect::Accept {
+                    recovery: Some(Recovered::Missed),
+                    ..
+                }
+            ),
             "then a new session"
         );
         let mut auth = recovering(Some("7"));

@@ -25,6 +25,17 @@ use crate::mesh::{Asker, Except, PresenceCommand, Publication, StoreCommand, Sto
 use crate::model::{timestamp, User};
 use crate::store::request::{NewMessage, StoreError};
 
+/// What became of a session a client asked to recover (counted in `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// Recovered from this node's log.
+    Here,
+    /// Recovered from another node's hand-over.
+    Moved,
+    /// Not found, or not exactly: a new session.
+    Missed,
+}
+
 /// What a handler asks the shard to do.
 #[derive(Debug)]
 pub enum Effect {
@@ -50,6 +61,8 @@ pub enum Effect {
     Accept {
         /// Its recovery pid, when connection state recovery is on.
         pid: Option<Box<str>>,
+        /// What became of the session the client asked to recover, if it asked.
+        recovery: Option<Recovered>,
     },
     /// Fetch the detached session with this pid (from the shard that made the pid), then
     /// hand it to [`connect::recovered`].

@@ -277,10 +277,13 @@ impl Socket {
                     core.metrics().auth_failures.fetch_add(1, Relaxed);
                     self.session.refuse(&reason);
                 }
-                Effect::Accept { pid } => {
+                Effect::Accept { pid, recovery } => {
                     self.session
                         .accept(&new_session_id(core.id), pid.as_deref());
                     core.metrics().sockets.fetch_add(1, Relaxed);
+                    if let Some(recovery) = recovery {
+                        core.metrics().recovery(recovery);
+                    }
                 }
                 Effect::Recover(pid) => match pid_shard(&pid, core.mesh.shards.len()) {
                     Some(owner) => core.send_to(owner, ShardCommand::Recover { pid, to: id }),

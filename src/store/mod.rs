@@ -37,10 +37,10 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::AdminRequest;
-use crate::ids::{ConnectionId, MessageId, Target, UserId, WorkspaceId};
+use crate::ids::{ConnectionId, MessageId, UserId, WorkspaceId};
 use crate::mesh::{Asker, DurablePublisher, Mesh, StoreCommand, StoreReply};
 use crate::metrics::Metrics;
-use crate::model::{timestamp, Message};
+use crate::model::Message;
 
 pub use backend::Backend;
 use lanes::{Done, Lanes};
@@ -473,17 +473,7 @@ impl<B: Backend> Store<B> {
 
     /// `message:deleted {messageId, deletedAt, channelId, conversationId, sequence}` (§4).
     fn publish_deleted(&mut self, message: &Message) {
-        let (channel, conversation) = match message.target {
-            Target::Channel(c) => (Some(c), None),
-            Target::Dm(d) => (None, Some(d)),
-        };
-        let data = serde_json::json!({
-            "messageId": message.id,
-            "deletedAt": message.deleted_at.map(timestamp),
-            "channelId": channel,
-            "conversationId": conversation,
-            "sequence": message.sequence,
-        });
+        let data = message.deleted_json();
         self.durable
             .publish(message.room(), "message:deleted", &data, message.sequence);
     }

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{self, Header, Kind, Place};
+use super::deletions::Deletions;
 use super::handover::ReleaseLog;
 use super::interest::{Change, Interest, LINGER};
 use super::link::{Event, Link};
@@ -30,6 +31,7 @@ use crate::mesh::{Broadcast, BrokerHandle, Except, Publication, ShardCommand};
 pub use super::input::Input;
 
 mod admit;
+mod outage;
 mod resume;
 mod upkeep;
 
@@ -82,6 +84,12 @@ pub struct Broker {
     deletes: FxHashMap<Room, Vec<(u64, Bytes)>>,
     /// Highest sequence per room that Redis did not take: announced as a watermark later.
     unpublished: FxHashMap<Room, u64>,
+    /// Deletions Redis did not take: published again later.
+    unpublished_deletes: Vec<(Room, u64, Bytes)>,
+    /// Deletions released recently, and the outage whose deletions are read from PostgreSQL.
+    deletions: Deletions<Room>,
+    /// The next read of an outage's deletions.
+    next_deletions_read: Instant,
     /// The last recovery offset given.
     offset: u64,
     /// Positions released per room at each offset (recovery on another node).
@@ -141,6 +149,9 @@ impl Broker {
             pending: FxHashMap::default(),
             deletes: FxHashMap::default(),
             unpublished: FxHashMap::default(),
+            unpublished_deletes: Vec::new(),
+            deletions: Deletions::new(sweep),
+            next_deletions_read: Instant::now(),
             offset: 0,
             log: ReleaseLog::new(LINGER.max(linger)),
             asking: FxHashMap::default(),
@@ -292,12 +303,16 @@ impl Broker {
             .publish(channel, codec::encode(&header, packet))
             .is_err()
         {
-            self.lost(room, kind, seq);
+            self.lost(room, kind, seq, packet);
         }
     }
 
-    /// A durable publication Redis did not take: its room gets a watermark once it can.
-    fn lost(&mut self, room: Room, kind: Kind, seq: Option<u64>) {
+    /// A durable publication Redis did not take: its room gets a watermark once it can (a
+    /// deletion is published again).
+    fn lost(&mut self, room: Room, kind: Kind, seq: Option<u64>, packet: &[u8]) {
+        if let (Kind::MessageDeleted, Some(seq)) = (kind, seq) {
+            self.lost_deletion(room, seq, packet);
+        }
         if let (Kind::MessageNew | Kind::Watermark, Some(seq)) = (kind, seq) {
             if self.unpublished.len() < MAX_UNPUBLISHED || self.unpublished.contains_key(&room) {
                 let top = self.unpublished.entry(room).or_default();
@@ -309,15 +324,8 @@ impl Broker {
     /// A durable event for this node's members (committed here or received).
     fn durable(&mut self, room: Room, deleted: bool, seq: u64, packet: Bytes, now: Instant) {
         if deleted {
-            match self.seq.released(&room) {
-                Some(released) if seq <= released => self.release(room, seq, None, packet),
-                Some(_) => {
-                    let waiting = self.deletes.entry(room).or_default();
-                    if waiting.len() < MAX_WAITING_DELETES {
-                        waiting.push((seq, packet));
-                    }
-                }
-                None => {}
+            if self.deletions.first(room, seq, now) {
+                self.hold_deletion(room, seq, packet);
             }
             return;
         }
@@ -328,6 +336,20 @@ impl Broker {
             return;
         }
         self.seq.arrive(&room, seq, packet, now, &mut self.out);
+    }
+
+    /// Releases a deletion, or keeps it until its message is released.
+    fn hold_deletion(&mut self, room: Room, seq: u64, packet: Bytes) {
+        match self.seq.released(&room) {
+            Some(released) if seq <= released => self.release(room, seq, None, packet),
+            Some(_) => {
+                let waiting = self.deletes.entry(room).or_default();
+                if waiting.len() < MAX_WAITING_DELETES {
+                    waiting.push((seq, packet));
+                }
+            }
+            None => {}
+        }
     }
 
     /// A room gained its first member on this node: subscribe, and start its stream at the
@@ -401,6 +423,7 @@ impl Broker {
                 self.admissions.replayed(req, packets);
                 self.admit(now);
             }
+            Answer::Deletions(found) => self.caught_up(found, now),
             Answer::Tops(tops) => {
                 for (room, top) in tops {
                     if let Some(p) = self.pending.remove(&room) {
@@ -426,13 +449,14 @@ impl Broker {
             }
             Event::SubscriberDown => {
                 self.subscriber_down = true;
+                self.deletions.down(std::time::SystemTime::now());
                 self.confirmed.clear();
             }
             Event::Unpublished(payloads) => {
                 for payload in payloads {
                     if let Ok(p) = codec::decode(Bytes::from(payload)) {
                         if let (Some(room), Some(place)) = (p.header.room, p.header.place) {
-                            self.lost(room, p.header.kind, Some(place.pos));
+                            self.lost(room, p.header.kind, Some(place.pos), &p.packet);
                         }
                     }
                 }

@@ -11,6 +11,7 @@
 //! back until the socket is in; a room B does not stream starts at the position; a room B
 //! streams behind it is waited for. No answer within [`ASK_WAIT`]: a clean new session.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,7 +81,7 @@ impl Broker {
             other => other,
         };
         let Some(holder) = holder.filter(|n| *n != self.node) else {
-            return self.broker.carry_out(fresh(&ask));
+            return self.new_session(&ask);
         };
         let req = self.next_req();
         let message = Control::Recover {
@@ -98,7 +99,7 @@ impl Broker {
         if self.control(holder, &message) {
             self.asking.insert(req, Asking { ask, since: now });
         } else {
-            self.broker.carry_out(fresh(&ask));
+            self.new_session(&ask);
         }
     }
 
@@ -201,6 +202,7 @@ impl Broker {
                 deletions,
             });
         if found.is_some() {
+            self.metrics.handovers.fetch_add(1, Relaxed);
             self.moved
                 .insert(h.pid.into_boxed_str(), (h.from, now + self.window));
         }
@@ -213,7 +215,7 @@ impl Broker {
             return;
         };
         let Some(s) = found.filter(|s| s.user == ask.user && s.workspace == ask.workspace) else {
-            return self.broker.carry_out(fresh(&ask));
+            return self.new_session(&ask);
         };
         // The session is here now: where it once went from here no longer leads to it (and
         // the pointers between nodes can never form a loop).
@@ -253,6 +255,12 @@ impl Broker {
         self.ready_with(floors, ask.rooms, true, admission, Some(replay), now);
     }
 
+    /// The socket that asked gets a clean new session.
+    fn new_session(&self, ask: &RecoverAsk) {
+        self.metrics.recoveries_unanswered.fetch_add(1, Relaxed);
+        self.broker.carry_out(fresh(ask));
+    }
+
     /// Requests that waited too long: a clean new session, or an answer dropped.
     pub(super) fn resume_tick(&mut self, now: Instant) {
         let late: Vec<u64> = self
@@ -263,7 +271,7 @@ impl Broker {
             .collect();
         for req in late {
             if let Some(a) = self.asking.remove(&req) {
-                self.broker.carry_out(fresh(&a.ask));
+                self.new_session(&a.ask);
             }
         }
         self.handing

@@ -93,7 +93,9 @@ impl Broker {
         // is down, else every `CHAT_SWEEP_MS`.
         if self.subscriber_down && self.link.status().is_up() {
             self.subscriber_down = false;
+            self.deletions.up(now);
         }
+        self.outage_tick(now);
         if now >= self.next_sweep {
             let rooms: Vec<Room> = self
                 .interest
@@ -101,7 +103,13 @@ impl Broker {
                 .copied()
                 .filter(|r| r.target().is_some() && self.seq.released(r).is_some())
                 .collect();
+            // And the deletions made since the last sweep (a node that died between a
+            // deletion's commit and its publish).
+            let since = self.deletions.sweep(std::time::SystemTime::now());
             if !rooms.is_empty() {
+                if let Some(since) = since {
+                    self.read_deletions(rooms.clone(), since);
+                }
                 let _ = self.pg.send(Ask::Tops(rooms));
             }
             let every = if self.subscriber_down {

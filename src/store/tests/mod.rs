@@ -12,7 +12,7 @@ use super::*;
 use crate::api::AdminRequest;
 use crate::chat::auth::Credential;
 use crate::ids::{ChannelId, ConversationId};
-use crate::ids::{Room, ShardId};
+use crate::ids::{Room, ShardId, Target};
 use crate::mesh::{BrokerHandle, ShardCommand, ShardHandle, StoreHandle};
 use crate::model::{Grant, MembershipChange};
 

@@ -10,7 +10,7 @@ import { randomUUID } from "node:crypto";
 import { after, describe, test } from "node:test";
 
 import { startCluster } from "../lib/cluster.js";
-import { collect, emitWithAck } from "../lib/server.js";
+import { collect, emitWithAck, waitFor } from "../lib/server.js";
 
 const send = (socket, targetId, content) =>
   emitWithAck(socket, "message:send", { targetId, targetType: "channel", content, clientMsgId: randomUUID() }, 15000);
@@ -97,6 +97,29 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     for (const s of [sender, member, control]) s.disconnect();
   });
 
+  test("a deletion no publication announced (written into the table, as by a node that died after its COMMIT) reaches every node's members with the sweep, once", async () => {
+    const cluster = await start({ env: { CHAT_SWEEP_MS: "1000" } });
+    const ws = await cluster.provision({ users: 4, channels: [{ members: "all" }] });
+    const channel = ws.channels[0].id;
+    const sender = await cluster.nodes[0].connectUser(ws.users[0], ws.workspaceId);
+    const receivers = await Promise.all([1, 2, 3].map((u, i) => cluster.nodes[i].connectUser(ws.users[u], ws.workspaceId)));
+    const inboxes = receivers.map((r) => collect(r, "message:new"));
+    const deletions = receivers.map((r) => collect(r, "message:deleted"));
+    const sent = await send(sender, channel, "deleted behind every node's back");
+    for (const inbox of inboxes) await inbox.until((g) => g.some((m) => m.id === sent.messageId), 10000, "the message");
+    execFileSync("psql", [cluster.database.url, "-qc", `UPDATE messages SET deleted_at = now(), updated_at = now() WHERE id = '${sent.messageId}'`]);
+    for (const [i, got] of deletions.entries()) {
+      await got.until((g) => g.some((d) => d.messageId === sent.messageId), 10000, `node ${i}'s member gets the deletion`);
+      assert.equal(got[0].sequence, sent.sequence);
+    }
+    // Each sweep reads from shortly before the last one: the same deletion is read several
+    // times, and released once.
+    const reads = await cluster.metric("ocomms_broker_deletion_reads_total");
+    await waitFor(async () => (await cluster.metric("ocomms_broker_deletion_reads_total")) >= reads + 3 * 8, 20000, "eight more sweeps on every node");
+    for (const [i, got] of deletions.entries()) assert.equal(got.length, 1, `node ${i}'s member got the deletion once`);
+    for (const s of [sender, ...receivers]) s.disconnect();
+  });
+
   test("typing and presence cross nodes; presence:query answers for the cluster", async () => {
     const cluster = await start();
     const ws = await cluster.provision({ users: 2, channels: [{ members: "all" }] });
@@ -166,14 +189,7 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     await cluster.kill(2);
     // Keep sending through the two survivors for a while after the death.
     const before = loops[0].acked.length + loops[1].acked.length;
-    await new Promise((resolve) => {
-      const t = setInterval(() => {
-        if (loops[0].acked.length + loops[1].acked.length >= before + 60) {
-          clearInterval(t);
-          resolve();
-        }
-      }, 20);
-    });
+    await waitFor(() => loops[0].acked.length + loops[1].acked.length >= before + 60, 30000, "60 more acks after the death");
     stop = true;
     await Promise.all(loops.map((l) => l.done));
     const acked = loops.flatMap((l) => l.acked);
@@ -202,38 +218,51 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     for (const s of [...senders, ...receivers, watcher, back]) s.disconnect();
   });
 
-  test("Redis restarted under load: local delivery goes on, then every member has every acked message in order", async () => {
-    const cluster = await start({ env: { CHAT_SWEEP_MS: "1000" } });
+  test("Redis restarted under load: local delivery goes on, then every member has every acked message and deletion, in order, once", async () => {
+    // The senders go at full speed through the outage (local acks are quick): over the
+    // default send budget within a second or two.
+    const cluster = await start({ env: { CHAT_SWEEP_MS: "1000", CHAT_LIMIT_SENDS: "100000/1s" } });
     const ws = await cluster.provision({ users: 5, channels: [{ members: "all" }] });
     const channel = ws.channels[0].id;
     const on = (i, u) => cluster.nodes[i].connectUser(ws.users[u], ws.workspaceId);
     const senders = [await on(0, 0), await on(1, 1)];
     const receivers = [await on(0, 2), await on(1, 3), await on(2, 4)];
     const inboxes = receivers.map((r) => collect(r, "message:new"));
+    const deletions = receivers.map((r) => collect(r, "message:deleted"));
     let stop = false;
     const loops = senders.map((s, i) => sendLoop(s, channel, `n${i}`, 3, () => stop));
     await inboxes[2].until(40, 20000);
+    // A message every member already has, deleted on node 1 while Redis is down.
+    const doomed = await send(senders[1], channel, "deleted while Redis is down");
+    assert.equal(doomed.success, true, JSON.stringify(doomed));
+    for (const inbox of inboxes) await inbox.until((g) => g.some((m) => m.id === doomed.messageId), 10000, "the doomed message");
     await cluster.redis.stopProcess();
     // Redis is down: sends still commit and ack, and a member on the sender's node gets them.
     const during = await send(senders[0], channel, "while Redis is down");
     assert.equal(during.success, true, JSON.stringify(during));
     await inboxes[0].until((g) => g.some((m) => m.id === during.messageId), 10000, "local delivery during the outage");
+    const deleted = await emitWithAck(senders[1], "message:delete", { messageId: doomed.messageId }, 15000);
+    assert.equal(deleted.success, true, JSON.stringify(deleted));
+    // No publication crosses a node now: nodes 0 and 2 read the deletion from PostgreSQL.
+    const gotDeletion = (g) => g.some((d) => d.messageId === doomed.messageId);
+    for (const [i, got] of deletions.entries()) {
+      await got.until(gotDeletion, 15000, `node ${i}'s member gets the deletion made on node 1 during the outage`);
+    }
+    assert.ok((await cluster.metric("ocomms_broker_deletions_caught_up_total")) >= 2, "nodes 0 and 2 caught the deletion up from PostgreSQL");
     await cluster.redis.spawn();
     const base = loops[0].acked.length + loops[1].acked.length;
-    await new Promise((resolve) => {
-      const t = setInterval(() => {
-        if (loops[0].acked.length + loops[1].acked.length >= base + 40) {
-          clearInterval(t);
-          resolve();
-        }
-      }, 20);
-    });
+    await waitFor(() => loops[0].acked.length + loops[1].acked.length >= base + 40, 30000, "40 more acks after Redis is back");
     stop = true;
     await Promise.all(loops.map((l) => l.done));
     const top = Math.max(during.sequence, ...loops.flatMap((l) => l.acked));
     for (const [i, inbox] of inboxes.entries()) {
       await inbox.until(top, 30000);
       assertOneToN(inbox, top, `the receiver on node ${i}`);
+    }
+    // Node 1 publishes again the deletion Redis did not take; nodes 0 and 2 had it already.
+    for (const [i, got] of deletions.entries()) {
+      assert.equal(got.filter((d) => d.messageId === doomed.messageId).length, 1, `node ${i}'s member got the deletion once`);
+      assert.equal(got.find((d) => d.messageId === doomed.messageId).sequence, doomed.sequence);
     }
     const health = (await cluster.nodes[2].request("GET", "/healthz")).json;
     assert.equal(health.status, "ok");

@@ -86,6 +86,11 @@ describe("cluster: connection state recovery on another node", { timeout: 120_00
     for (const ch of [one, two]) {
       assert.deepEqual(sequences(ch), Array.from({ length: 11 }, (_, i) => i + 1), "sequences 1..11, once each");
     }
+    // /metrics on each node counts the moves: A handed to B, B recovered and handed to C.
+    assert.ok((await a.metric("ocomms_broker_handovers_total")) >= 1, "A counts its handover");
+    assert.ok((await b.metric("ocomms_recovered_from_node_total")) >= 1, "B counts its recovery");
+    assert.ok((await b.metric("ocomms_broker_handovers_total")) >= 1, "B counts its handover");
+    assert.ok((await c.metric("ocomms_recovered_from_node_total")) >= 1, "C counts its recovery");
     client.disconnect();
     sender.disconnect();
     observer.disconnect();
@@ -210,6 +215,7 @@ describe("cluster: connection state recovery on another node", { timeout: 120_00
     }
     await reconnectTo(client, b);
     assert.equal(client.recovered, false, "a new session rather than a replay that would drop it");
+    assert.ok((await b.metric("ocomms_recovery_missed_total")) >= 1, "B counts the new session");
     const live = await send(sender, channel, "live");
     await inbox.until((msgs) => msgs.some((m) => m.id === live.messageId));
     assert.equal(client.connected, true, "still connected");

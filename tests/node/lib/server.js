@@ -16,7 +16,7 @@ import jsonwebtoken from "jsonwebtoken";
 import { remember } from "./failure-logs.js";
 
 // Waiting on events, bounded by time; kept importable from here.
-export { collect, condition, emitWithAck, once, within } from "./wait.js";
+export { collect, condition, emitWithAck, once, waitFor, within } from "./wait.js";
 import { io } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -61,6 +61,19 @@ export function condition(check, timeoutMs, what) {
 }
 
 /**
+ * Resolves when the async `check()` holds, asking again every 100 ms (for state only a
+ * request shows, such as /metrics); the error names `what`.
+ */
+export async function waitFor(check, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() >= deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
  * Collects every `event` a socket receives, first argument only, in arrival order.
  * `got.until(n | check, timeoutMs, what)` waits until `n` have arrived or `check(got)` holds,
  * re-checking on each arrival (event-driven, no polling clock).

@@ -173,6 +173,7 @@ describe("connection state recovery", { timeout: 60_000 }, () => {
     client.connect();
     await reconnected;
     assert.equal(client.recovered, true, "socket.recovered");
+    assert.ok((await server.metric("ocomms_recovered_local_total")) >= 1, "/metrics counts the recovery");
     await inbox.until(6);
     assert.deepEqual(
       inbox.map((m) => m.content),
