@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use rustc_hash::FxHashMap;
 use serde_json::json;
 
 use super::{Beat, Registry};
@@ -27,6 +28,12 @@ use crate::presence::PresenceBook;
 
 /// How often dead nodes are looked for between beats.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// How long this node holds a user's last socket gone before it tells Redis the user left
+/// here. A tab that opens on another node as one closes here is registered there meanwhile,
+/// so the user is never shown `offline` then `active` again (a page reload on one node
+/// neither); a user who really left is shown `offline` this much later.
+const OFFLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a clean shutdown waits for the node's `leave`.
 const LEAVE_WAIT: Duration = Duration::from_secs(3);
@@ -79,6 +86,7 @@ pub fn spawn(
                 next_beat: Instant::now(),
                 next_check: Instant::now() + EXPIRY_CHECK,
                 heartbeat: settings.heartbeat,
+                leaving: FxHashMap::default(),
             };
             p.run(&inbox, &done);
         })
@@ -95,6 +103,9 @@ struct Presence {
     next_beat: Instant,
     next_check: Instant,
     heartbeat: Duration,
+    /// Users whose last socket here went within [`OFFLINE_GRACE`]: when to tell Redis, and
+    /// the node's status for them that Redis still holds.
+    leaving: FxHashMap<(WorkspaceId, UserId), (Instant, PresenceStatus)>,
 }
 
 impl Presence {
@@ -183,9 +194,31 @@ impl Presence {
             }
             Err(_) => return,
         };
+        let before = self.book.status(workspace, user);
         let Some(status) = self.book.apply(workspace, user, change) else {
             return;
         };
+        let key = (workspace, user);
+        if status == PresenceStatus::Offline {
+            let held = self.leaving.get(&key).map_or(before, |(_, held)| *held);
+            self.leaving
+                .insert(key, (Instant::now() + OFFLINE_GRACE, held));
+            return;
+        }
+        // Back within the grace: Redis still holds what it held.
+        if self
+            .leaving
+            .remove(&key)
+            .is_some_and(|(_, held)| held == status)
+        {
+            return;
+        }
+        self.set(workspace, user, status);
+    }
+
+    /// Tells Redis this node's status for a user (the script publishes the cluster-wide
+    /// change); while Redis is down, this node's members are told.
+    fn set(&self, workspace: WorkspaceId, user: UserId, status: PresenceStatus) {
         let mesh = self.mesh.clone();
         let registry = Arc::clone(&self.registry);
         let sent = self.link.run(Box::new(move |conns| {
@@ -250,6 +283,20 @@ impl Presence {
             self.next_beat = now;
         }
         self.was_up = up;
+        if !self.leaving.is_empty() {
+            let due: Vec<(WorkspaceId, UserId)> = self
+                .leaving
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .map(|(key, _)| *key)
+                .collect();
+            for (workspace, user) in due {
+                self.leaving.remove(&(workspace, user));
+                if self.book.status(workspace, user) == PresenceStatus::Offline {
+                    self.set(workspace, user, PresenceStatus::Offline);
+                }
+            }
+        }
         if now >= self.next_beat {
             self.next_beat = now + self.heartbeat;
             self.job(|reg, con, _| match reg.beat(con) {

@@ -42,6 +42,9 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     for (const c of clusters) await c.stop();
   });
   const start = async (opts = {}) => {
+    // One cluster at a time: each node holds several PostgreSQL connections, and the
+    // server's max_connections is shared with everything else on the machine.
+    while (clusters.length > 0) await clusters.pop().stop();
     const c = await startCluster({ nodes: 3, shards: 2, ...opts });
     clusters.push(c);
     return c;
@@ -141,6 +144,28 @@ describe("cluster: three nodes over Redis", { timeout: 240_000 }, () => {
     assert.equal(typing[1].isTyping, false);
     await presence.until((g) => g.some((u) => u.userId === ws.users[1].id && u.status === "offline"), 5000);
     a.disconnect();
+  });
+
+  test("a tab that closes on one node as another opens on a second: the user is never shown offline in between", async () => {
+    const cluster = await start();
+    const ws = await cluster.provision({ users: 3, channels: [{ members: "all" }] });
+    const [watcherUser, user, markerUser] = ws.users;
+    const watcher = await cluster.nodes[2].connectUser(watcherUser, ws.workspaceId);
+    const updates = collect(watcher, "presence:update");
+    const of = (u) => updates.filter((p) => p.userId === u.id).map((p) => p.status);
+    const first = await cluster.nodes[0].connectUser(user, ws.workspaceId);
+    await updates.until(() => of(user).includes("active"), 10000, "the user shown active");
+    first.disconnect();
+    const second = await cluster.nodes[1].connectUser(user, ws.workspaceId);
+    // Presence updates all cross the workspace's one Redis channel, in order: the marker's
+    // comes after anything the swap of tabs published.
+    const marker = await cluster.nodes[0].connectUser(markerUser, ws.workspaceId);
+    await updates.until(() => of(markerUser).includes("active"), 10000, "the marker shown active");
+    assert.deepEqual(of(user), ["active"], "no offline (nor a second active) while a tab was open somewhere");
+    second.disconnect();
+    await updates.until(() => of(user).includes("offline"), 10000, "offline once the last tab is gone");
+    assert.deepEqual(of(user), ["active", "offline"]);
+    for (const s of [watcher, marker]) s.disconnect();
   });
 
   test("a typer who keeps typing shows once on other nodes; when its node dies, the others stop it within 7.5 s", async () => {
