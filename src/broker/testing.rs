@@ -36,12 +36,23 @@ pub struct TestRedis {
     child: Option<Child>,
 }
 
-/// A free TCP port on 127.0.0.1 (taken from the kernel, then released for the server).
+/// A free TCP port on 127.0.0.1 (taken from the kernel, then released for the server), never
+/// one this process handed out before: tests run side by side, and a port released here may
+/// be the next one the kernel offers (two servers, or one's cluster bus and another's
+/// clients, would then share it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"));
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn run(cmd: &mut Command) {
@@ -200,6 +211,18 @@ impl TestRedis {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Something answered: it must be this server, not another process on the port.
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "redis-server on port {} (bus {}) exited at start ({exited:?}): a port taken \
+             meanwhile by another process",
+            self.port,
+            self.bus_port
+        );
     }
 
     /// The server's port.

@@ -44,15 +44,19 @@ impl Broker {
         let Some(since) = self.deletions.due(now) else {
             return;
         };
-        let rooms: Vec<Room> = self
-            .interest
-            .rooms()
-            .copied()
-            .filter(|r| r.target().is_some() && self.seq.released(r).is_some())
-            .collect();
+        let rooms = self.streamed_rooms();
         if !rooms.is_empty() {
             self.read_deletions(rooms, since);
         }
+    }
+
+    /// The channel and DM rooms whose streams have started here.
+    pub(super) fn streamed_rooms(&self) -> Vec<Room> {
+        self.interest
+            .rooms()
+            .copied()
+            .filter(|r| r.target().is_some() && self.seq.released(r).is_some())
+            .collect()
     }
 
     /// Asks `broker-pg` for the deletions in `rooms` made from `since` on.

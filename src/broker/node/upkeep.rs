@@ -97,12 +97,7 @@ impl Broker {
         }
         self.outage_tick(now);
         if now >= self.next_sweep {
-            let rooms: Vec<Room> = self
-                .interest
-                .rooms()
-                .copied()
-                .filter(|r| r.target().is_some() && self.seq.released(r).is_some())
-                .collect();
+            let rooms = self.streamed_rooms();
             // And the deletions made since the last sweep (a node that died between a
             // deletion's commit and its publish).
             let since = self.deletions.sweep(std::time::SystemTime::now());
