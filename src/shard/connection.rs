@@ -22,6 +22,12 @@ const MAX_IOVECS: usize = 64;
 /// How long a connection being closed may take to flush its last bytes.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Most bytes a closing connection's peer may still send to be read and thrown away (an
+/// upload refused with 413 that is still on its way, so the client reads its answer rather
+/// than a reset): past it the connection ends at once, whatever is left of [`CLOSE_GRACE`].
+/// Without it a peer could keep a shard reading for the whole grace at its link's speed.
+pub const MAX_DISCARD: u32 = 16 * 1024 * 1024;
+
 /// A connection owned by a shard.
 #[derive(Debug)]
 pub struct Connection {
@@ -60,6 +66,8 @@ pub struct Connection {
     /// would answer its unread bytes with a reset, and it could lose our last response
     /// (a 413 to a large upload).
     pub lingering: bool,
+    /// Bytes read and discarded since the connection began closing (see [`MAX_DISCARD`]).
+    pub discarded: u32,
     /// The client's address, when the gate counts this connection (see `crate::gate`).
     pub peer: Option<std::net::IpAddr>,
 }
@@ -141,6 +149,7 @@ impl Connection {
             ready: false,
             stuck_since: None,
             lingering: false,
+            discarded: 0,
             peer: None,
         }
     }

@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Instant;
 
-use super::connection::Phase;
+use super::connection::{Phase, MAX_DISCARD};
 use super::upgrade::Step;
 use super::{http, upgrade, ws, Shard};
 use crate::ids::SocketRef;
@@ -85,7 +85,15 @@ impl Shard {
             };
             read += n;
             if conn.closing.is_some() {
-                // Input after we decided to close is discarded (a graceful close drains it).
+                // Input after we decided to close is discarded (a graceful close drains it),
+                // up to a bound.
+                conn.discarded = conn
+                    .discarded
+                    .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+                if conn.discarded > MAX_DISCARD {
+                    conn.close_now(now, "too much input after the close began");
+                    break;
+                }
                 continue;
             }
             if conn.inbuf.is_empty() {

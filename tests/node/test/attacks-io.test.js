@@ -264,6 +264,23 @@ describe("hostile clients on one shard", { timeout: 240_000 }, () => {
     await within(closed, 15_000, "the server ends the connection");
   });
 
+  test("a peer that keeps sending after its 400 is cut after a bounded discard, not at the end of the close grace", async () => {
+    const sock = net.connect(server.port, server.host);
+    sock.on("error", () => {});
+    await new Promise((resolve) => sock.once("connect", resolve));
+    const closed = new Promise((resolve) => sock.once("close", resolve));
+    sock.write("NOT HTTP\r\n\r\n");
+    // The server answers 400 and closes; what comes after is read and thrown away, up to
+    // 16 MiB (src/shard/connection.rs, MAX_DISCARD), not for the whole 2 s grace at
+    // loopback speed.
+    const junk = Buffer.alloc(256 * 1024, 0x41);
+    const written = await writeUntilBlocked(sock, junk, { maxBytes: 512 * MiB, stallMs: 10_000 });
+    assert.ok(written < 64 * MiB, `the server read ${(written / MiB).toFixed(0)} MiB of a closing connection's input`);
+    await within(closed, 15_000, "the connection ends");
+    const health = await server.request("GET", "/healthz", { fresh: true });
+    assert.equal(health.status, 200, "others are still served");
+  });
+
   test("a 1-3 MB POST from Node's http client gets its 413", async () => {
     const watch = rssWatch(server);
     for (const mb of [1, 2, 3, 1, 2, 3]) {
