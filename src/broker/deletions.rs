@@ -6,10 +6,12 @@
 //! message the node already released leaves no gap. So the `broker` thread reads from
 //! PostgreSQL the deletions of its rooms, and releases those it has not released yet:
 //! - while its subscriber is down, and for [`SETTLE`] after it is back (its rooms are
-//!   subscribed again by then), every second, those made since shortly before the outage
-//!   began;
-//! - with each sweep of tops, those made since shortly before the last sweep (a node that
-//!   died between a deletion's commit and its publish).
+//!   subscribed again by then), every second;
+//! - with each sweep of tops (a node that died between a deletion's commit and its publish,
+//!   a deletion the web app wrote into the table).
+//!
+//! Each read starts [`MARGIN`] before the start of the last read that came back whole, so an
+//! outage costs what was deleted meanwhile, and a read that failed is made up by the next.
 //!
 //! [`Deletions`] says when to read and from which moment, and remembers the deletions the node
 //! released recently, so each reaches the node's members once: whether it came from this
@@ -43,8 +45,6 @@ pub const MAX_KEPT: usize = 100_000;
 /// An outage whose deletions are still looked for.
 #[derive(Debug, Clone, Copy)]
 struct Doubt {
-    /// Deletions made from this moment on (the wall clock, as PostgreSQL's `deleted_at`).
-    since: SystemTime,
     /// The subscriber is back; the reads stop at this instant (`None`: it is still down).
     until: Option<Instant>,
 }
@@ -57,38 +57,40 @@ pub struct Deletions<K> {
     doubt: Option<Doubt>,
     /// When the last outage's reads ended: deletions released before it are kept `keep`.
     settled: Option<Instant>,
-    /// When the last sweep was (the wall clock).
-    swept: Option<SystemTime>,
+    /// Every deletion committed before this moment (the wall clock, as PostgreSQL's
+    /// `deleted_at`) was read: the start of the last read that came back whole.
+    covered: SystemTime,
     keep: Duration,
 }
 
-impl<K: Copy + Eq + Hash> Default for Deletions<K> {
-    fn default() -> Self {
-        Deletions::new(Duration::ZERO)
-    }
-}
-
 impl<K: Copy + Eq + Hash> Deletions<K> {
-    /// Deletions swept about every `sweep`: what a sweep reads is remembered until the sweep
-    /// after next has read past it (and [`KEEP`] at least).
-    pub fn new(sweep: Duration) -> Self {
+    /// The deletions of a node that started at `start` (its rooms start after it: nothing
+    /// deleted before matters), swept about every `sweep`: what a sweep reads is remembered
+    /// until the sweep after next has read past it (and [`KEEP`] at least).
+    pub fn new(sweep: Duration, start: SystemTime) -> Self {
         Deletions {
             seen: FxHashSet::default(),
             order: VecDeque::new(),
             doubt: None,
             settled: None,
-            swept: None,
+            covered: start,
             keep: KEEP.max(sweep.saturating_mul(2) + MARGIN * 2),
         }
     }
 
-    /// A sweep at `wall`: from which moment its read starts (`None` for the first sweep, as
-    /// the node's rooms started after it had no deletions to miss).
-    pub fn sweep(&mut self, wall: SystemTime) -> Option<SystemTime> {
-        let since = self.swept.map(|s| s.checked_sub(MARGIN).unwrap_or(s));
-        self.swept = Some(wall);
-        since
+    /// From which moment the next read starts.
+    pub fn since(&self) -> SystemTime {
+        self.covered.checked_sub(MARGIN).unwrap_or(self.covered)
     }
+
+    /// A read started at `at` came back; `whole`: it held every deletion from its start on
+    /// (else it stopped at its page limit, and the next read starts where this one did).
+    pub fn read(&mut self, at: SystemTime, whole: bool) {
+        if whole {
+            self.covered = self.covered.max(at);
+        }
+    }
+
     /// The deletion of `room`'s message at `seq` is about to be released: `true` the first
     /// time, `false` for a copy.
     pub fn first(&mut self, room: K, seq: u64, now: Instant) -> bool {
@@ -100,14 +102,9 @@ impl<K: Copy + Eq + Hash> Deletions<K> {
         true
     }
 
-    /// The subscriber is down (noticed at `wall`): what other nodes delete from shortly before
-    /// now on may cross no node.
-    pub fn down(&mut self, wall: SystemTime) {
-        let since = wall.checked_sub(MARGIN).unwrap_or(wall);
-        self.doubt = Some(Doubt {
-            since: self.doubt.map_or(since, |d| d.since.min(since)),
-            until: None,
-        });
+    /// The subscriber is down: what other nodes delete may cross no node.
+    pub fn down(&mut self) {
+        self.doubt = Some(Doubt { until: None });
     }
 
     /// The subscriber is back: the reads go on for [`SETTLE`].
@@ -119,15 +116,17 @@ impl<K: Copy + Eq + Hash> Deletions<K> {
         }
     }
 
-    /// From which moment deletions are to be read now (`None`: no outage is in doubt).
-    pub fn due(&mut self, now: Instant) -> Option<SystemTime> {
-        let d = self.doubt?;
+    /// Whether an outage's deletions are to be read now (every second while one is in doubt).
+    pub fn due(&mut self, now: Instant) -> bool {
+        let Some(d) = self.doubt else {
+            return false;
+        };
         if d.until.is_some_and(|until| now >= until) {
             self.doubt = None;
             self.settled = Some(now);
-            return None;
+            return false;
         }
-        Some(d.since)
+        true
     }
 
     /// Deletions remembered.
@@ -170,11 +169,15 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
     }
 
+    fn deletions() -> Deletions<u8> {
+        Deletions::new(Duration::ZERO, wall(0))
+    }
+
     #[test]
     fn a_deletion_is_released_once_whichever_way_it_comes() {
-        let mut d = Deletions::default();
+        let mut d = deletions();
         let t0 = Instant::now();
-        assert!(d.first(1u8, 7, t0));
+        assert!(d.first(1, 7, t0));
         assert!(
             !d.first(1, 7, t0),
             "the copy from PostgreSQL or a republish"
@@ -188,16 +191,27 @@ mod tests {
     }
 
     #[test]
-    fn each_sweep_reads_from_shortly_before_the_last() {
-        let mut d: Deletions<u8> = Deletions::new(Duration::from_secs(30));
-        assert_eq!(d.sweep(wall(0)), None, "the first sweep reads nothing");
-        assert_eq!(d.sweep(wall(30)), Some(wall(0) - MARGIN));
-        assert_eq!(d.sweep(wall(61)), Some(wall(30) - MARGIN));
+    fn each_read_starts_shortly_before_the_last_whole_one() {
+        let mut d = deletions();
+        assert_eq!(
+            d.since(),
+            wall(0) - MARGIN,
+            "from shortly before the node started"
+        );
+        d.read(wall(30), true);
+        assert_eq!(d.since(), wall(30) - MARGIN);
+        // A read cut at its page limit, or one that never came back, moves nothing.
+        d.read(wall(60), false);
+        assert_eq!(d.since(), wall(30) - MARGIN);
+        // A late answer of an older read does not move it back.
+        d.read(wall(90), true);
+        d.read(wall(61), true);
+        assert_eq!(d.since(), wall(90) - MARGIN);
     }
 
     #[test]
     fn sweeps_further_apart_keep_deletions_longer() {
-        let mut d = Deletions::new(Duration::from_secs(120));
+        let mut d = Deletions::new(Duration::from_secs(120), wall(0));
         let t0 = Instant::now();
         d.first(1u8, 1, t0);
         d.trim(t0 + Duration::from_secs(200));
@@ -210,55 +224,48 @@ mod tests {
     }
 
     #[test]
-    fn no_reads_without_an_outage() {
-        let mut d: Deletions<u8> = Deletions::default();
+    fn no_outage_reads_without_an_outage() {
+        let mut d = deletions();
         let t0 = Instant::now();
-        assert_eq!(d.due(t0), None);
+        assert!(!d.due(t0));
         d.up(t0);
-        assert_eq!(d.due(t0 + Duration::from_secs(1)), None);
+        assert!(!d.due(t0 + Duration::from_secs(1)));
     }
 
     #[test]
-    fn reads_start_before_the_outage_and_last_until_settled_after_it() {
-        let mut d: Deletions<u8> = Deletions::default();
+    fn outage_reads_last_until_settled_after_the_subscriber_is_back() {
+        let mut d = deletions();
         let t0 = Instant::now();
-        d.down(wall(100));
-        assert_eq!(d.due(t0), Some(wall(100) - MARGIN));
-        // A second loss while still in doubt keeps the earlier start.
-        d.down(wall(130));
-        assert_eq!(
-            d.due(t0 + Duration::from_secs(60)),
-            Some(wall(100) - MARGIN)
+        d.down();
+        assert!(d.due(t0));
+        assert!(
+            d.due(t0 + Duration::from_secs(600)),
+            "however long it is down"
         );
-        let back = t0 + Duration::from_secs(90);
+        let back = t0 + Duration::from_secs(900);
         d.up(back);
-        assert!(d.due(back + SETTLE - Duration::from_millis(1)).is_some());
-        assert_eq!(d.due(back + SETTLE), None);
-        // A later outage starts its own window.
-        d.down(wall(400));
-        assert_eq!(d.due(back + SETTLE), Some(wall(400) - MARGIN));
+        assert!(d.due(back + SETTLE - Duration::from_millis(1)));
+        assert!(!d.due(back + SETTLE));
+        d.down();
+        assert!(d.due(back + SETTLE), "a later outage reads again");
     }
 
     #[test]
     fn a_loss_after_the_subscriber_came_back_keeps_reading() {
-        let mut d: Deletions<u8> = Deletions::default();
+        let mut d = deletions();
         let t0 = Instant::now();
-        d.down(wall(100));
+        d.down();
         d.up(t0);
-        d.down(wall(102));
-        assert_eq!(
-            d.due(t0 + SETTLE * 3),
-            Some(wall(100) - MARGIN),
-            "down again: no end yet"
-        );
+        d.down();
+        assert!(d.due(t0 + SETTLE * 3), "down again: no end yet");
     }
 
     #[test]
     fn remembered_through_the_outage_then_for_keep() {
-        let mut d = Deletions::default();
+        let mut d = deletions();
         let t0 = Instant::now();
-        assert!(d.first(1u8, 1, t0));
-        d.down(wall(0));
+        assert!(d.first(1, 1, t0));
+        d.down();
         // Far past KEEP while in doubt: still remembered.
         let late = t0 + KEEP * 5;
         assert!(d.first(1, 2, late));
@@ -269,7 +276,7 @@ mod tests {
         );
         d.up(late);
         let settled = late + SETTLE;
-        assert_eq!(d.due(settled), None);
+        assert!(!d.due(settled));
         d.trim(settled + KEEP - Duration::from_secs(1));
         assert!(!d.first(1, 1, settled), "kept KEEP after the reads ended");
         d.trim(settled + KEEP + Duration::from_secs(1));
@@ -278,9 +285,9 @@ mod tests {
 
     #[test]
     fn without_an_outage_deletions_are_kept_for_keep_only() {
-        let mut d = Deletions::default();
+        let mut d = deletions();
         let t0 = Instant::now();
-        d.first(1u8, 1, t0);
+        d.first(1, 1, t0);
         d.trim(t0 + KEEP);
         assert_eq!(d.len(), 1);
         d.trim(t0 + KEEP + Duration::from_millis(1));
@@ -289,11 +296,11 @@ mod tests {
 
     #[test]
     fn bounded_in_memory_even_in_an_endless_outage() {
-        let mut d = Deletions::default();
+        let mut d = deletions();
         let t0 = Instant::now();
-        d.down(wall(0));
+        d.down();
         for seq in 0..(MAX_KEPT as u64 + 10) {
-            d.first(0u8, seq, t0);
+            d.first(0, seq, t0);
         }
         assert_eq!(d.len(), MAX_KEPT);
         assert!(d.first(0, 0, t0), "the oldest was forgotten");

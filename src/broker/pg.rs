@@ -44,6 +44,8 @@ pub enum Ask {
         rooms: Vec<Room>,
         /// The wall clock's moment.
         since: SystemTime,
+        /// When it was asked (the wall clock), handed back with the answer.
+        at: SystemTime,
     },
     /// A recovered session's replay: each room's messages in `(after, upto]`, rooms in turn.
     Replay {
@@ -77,9 +79,17 @@ pub enum Answer {
     FillFailed(Room),
     /// Rooms' committed tops.
     Tops(Vec<(Room, u64)>),
-    /// Deletions read for an outage: `(room, sequence of the message, message:deleted
-    /// packet)`, oldest first.
-    Deletions(Vec<(Room, u64, Bytes)>),
+    /// Deletions read: `(room, sequence of the message, message:deleted packet)`, oldest
+    /// first.
+    Deletions {
+        /// The deletions.
+        found: Vec<(Room, u64, Bytes)>,
+        /// When the read was asked.
+        at: SystemTime,
+        /// They are every deletion since the read's start (else the read stopped at its
+        /// page limit).
+        whole: bool,
+    },
     /// A replay: `message:new` packets (without offsets) in order, or `None` when it could
     /// not be read whole.
     Replayed {
@@ -194,8 +204,8 @@ fn answer(client: &mut Client, ask: Ask) -> Option<Answer> {
                 .ok()
                 .flatten(),
         }),
-        Ask::Deletions { rooms, since } => match deletions(client, &rooms, since) {
-            Ok(found) => Some(Answer::Deletions(found)),
+        Ask::Deletions { rooms, since, at } => match deletions(client, &rooms, since) {
+            Ok((found, whole)) => Some(Answer::Deletions { found, at, whole }),
             Err(e) => {
                 tracing::warn!(error = %e, "reading an outage's deletions failed; retrying");
                 None
@@ -243,12 +253,14 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
     })
 }
 
-/// The deletions in `rooms` from `since` on, at most [`DELETIONS_PAGES`] pages.
+/// The deletions in `rooms` from `since` on, at most [`DELETIONS_PAGES`] pages; `true` when
+/// that is all of them.
+#[allow(clippy::type_complexity)]
 fn deletions(
     client: &mut Client,
     rooms: &[Room],
     since: SystemTime,
-) -> Result<Vec<(Room, u64, Bytes)>, postgres::Error> {
+) -> Result<(Vec<(Room, u64, Bytes)>, bool), postgres::Error> {
     let ids: Vec<uuid::Uuid> = rooms
         .iter()
         .filter_map(|r| r.target().map(|t| t.uuid()))
@@ -267,10 +279,10 @@ fn deletions(
             }
         }
         if (rows.len() as i64) < DELETIONS_PAGE {
-            break;
+            return Ok((found, true));
         }
     }
-    Ok(found)
+    Ok((found, false))
 }
 
 /// The messages of each range, in order (a deleted one as its tombstone); `None` past

@@ -150,7 +150,7 @@ impl Broker {
             deletes: FxHashMap::default(),
             unpublished: FxHashMap::default(),
             unpublished_deletes: Vec::new(),
-            deletions: Deletions::new(sweep),
+            deletions: Deletions::new(sweep, std::time::SystemTime::now()),
             next_deletions_read: Instant::now(),
             offset: 0,
             log: ReleaseLog::new(LINGER.max(linger)),
@@ -423,7 +423,10 @@ impl Broker {
                 self.admissions.replayed(req, packets);
                 self.admit(now);
             }
-            Answer::Deletions(found) => self.caught_up(found, now),
+            Answer::Deletions { found, at, whole } => {
+                self.deletions.read(at, whole);
+                self.caught_up(found, now);
+            }
             Answer::Tops(tops) => {
                 for (room, top) in tops {
                     if let Some(p) = self.pending.remove(&room) {
@@ -449,7 +452,7 @@ impl Broker {
             }
             Event::SubscriberDown => {
                 self.subscriber_down = true;
-                self.deletions.down(std::time::SystemTime::now());
+                self.deletions.down();
                 self.confirmed.clear();
             }
             Event::Unpublished(payloads) => {

@@ -41,12 +41,12 @@ impl Broker {
             return;
         }
         self.next_deletions_read = now + READ_EVERY;
-        let Some(since) = self.deletions.due(now) else {
+        if !self.deletions.due(now) {
             return;
-        };
+        }
         let rooms = self.streamed_rooms();
         if !rooms.is_empty() {
-            self.read_deletions(rooms, since);
+            self.read_deletions(rooms);
         }
     }
 
@@ -59,12 +59,15 @@ impl Broker {
             .collect()
     }
 
-    /// Asks `broker-pg` for the deletions in `rooms` made from `since` on.
-    pub(super) fn read_deletions(&mut self, rooms: Vec<Room>, since: SystemTime) {
+    /// Asks `broker-pg` for the deletions in `rooms` made since shortly before the last read
+    /// that came back whole.
+    pub(super) fn read_deletions(&mut self, rooms: Vec<Room>) {
         self.metrics
             .deletion_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.pg.send(Ask::Deletions { rooms, since });
+        let since = self.deletions.since();
+        let at = SystemTime::now();
+        let _ = self.pg.send(Ask::Deletions { rooms, since, at });
     }
 
     /// Deletions read for an outage: those not released yet are released now.

@@ -98,13 +98,10 @@ impl Broker {
         self.outage_tick(now);
         if now >= self.next_sweep {
             let rooms = self.streamed_rooms();
-            // And the deletions made since the last sweep (a node that died between a
-            // deletion's commit and its publish).
-            let since = self.deletions.sweep(std::time::SystemTime::now());
             if !rooms.is_empty() {
-                if let Some(since) = since {
-                    self.read_deletions(rooms.clone(), since);
-                }
+                // And the deletions made since the last read (a node that died between a
+                // deletion's commit and its publish).
+                self.read_deletions(rooms.clone());
                 let _ = self.pg.send(Ask::Tops(rooms));
             }
             let every = if self.subscriber_down {
