@@ -90,9 +90,7 @@ pub(super) fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Res
             sent_nanos,
             channel_id,
         } => {
-            ctx.res.deliveries += 1;
-            let at = ctx.shared.nanos(now);
-            ctx.res.last_delivery_nanos = at;
+            let at = delivered(ctx, now);
             if let (Some(m), Some(s)) = (c.member.as_mut(), sequence) {
                 let own = ctx.cfg.channels.get(m.group as usize).map(String::as_bytes);
                 match (channel_id, own) {
@@ -108,9 +106,7 @@ pub(super) fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Res
             publisher,
             is_typing,
         } => {
-            ctx.res.deliveries += 1;
-            let at = ctx.shared.nanos(now);
-            ctx.res.last_delivery_nanos = at;
+            let at = delivered(ctx, now);
             let (Some(m), Some(k)) = (c.member.as_mut(), publisher) else {
                 return Ok(());
             };
@@ -134,6 +130,14 @@ pub(super) fn packet(ctx: &mut Ctx, c: &mut Conn, p: &[u8], now: Instant) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// Counts one delivery received `now`; returns that moment on the run's clock (ns).
+fn delivered(ctx: &mut Ctx, now: Instant) -> u64 {
+    ctx.res.deliveries += 1;
+    let at = ctx.shared.nanos(now);
+    ctx.res.last_delivery_nanos = at;
+    at
 }
 
 /// Records one receipt's latency (µs), and in a cluster run also by the receiver's node.

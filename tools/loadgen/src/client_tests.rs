@@ -160,12 +160,15 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
     shared.phase.store(PH_PUBLISH, SeqCst);
     wait_until("40 sends", || shared.sent.load(SeqCst) >= 40);
     shared.phase.store(PH_DRAIN, SeqCst);
-    let sent = shared.sent.load(SeqCst);
+    // A send that saw the publish phase just before the drain may still be counted after it:
+    // what was sent is read again each time.
     wait_until("all acks and deliveries", || {
+        let sent = shared.sent.load(SeqCst);
         shared.acks.load(SeqCst) == sent && shared.deliveries.load(SeqCst) == 3 * sent
     });
     shared.phase.store(PH_STOP, SeqCst);
     let r = worker.join().unwrap().unwrap();
+    let sent = r.sent;
 
     assert_eq!((r.established, r.failed, r.dropped), (3, 1, 0));
     assert_eq!(
@@ -174,7 +177,7 @@ fn connects_publishes_and_checks_delivery_against_a_fake_server() {
         Some(&1)
     );
     assert_eq!(r.pings, 3);
-    assert_eq!(r.sent, sent);
+    assert!(sent >= 40, "{sent} sent");
     assert_eq!((r.acked_ok, r.acked_err), (sent, 0));
     assert_eq!(r.acked[0].len(), sent);
     assert_eq!(r.ack_hist.len(), sent);
