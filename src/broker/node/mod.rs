@@ -338,20 +338,6 @@ impl Broker {
         self.seq.arrive(&room, seq, packet, now, &mut self.out);
     }
 
-    /// Releases a deletion, or keeps it until its message is released.
-    fn hold_deletion(&mut self, room: Room, seq: u64, packet: Bytes) {
-        match self.seq.released(&room) {
-            Some(released) if seq <= released => self.release(room, seq, None, packet),
-            Some(_) => {
-                let waiting = self.deletes.entry(room).or_default();
-                if waiting.len() < MAX_WAITING_DELETES {
-                    waiting.push((seq, packet));
-                }
-            }
-            None => {}
-        }
-    }
-
     /// A room gained its first member on this node: subscribe, and start its stream at the
     /// floor read with the membership (or wait a moment for one).
     fn start(&mut self, room: Room, now: Instant) {

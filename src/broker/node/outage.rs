@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::super::codec::Kind;
 use super::super::pg::Ask;
-use super::Broker;
+use super::{Broker, MAX_WAITING_DELETES};
 use crate::ids::Room;
 
 /// Most deletions kept for publishing again (past it the receivers' reads from PostgreSQL
@@ -80,6 +80,20 @@ impl Broker {
                 .deletions_caught_up
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.hold_deletion(room, seq, packet);
+        }
+    }
+
+    /// Releases a deletion, or keeps it until its message is released.
+    pub(super) fn hold_deletion(&mut self, room: Room, seq: u64, packet: Bytes) {
+        match self.seq.released(&room) {
+            Some(released) if seq <= released => self.release(room, seq, None, packet),
+            Some(_) => {
+                let waiting = self.deletes.entry(room).or_default();
+                if waiting.len() < MAX_WAITING_DELETES {
+                    waiting.push((seq, packet));
+                }
+            }
+            None => {}
         }
     }
 }
