@@ -149,6 +149,22 @@ impl TestRedis {
             child: None,
         };
         redis.spawn();
+        // A port free a moment ago may be taken meanwhile (any process's outgoing connection
+        // can be given it): the server then exits at start, a cluster node after its client
+        // port already listened (its bus binds later). Start it again on new ports.
+        let mut attempts = 1;
+        while !redis.options.tls && !redis.answers() {
+            assert!(
+                attempts < 5,
+                "redis-server did not answer a PING on port {} after {attempts} starts",
+                redis.port
+            );
+            redis.stop();
+            redis.port = free_port();
+            redis.bus_port = free_port();
+            redis.spawn();
+            attempts += 1;
+        }
         if redis.options.cluster {
             redis.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -211,18 +227,6 @@ impl TestRedis {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Something answered: it must be this server, not another process on the port.
-        let exited = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            exited.is_none(),
-            "redis-server on port {} (bus {}) exited at start ({exited:?}): a port taken \
-             meanwhile by another process",
-            self.port,
-            self.bus_port
-        );
     }
 
     /// The server's port.
@@ -255,6 +259,38 @@ impl TestRedis {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether this server answers a PING (over plain TCP) and is still running after it.
+    fn answers(&mut self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let mut req = String::new();
+        if let Some(pw) = &self.options.password {
+            req.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()));
+        }
+        req.push_str("*1\r\n$4\r\nPING\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        for _ in 0..2 {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if line.starts_with("+PONG") {
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                return exited.is_none();
+            }
+        }
+        false
     }
 
     /// Starts the server again on the same port, empty.
