@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::chat::Recovered;
+
 /// One shard's counters.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
@@ -48,11 +50,11 @@ pub struct ShardMetrics {
 
 impl ShardMetrics {
     /// Counts what became of a session a client asked to recover.
-    pub fn recovery(&self, outcome: crate::chat::Recovered) {
+    pub fn recovery(&self, outcome: Recovered) {
         let counter = match outcome {
-            crate::chat::Recovered::Here => &self.recovered_here,
-            crate::chat::Recovered::Moved => &self.recovered_moved,
-            crate::chat::Recovered::Missed => &self.recovery_missed,
+            Recovered::Here => &self.recovered_here,
+            Recovered::Moved => &self.recovered_moved,
+            Recovered::Missed => &self.recovery_missed,
         };
         counter.fetch_add(1, Relaxed);
     }

@@ -93,6 +93,7 @@ impl Message {
             },
         }
     }
+
     /// The `message:deleted` event's data: `{messageId, deletedAt, channelId,
     /// conversationId, sequence}` (contract §4).
     pub fn deleted_json(&self) -> serde_json::Value {

@@ -60,6 +60,9 @@ pub enum Ask {
 /// history: a replay that large would not fit its socket's queue anyway).
 pub const MAX_REPLAY: usize = 2_000;
 
+/// Deletions read: `(room, sequence of the deleted message, message:deleted packet)`.
+pub type Found = Vec<(Room, u64, Bytes)>;
+
 /// Its answers (sent to the `broker` thread's inbox as [`Input::Pg`]).
 #[derive(Debug)]
 pub enum Answer {
@@ -83,7 +86,7 @@ pub enum Answer {
     /// first.
     Deletions {
         /// The deletions.
-        found: Vec<(Room, u64, Bytes)>,
+        found: Found,
         /// When the read was asked.
         at: SystemTime,
         /// They are every deletion since the read's start (else the read stopped at its
@@ -255,12 +258,11 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
 
 /// The deletions in `rooms` from `since` on, at most [`DELETIONS_PAGES`] pages; `true` when
 /// that is all of them.
-#[allow(clippy::type_complexity)]
 fn deletions(
     client: &mut Client,
     rooms: &[Room],
     since: SystemTime,
-) -> Result<(Vec<(Room, u64, Bytes)>, bool), postgres::Error> {
+) -> Result<(Found, bool), postgres::Error> {
     let ids: Vec<uuid::Uuid> = rooms
         .iter()
         .filter_map(|r| r.target().map(|t| t.uuid()))

@@ -123,7 +123,7 @@ pub fn authenticated(
             *auth = Auth::Pending(creds);
             out.push(Effect::Refuse(e.message().to_owned()));
         }
-        (Ok(grant), None) => admit(adm, auth, grant, None, Asked::No, out),
+        (Ok(grant), None) => admit(adm, auth, grant, None, out),
         (Ok(grant), Some(mut recover)) => {
             out.push(match recover.holder(adm.node) {
                 Some((node, offset)) => {
@@ -135,13 +135,6 @@ pub fn authenticated(
             *auth = Auth::Recovering(grant, recover);
         }
     }
-}
-
-/// Whether the client asked to recover a session.
-#[derive(Clone, Copy)]
-enum Asked {
-    Yes,
-    No,
 }
 
 /// What a recovery found.
@@ -172,14 +165,7 @@ pub fn recovered(
         *auth = Auth::Recovering(grant, recover);
         return;
     }
-    admit(
-        adm,
-        auth,
-        grant,
-        found.map(|d| (recover, d)),
-        Asked::Yes,
-        out,
-    );
+    admit(adm, auth, grant, Some((recover, found)), out);
 }
 
 /// Asks the `broker` thread for the session from `node`.
@@ -198,42 +184,41 @@ fn recover_from(node: String, recover: &Recovery, offset: Option<u64>, grant: &G
 /// session of the same user and workspace was found and its missed events are all still in
 /// the log, recovers it: same `pid`, and the missed events replayed in order after the
 /// CONNECT answer. Otherwise it is a new session (with a new pid when recovery is on).
+/// `recovery`: the session the client asked to recover and what was found of it (`None`: it
+/// asked for none).
 fn admit(
     adm: &Admission<'_>,
     auth: &mut Auth,
     grant: Grant,
-    found: Option<(Recovery, Found)>,
-    auth_asked: Asked,
+    recovery: Option<(Recovery, Option<Found>)>,
     out: &mut Vec<Effect>,
 ) {
-    let asked = matches!(auth_asked, Asked::Yes);
-    let mut moved = false;
-    let recovered = found.and_then(|(r, found)| {
-        moved = matches!(found, Found::Moved(..));
-        let (d, replay) = match found {
+    let asked = recovery.is_some();
+    let recovered = recovery.and_then(|(r, found)| {
+        let (d, replay, how) = match found? {
             Found::Here(d) => {
                 let after = r.local_offset(adm.node).unwrap_or(d.since_offset);
-                ((adm.can_replay)(after, &grant.rooms)).then_some((d, Effect::Replay(after)))?
+                let replay = Effect::Replay(after);
+                ((adm.can_replay)(after, &grant.rooms)).then_some((d, replay, Recovered::Here))?
             }
             Found::Moved(d, packets) => {
                 let bytes: usize = packets.iter().map(|p| p.len()).sum();
-                (bytes <= adm.replay_budget).then_some((d, Effect::ReplayPackets(packets)))?
+                let replay = Effect::ReplayPackets(packets);
+                (bytes <= adm.replay_budget).then_some((d, replay, Recovered::Moved))?
             }
         };
         let same = d.user == grant.user.id && d.workspace == grant.workspace;
-        same.then_some((r.pid, replay))
+        same.then_some((r.pid, replay, how))
     });
     let pid = match &recovered {
-        Some((pid, _)) => Some(pid.as_str().into()),
+        Some((pid, _, _)) => Some(pid.as_str().into()),
         None if adm.recovery => Some(new_pid(adm.shard, adm.node).into_boxed_str()),
         None => None,
     };
     out.extend(grant.rooms.iter().copied().map(Effect::Join));
-    let recovery = match (&recovered, moved) {
-        (Some(_), false) => Some(Recovered::Here),
-        (Some(_), true) => Some(Recovered::Moved),
-        (None, _) if asked => Some(Recovered::Missed),
-        (None, _) => None,
+    let recovery = match &recovered {
+        Some((_, _, how)) => Some(*how),
+        None => asked.then_some(Recovered::Missed),
     };
     out.push(Effect::Accept {
         pid: pid.clone(),
@@ -243,7 +228,7 @@ fn admit(
         user: grant.user.id,
         workspace: grant.workspace,
     }));
-    if let Some((_, replay)) = recovered {
+    if let Some((_, replay, _)) = recovered {
         out.push(replay);
     }
     *auth = Auth::Connected(Member {

@@ -310,23 +310,23 @@ impl Broker {
     /// A durable publication Redis did not take: its room gets a watermark once it can (a
     /// deletion is published again).
     fn lost(&mut self, room: Room, kind: Kind, seq: Option<u64>, packet: &[u8]) {
-        if let (Kind::MessageDeleted, Some(seq)) = (kind, seq) {
-            self.lost_deletion(room, seq, packet);
-        }
-        if let (Kind::MessageNew | Kind::Watermark, Some(seq)) = (kind, seq) {
-            if self.unpublished.len() < MAX_UNPUBLISHED || self.unpublished.contains_key(&room) {
+        match (kind, seq) {
+            (Kind::MessageDeleted, Some(seq)) => self.lost_deletion(room, seq, packet),
+            (Kind::MessageNew | Kind::Watermark, Some(seq))
+                if self.unpublished.len() < MAX_UNPUBLISHED
+                    || self.unpublished.contains_key(&room) =>
+            {
                 let top = self.unpublished.entry(room).or_default();
                 *top = (*top).max(seq);
             }
+            _ => {}
         }
     }
 
     /// A durable event for this node's members (committed here or received).
     fn durable(&mut self, room: Room, deleted: bool, seq: u64, packet: Bytes, now: Instant) {
         if deleted {
-            if self.deletions.first(room, seq, now) {
-                self.hold_deletion(room, seq, packet);
-            }
+            self.deletion(room, seq, packet, now);
             return;
         }
         if let Some(p) = self.pending.get_mut(&room) {

@@ -4,12 +4,13 @@
 //! node's rooms are read from PostgreSQL every second (with each sweep of tops, too: see
 //! `upkeep.rs`).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 use super::super::codec::Kind;
-use super::super::pg::Ask;
+use super::super::pg::{Ask, Found};
 use super::{Broker, MAX_WAITING_DELETES};
 use crate::ids::Room;
 
@@ -62,29 +63,27 @@ impl Broker {
     /// Asks `broker-pg` for the deletions in `rooms` made since shortly before the last read
     /// that came back whole.
     pub(super) fn read_deletions(&mut self, rooms: Vec<Room>) {
-        self.metrics
-            .deletion_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.deletion_reads.fetch_add(1, Relaxed);
         let since = self.deletions.since();
         let at = SystemTime::now();
         let _ = self.pg.send(Ask::Deletions { rooms, since, at });
     }
 
-    /// Deletions read for an outage: those not released yet are released now.
-    pub(super) fn caught_up(&mut self, found: Vec<(Room, u64, Bytes)>, now: Instant) {
+    /// Deletions read from PostgreSQL: those not released yet are released now.
+    pub(super) fn caught_up(&mut self, found: Found, now: Instant) {
         for (room, seq, packet) in found {
-            if self.seq.released(&room).is_none() || !self.deletions.first(room, seq, now) {
-                continue;
+            if self.deletion(room, seq, packet, now) {
+                self.metrics.deletions_caught_up.fetch_add(1, Relaxed);
             }
-            self.metrics
-                .deletions_caught_up
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.hold_deletion(room, seq, packet);
         }
     }
 
-    /// Releases a deletion, or keeps it until its message is released.
-    pub(super) fn hold_deletion(&mut self, room: Room, seq: u64, packet: Bytes) {
+    /// A deletion, whichever way it came: released (or kept until its message is), the first
+    /// time only, in a room whose stream runs here; `true` then.
+    pub(super) fn deletion(&mut self, room: Room, seq: u64, packet: Bytes, now: Instant) -> bool {
+        if !self.deletions.first(room, seq, now) {
+            return false;
+        }
         match self.seq.released(&room) {
             Some(released) if seq <= released => self.release(room, seq, None, packet),
             Some(_) => {
@@ -93,7 +92,8 @@ impl Broker {
                     waiting.push((seq, packet));
                 }
             }
-            None => {}
+            None => return false,
         }
+        true
     }
 }

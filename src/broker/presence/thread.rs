@@ -200,9 +200,11 @@ impl Presence {
         };
         let key = (workspace, user);
         if status == PresenceStatus::Offline {
-            let held = self.leaving.get(&key).map_or(before, |(_, held)| *held);
+            let at = Instant::now() + OFFLINE_GRACE;
             self.leaving
-                .insert(key, (Instant::now() + OFFLINE_GRACE, held));
+                .entry(key)
+                .and_modify(|(due, _)| *due = at)
+                .or_insert((at, before));
             return;
         }
         // Back within the grace: Redis still holds what it held.
