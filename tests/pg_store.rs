@@ -118,6 +118,19 @@ fn a_foreign_insert_at_the_next_sequence_is_stepped_over() {
 }
 
 #[test]
+fn a_channel_the_web_app_wrote_first_goes_on_past_its_messages() {
+    let mut s = setup();
+    // The web app writes the first messages of a channel: no counter exists for it yet, so
+    // the first batch reserves 1..=2, fails on the unique index and heals.
+    let mut web = s.db.client();
+    for sequence in 1..=3 {
+        s.foreign_insert(&mut web, sequence);
+    }
+    assert_eq!(s.send(&["four", "five"]), [4, 5]);
+    assert_eq!(s.send(&["six"]), [6], "the channel stays open");
+}
+
+#[test]
 fn a_foreign_insert_racing_the_batch_fails_it_once_and_the_retry_heals() {
     let mut s = setup();
     assert_eq!(s.send(&["one"]), [1]);

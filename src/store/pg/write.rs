@@ -213,7 +213,7 @@ fn store_rows(
         .collect();
     let mut heals = 0;
     let answers = loop {
-        match batch::send(conn, &rows, pending.now) {
+        match batch::send(conn, &rows, pending.now, heals > 0) {
             Ok(answers) => break answers,
             Err(e) if batch::is_sequence_conflict(&e) && heals < HEAL_ATTEMPTS => {
                 heals += 1;
