@@ -1,6 +1,7 @@
 //! The PostgreSQL backend's send batch, called directly on a fresh database per test: one bad
-//! row does not fail the others, and a message the web app inserted at the next sequence
-//! does not block the channel. Needs PostgreSQL (see `ocomms_rt::store::pg::testing`).
+//! row does not fail the others, a message the web app inserted at the next sequence does
+//! not block the channel, and a clientMsgId another writer stores meanwhile is answered with
+//! that writer's message. Needs PostgreSQL (see `ocomms_rt::store::pg::testing`).
 
 use std::sync::Arc;
 use std::thread;
@@ -147,7 +148,63 @@ fn a_foreign_insert_racing_the_batch_fails_it_once_and_the_retry_heals() {
     let batch = vec![s.message("two", None), s.message("three", None)];
     let mut backend = s.backend;
     let sender = thread::spawn(move || backend.send_batch(batch, Utc::now()));
-    let mut watcher = s.db.client();
+    wait_for_lock(&s.db);
+    tx.commit().unwrap();
+    let sequences: Vec<i64> = sender
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("stored after the retry").message.sequence)
+        .collect();
+    assert_eq!(sequences, [3, 4]);
+}
+
+#[test]
+fn a_client_msg_id_another_writer_commits_meanwhile_is_answered_with_its_message() {
+    let s = setup();
+    // Another writer (a lane of another room, another node) stores Ann's clientMsgId "dup" in
+    // a transaction still open when the batch runs: the batch cannot see it, inserts "dup"
+    // too, and waits on the unique index until that commits. (Its sequence is far from the
+    // one the batch reserves, so only the clientMsgId collides.)
+    let mut other = s.db.client();
+    let mut tx = other.transaction().unwrap();
+    let theirs: uuid::Uuid = tx
+        .query_one(
+            "INSERT INTO messages (id, content, author_id, channel_id, sequence, client_msg_id,
+                                   created_at, updated_at)
+             VALUES (gen_random_uuid(), 'stored by the other writer', $1, $2, 1000, 'dup', now(), now())
+             RETURNING id",
+            &[&s.ann.0, &s.general.0],
+        )
+        .unwrap()
+        .get(0);
+    // Alone in its batch: no split in halves retries it by chance.
+    let batch = vec![s.message("mine", Some("dup"))];
+    let mut backend = s.backend;
+    let sender = thread::spawn(move || backend.send_batch(batch, Utc::now()));
+    wait_for_lock(&s.db);
+    tx.commit().unwrap();
+    let results = sender.join().unwrap();
+    let dup = results[0]
+        .as_ref()
+        .expect("answered with the stored message");
+    assert_eq!(
+        dup.message.id.0, theirs,
+        "the other writer's message is the answer"
+    );
+    assert_eq!(dup.message.content, "stored by the other writer");
+    assert!(!dup.created, "nothing new was stored for it");
+    let stored: i64 =
+        s.db.client()
+            .query_one("SELECT count(*) FROM messages", &[])
+            .unwrap()
+            .get(0);
+    assert_eq!(stored, 1, "one row for the clientMsgId");
+}
+
+/// Returns once a connection of the store waits on a lock (a row of another open transaction).
+fn wait_for_lock(db: &TestDb) {
+    let mut watcher = db.client();
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let waiting: i64 = watcher
@@ -160,20 +217,12 @@ fn a_foreign_insert_racing_the_batch_fails_it_once_and_the_retry_heals() {
             .unwrap()
             .get(0);
         if waiting > 0 {
-            break;
+            return;
         }
         assert!(
             Instant::now() < end,
-            "the batch never waited on the web app's row"
+            "the batch never waited on the other row"
         );
         thread::sleep(Duration::from_millis(10));
     }
-    tx.commit().unwrap();
-    let sequences: Vec<i64> = sender
-        .join()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("stored after the retry").message.sequence)
-        .collect();
-    assert_eq!(sequences, [3, 4]);
 }

@@ -15,8 +15,9 @@ use super::read::message_from_row;
 use super::{describe, Conn};
 use crate::store::{Deletion, NewMessage, StoreError, Stored};
 
-/// How often one batch is retried after a conflict with a sequence someone else inserted.
-const HEAL_ATTEMPTS: usize = 5;
+/// How often one batch is retried after a conflict with a row someone else inserted (a
+/// sequence, or a clientMsgId of the batch).
+const RETRIES: usize = 5;
 
 /// A batch while it is being stored. It keeps its message ids across attempts, so a retry
 /// after a lost connection can find the rows an ambiguous COMMIT did store.
@@ -147,7 +148,7 @@ pub(super) fn sweep(
         .take(Unconfirmed::SWEEP)
         .copied()
         .collect();
-    let mut found: Vec<Message> = batch::lookup(conn, &[], &ids)?
+    let mut found: Vec<Message> = batch::lookup(conn, &ids)?
         .iter()
         .map(message_from_row)
         .filter(|m| unconfirmed.take(m.id.0))
@@ -162,8 +163,9 @@ pub(super) fn sweep(
 
 /// Stores the open messages of `pending` (see [`crate::store::Backend::send_batch`]): one
 /// statement for them all. A statement that fails because of one row's data is retried in
-/// halves until that row is alone and refused; one that hits a sequence someone else stored
-/// is retried (the retry reserves past it). Answers land in `pending`; an error that is no
+/// halves until that row is alone and refused; one that hits a sequence or a clientMsgId
+/// someone else stored is retried (the retry reserves past the sequence, or answers with the
+/// message stored under the clientMsgId). Answers land in `pending`; an error that is no
 /// row's fault (a lost connection, a timeout) is returned, and the messages not answered yet
 /// stay open.
 pub(super) fn send_batch(
@@ -186,7 +188,7 @@ pub(super) fn recover(conn: &mut Conn, pending: &mut Pending<'_>) -> Result<(), 
     if ids.is_empty() {
         return Ok(());
     }
-    for row in batch::lookup(conn, &[], &ids)? {
+    for row in batch::lookup(conn, &ids)? {
         let message = message_from_row(&row);
         if let Some(&i) = open.iter().find(|&&i| pending.ids[i] == message.id.0) {
             pending.results[i] = Some(Ok(Stored {
@@ -211,13 +213,19 @@ fn store_rows(
             message: &pending.batch[i],
         })
         .collect();
-    let mut heals = 0;
+    let mut retries = 0;
+    let mut heal = false;
     let answers = loop {
-        match batch::send(conn, &rows, pending.now, heals > 0) {
+        match batch::send(conn, &rows, pending.now, heal) {
             Ok(answers) => break answers,
-            Err(e) if batch::is_sequence_conflict(&e) && heals < HEAL_ATTEMPTS => {
-                heals += 1;
+            Err(e) if batch::is_sequence_conflict(&e) && retries < RETRIES => {
+                retries += 1;
+                heal = true;
                 tracing::warn!(error = %e, "a send batch met a sequence stored by another writer; retrying past it");
+            }
+            Err(e) if batch::is_client_msg_id_conflict(&e) && retries < RETRIES => {
+                retries += 1;
+                tracing::info!(error = %e, "a send batch met a clientMsgId another writer stored meanwhile; retrying to answer with that message");
             }
             Err(e) if batch::is_row_error(&e) && open.len() > 1 => {
                 let (a, b) = open.split_at(open.len() / 2);
@@ -231,7 +239,6 @@ fn store_rows(
             Err(e) => return Err(e),
         }
     };
-    let mut skipped: Vec<(usize, (Uuid, String))> = Vec::new();
     for answer in answers {
         let Some(&i) = open.get(answer.index()) else {
             continue;
@@ -249,27 +256,11 @@ fn store_rows(
                 created: true,
             })
         } else {
-            // Another node stored the same (author, clientMsgId) while this ran.
-            let key = (m.author.0, m.client_msg_id.clone().unwrap_or_default());
-            skipped.push((i, key));
+            // Not reached: the statement inserts every row that passed, or fails whole. Left
+            // open, the message is answered as lost (its sender retries).
             continue;
         };
         pending.results[i] = Some(result);
-    }
-    if !skipped.is_empty() {
-        let keys: Vec<(Uuid, String)> = skipped.iter().map(|(_, k)| k.clone()).collect();
-        for row in batch::lookup(conn, &keys, &[])? {
-            let message = message_from_row(&row);
-            let key = (message.author.id.0, message.client_msg_id.clone());
-            for (i, k) in &skipped {
-                if key.0 == k.0 && key.1.as_deref() == Some(k.1.as_str()) {
-                    pending.results[*i] = Some(Ok(Stored {
-                        message: message.clone(),
-                        created: false,
-                    }));
-                }
-            }
-        }
     }
     Ok(())
 }
