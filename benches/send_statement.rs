@@ -5,13 +5,16 @@
 //! The rooms scenario's shape (as `tools/bench-durable`): 2,000 users, 200 channels of 10,
 //! random senders, a random clientMsgId per message. Each batch goes through the real
 //! backend (`PgBackend::send_batch`); the figure is the CPU time of the backend's PostgreSQL
-//! process (read from `/proc`, so PostgreSQL must run on this machine), divided by the rows.
+//! process (read from `/proc`, so PostgreSQL must run on this machine), divided by the rows,
+//! and the WAL written meanwhile (the whole server's: run it while nothing else writes).
 //!
 //! `cargo bench --bench send_statement` (needs PostgreSQL; `OCOMMS_TEST_PG` names another
 //! server). Environment: `SEND_PREFILL` rows in `messages` first (default 200,000),
 //! `SEND_SIZES` batch sizes (default `54,512`: the batches of 5,000/s and of saturation in
 //! the rooms scenario), `SEND_ROWS` rows per size (default 20,000). Compare two commits by
-//! running it on each, one after the other: the figures move by 10% from run to run.
+//! running it on each, one after the other: the figures move by 10% from run to run. Under
+//! `cargo test` (no `--bench` argument) it is a smoke test: 1,000 prefilled rows and one
+//! batch per size.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +95,17 @@ fn cpu_seconds(pid: i32) -> f64 {
     ticks as f64 / hz as f64
 }
 
+/// The server's WAL insert position, in bytes (all databases: run it on a quiet server).
+fn wal_position(db: &TestDb) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// One batch of `n` messages from random members to their channels.
 fn batch(n: usize, rng: &mut u64) -> Vec<NewMessage> {
     (0..n)
@@ -113,8 +127,9 @@ fn batch(n: usize, rng: &mut u64) -> Vec<NewMessage> {
 }
 
 fn main() {
-    let prefill = env_usize("SEND_PREFILL", 200_000);
-    let rows = env_usize("SEND_ROWS", 20_000);
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let prefill = env_usize("SEND_PREFILL", if quick { 1_000 } else { 200_000 });
+    let rows = env_usize("SEND_ROWS", if quick { 1 } else { 20_000 });
     let sizes: Vec<usize> = std::env::var("SEND_SIZES")
         .unwrap_or_else(|_| "54,512".into())
         .split(',')
@@ -150,6 +165,7 @@ fn main() {
         let batches: Vec<Vec<NewMessage>> = (0..rows.div_ceil(size))
             .map(|_| batch(size, &mut rng))
             .collect();
+        let wal0 = wal_position(&db);
         let (cpu0, wall0) = (cpu_seconds(pid), Instant::now());
         let mut stored = 0usize;
         for b in batches.iter().cloned() {
@@ -160,12 +176,14 @@ fn main() {
                 .count();
         }
         let (cpu, wall) = (cpu_seconds(pid) - cpu0, wall0.elapsed().as_secs_f64());
+        let wal = wal_position(&db) - wal0;
         assert_eq!(stored, batches.len() * size, "every message is stored");
         println!(
-            "send_statement batch={size}: PostgreSQL CPU {:.1} us/message, {:.2} ms/batch; wall {:.2} ms/batch ({} batches)",
+            "send_statement batch={size}: PostgreSQL CPU {:.1} us/message, {:.2} ms/batch; wall {:.2} ms/batch; WAL {:.0} B/message ({} batches)",
             cpu * 1e6 / stored as f64,
             cpu * 1e3 / batches.len() as f64,
             wall * 1e3 / batches.len() as f64,
+            wal as f64 / stored as f64,
             batches.len()
         );
     }

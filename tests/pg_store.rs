@@ -11,7 +11,7 @@ use chrono::Utc;
 use ocomms_rt::ids::{ChannelId, Target, UserId, WorkspaceId};
 use ocomms_rt::metrics::Metrics;
 use ocomms_rt::store::pg::testing::TestDb;
-use ocomms_rt::store::pg::{migrate, InsertMethod, PgBackend};
+use ocomms_rt::store::pg::{autovacuum_works, connect, migrate, InsertMethod, PgBackend};
 use ocomms_rt::store::{Backend, NewMessage, StoreError};
 
 struct Setup {
@@ -225,4 +225,14 @@ fn wait_for_lock(db: &TestDb) {
         );
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_session_without_track_counts_is_told_autovacuum_does_not_work() {
+    let db = TestDb::create();
+    let mut client = connect(&db.url()).unwrap();
+    // track_counts may be switched per session (as a superuser, as these tests connect):
+    // without it autovacuum has nothing to start from, whatever `autovacuum` says.
+    client.batch_execute("SET track_counts = off").unwrap();
+    assert!(!autovacuum_works(&mut client).unwrap());
 }

@@ -129,6 +129,17 @@ pub fn migrate(url: &str) -> Result<usize, String> {
     result
 }
 
+/// Whether autovacuum runs for this session's tables: it needs both `autovacuum` and the
+/// statistics it starts from (`track_counts`).
+pub fn autovacuum_works(client: &mut Client) -> Result<bool, postgres::Error> {
+    client
+        .query_one(
+            "SELECT current_setting('autovacuum')::bool AND current_setting('track_counts')::bool",
+            &[],
+        )
+        .map(|row| row.get(0))
+}
+
 /// `Unavailable` for a database error the caller cannot fix, naming the cause.
 pub(crate) fn unavailable(e: &postgres::Error) -> StoreError {
     let cause = match e.as_db_error() {
@@ -296,6 +307,16 @@ pub fn spawn_postgres(
 ) -> Result<JoinHandle<()>, String> {
     let applied = migrate(url)?;
     tracing::info!(applied, "PostgreSQL migrations are up to date");
+    if let Ok(mut client) = connect(url) {
+        if let Ok(false) = autovacuum_works(&mut client) {
+            tracing::warn!(
+                "PostgreSQL runs with autovacuum or track_counts off: `messages` is then not \
+                 analyzed or vacuumed as it grows (the per-table settings of the migrations do \
+                 nothing), and the web app's reads plan on stale statistics. The send path does \
+                 not depend on them. Set autovacuum = on and track_counts = on in postgresql.conf"
+            );
+        }
+    }
     let mut writer = PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics));
     // Connect now so a wrong URL shows at start; the store retries by itself later.
     writer.check().map_err(|e| e.to_string())?;
