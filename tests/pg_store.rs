@@ -100,12 +100,7 @@ fn a_row_postgres_cannot_store_is_refused_alone_and_the_rest_of_its_batch_commit
         why.contains("PostgreSQL cannot store this message"),
         "{why}"
     );
-    let stored: i64 =
-        s.db.client()
-            .query_one("SELECT count(*) FROM messages", &[])
-            .unwrap()
-            .get(0);
-    assert_eq!(stored, 3, "the three honest rows are stored");
+    assert_eq!(count_messages(&s.db), 3, "the three honest rows are stored");
 }
 
 #[test]
@@ -194,12 +189,7 @@ fn a_client_msg_id_another_writer_commits_meanwhile_is_answered_with_its_message
     );
     assert_eq!(dup.message.content, "stored by the other writer");
     assert!(!dup.created, "nothing new was stored for it");
-    let stored: i64 =
-        s.db.client()
-            .query_one("SELECT count(*) FROM messages", &[])
-            .unwrap()
-            .get(0);
-    assert_eq!(stored, 1, "one row for the clientMsgId");
+    assert_eq!(count_messages(&s.db), 1, "one row for the clientMsgId");
 }
 
 /// Returns once a connection of the store waits on a lock (a row of another open transaction).
@@ -235,4 +225,11 @@ fn a_session_without_track_counts_is_told_autovacuum_does_not_work() {
     // without it autovacuum has nothing to start from, whatever `autovacuum` says.
     client.batch_execute("SET track_counts = off").unwrap();
     assert!(!autovacuum_works(&mut client).unwrap());
+}
+
+fn count_messages(db: &TestDb) -> i64 {
+    db.client()
+        .query_one("SELECT count(*) FROM messages", &[])
+        .unwrap()
+        .get(0)
 }
