@@ -208,9 +208,19 @@ impl PgBackend {
         }
     }
 
-    /// Connects (if not connected) and reports whether the database answers.
+    /// Connects (if not connected) and reports whether the database answers; warns when
+    /// PostgreSQL runs without autovacuum (the server calls it once, at start).
     pub fn check(&mut self) -> Result<(), StoreError> {
-        self.conn().map(|_| ())
+        let conn = self.conn()?;
+        if let Ok(false) = autovacuum_works(&mut conn.client) {
+            tracing::warn!(
+                "PostgreSQL runs with autovacuum or track_counts off: `messages` is then not \
+                 analyzed or vacuumed as it grows (the per-table settings of the migrations do \
+                 nothing), and the web app's reads plan on stale statistics. The send path does \
+                 not depend on them. Set autovacuum = on and track_counts = on in postgresql.conf"
+            );
+        }
+        Ok(())
     }
 
     /// The open connection, or a fresh one; `Unavailable` while the database is down.
@@ -307,16 +317,6 @@ pub fn spawn_postgres(
 ) -> Result<JoinHandle<()>, String> {
     let applied = migrate(url)?;
     tracing::info!(applied, "PostgreSQL migrations are up to date");
-    if let Ok(mut client) = connect(url) {
-        if let Ok(false) = autovacuum_works(&mut client) {
-            tracing::warn!(
-                "PostgreSQL runs with autovacuum or track_counts off: `messages` is then not \
-                 analyzed or vacuumed as it grows (the per-table settings of the migrations do \
-                 nothing), and the web app's reads plan on stale statistics. The send path does \
-                 not depend on them. Set autovacuum = on and track_counts = on in postgresql.conf"
-            );
-        }
-    }
     let mut writer = PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics));
     // Connect now so a wrong URL shows at start; the store retries by itself later.
     writer.check().map_err(|e| e.to_string())?;
