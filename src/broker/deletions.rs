@@ -11,7 +11,9 @@
 //!   a deletion the web app wrote into the table).
 //!
 //! Each read starts [`MARGIN`] before the start of the last read that came back whole, so an
-//! outage costs what was deleted meanwhile, and a read that failed is made up by the next.
+//! outage costs what was deleted meanwhile, and a read that failed is made up by the next. A
+//! read cut at its page limit is carried on by the next from its last row ([`Cursor`]), so a
+//! backlog of any size is read through in pages rather than read from its start again.
 //!
 //! [`Deletions`] says when to read and from which moment, and remembers the deletions the node
 //! released recently, so each reaches the node's members once: whether it came from this
@@ -23,6 +25,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::FxHashSet;
+use uuid::Uuid;
 
 /// How long before the outage was noticed a deletion is looked for: the moment the
 /// subscriber broke is before it was noticed, and nodes' clocks differ a little.
@@ -42,6 +45,23 @@ pub const KEEP: Duration = Duration::from_secs(60);
 /// message is already a tombstone).
 pub const MAX_KEPT: usize = 100_000;
 
+/// Where a read starts: after this `(deleted_at, id)`, in PostgreSQL's order (a uuid compares
+/// as its bytes, as `Uuid` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The wall clock's moment (`deleted_at`).
+    pub at: SystemTime,
+    /// The message's id (nil: from the moment on).
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Every deletion from `at` on.
+    pub fn from(at: SystemTime) -> Self {
+        Cursor { at, id: Uuid::nil() }
+    }
+}
+
 /// An outage whose deletions are still looked for.
 #[derive(Debug, Clone, Copy)]
 struct Doubt {
@@ -60,6 +80,9 @@ pub struct Deletions<K> {
     /// Every deletion committed before this moment (the wall clock, as PostgreSQL's
     /// `deleted_at`) was read: the start of the last read that came back whole.
     covered: SystemTime,
+    /// Reads cut at their page limit since the last whole one: the start of the first, and
+    /// the last row read, where the next read goes on.
+    cut: Option<(SystemTime, Cursor)>,
     keep: Duration,
 }
 
@@ -74,20 +97,38 @@ impl<K: Copy + Eq + Hash> Deletions<K> {
             doubt: None,
             settled: None,
             covered: start,
+            cut: None,
             keep: KEEP.max(sweep.saturating_mul(2) + MARGIN * 2),
         }
     }
 
-    /// From which moment the next read starts.
-    pub fn since(&self) -> SystemTime {
-        self.covered.checked_sub(MARGIN).unwrap_or(self.covered)
+    /// Where the next read starts: after the last row of a read cut at its page limit, else
+    /// [`MARGIN`] before the last whole read.
+    pub fn since(&self) -> Cursor {
+        match self.cut {
+            Some((_, last)) => last,
+            None => Cursor::from(self.covered.checked_sub(MARGIN).unwrap_or(self.covered)),
+        }
     }
 
-    /// A read started at `at` came back; `whole`: it held every deletion from its start on
-    /// (else it stopped at its page limit, and the next read starts where this one did).
-    pub fn read(&mut self, at: SystemTime, whole: bool) {
-        if whole {
-            self.covered = self.covered.max(at);
+    /// A read started at `at` came back: whole (`cut` is `None`), or stopped at its page
+    /// limit after the row `cut`.
+    ///
+    /// Once reads cut in turn end with a whole one, every deletion committed before the
+    /// first of them started has been read (a later one's rows behind the cursor were
+    /// committed before it, or within [`MARGIN`] of their `deleted_at`, which the next read's
+    /// start covers).
+    pub fn read(&mut self, at: SystemTime, cut: Option<Cursor>) {
+        match (cut, self.cut) {
+            (None, None) => self.covered = self.covered.max(at),
+            (None, Some((first, _))) => {
+                self.covered = self.covered.max(first.min(at));
+                self.cut = None;
+            }
+            (Some(last), None) => self.cut = Some((at, last)),
+            (Some(last), Some((first, before))) => {
+                self.cut = Some((first.min(at), before.max(last)));
+            }
         }
     }
 
@@ -195,18 +236,44 @@ mod tests {
         let mut d = deletions();
         assert_eq!(
             d.since(),
-            wall(0) - MARGIN,
+            Cursor::from(wall(0) - MARGIN),
             "from shortly before the node started"
         );
-        d.read(wall(30), true);
-        assert_eq!(d.since(), wall(30) - MARGIN);
-        // A read cut at its page limit, or one that never came back, moves nothing.
-        d.read(wall(60), false);
-        assert_eq!(d.since(), wall(30) - MARGIN);
+        d.read(wall(30), None);
+        assert_eq!(d.since(), Cursor::from(wall(30) - MARGIN));
         // A late answer of an older read does not move it back.
-        d.read(wall(90), true);
-        d.read(wall(61), true);
-        assert_eq!(d.since(), wall(90) - MARGIN);
+        d.read(wall(90), None);
+        d.read(wall(61), None);
+        assert_eq!(d.since(), Cursor::from(wall(90) - MARGIN));
+    }
+
+    #[test]
+    fn a_read_cut_at_its_page_limit_is_carried_on_from_its_last_row() {
+        let mut d = deletions();
+        d.read(wall(30), None);
+        let row = |secs, id| Cursor {
+            at: wall(secs),
+            id: Uuid::from_u128(id),
+        };
+        // A backlog larger than a read: each read goes on where the last one stopped, so it
+        // is read through however large it is.
+        d.read(wall(60), Some(row(40, 7)));
+        assert_eq!(d.since(), row(40, 7));
+        d.read(wall(61), Some(row(45, 2)));
+        assert_eq!(d.since(), row(45, 2));
+        // The same deleted_at: the id orders them.
+        d.read(wall(62), Some(row(45, 9)));
+        assert_eq!(d.since(), row(45, 9));
+        // The last read is whole: what was committed before the first cut read started is
+        // read, and the next read starts shortly before that (a deletion committed late,
+        // behind a cursor, is within MARGIN of it).
+        d.read(wall(63), None);
+        assert_eq!(d.since(), Cursor::from(wall(60) - MARGIN));
+        // A cut read after that starts a new run from its own start.
+        d.read(wall(70), Some(row(66, 1)));
+        assert_eq!(d.since(), row(66, 1));
+        d.read(wall(71), None);
+        assert_eq!(d.since(), Cursor::from(wall(70) - MARGIN));
     }
 
     #[test]

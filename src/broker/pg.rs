@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
 use postgres::{Client, IsolationLevel};
 
+use super::deletions::Cursor;
 use super::node::Input;
 use crate::ids::{Room, Target};
 use crate::protocol::packet;
@@ -37,13 +38,12 @@ pub enum Ask {
     },
     /// The committed top of each room.
     Tops(Vec<Room>),
-    /// The deletions in `rooms` made from `since` on (an outage's, see
-    /// [`super::deletions`]).
+    /// The deletions in `rooms` after `since` (an outage's, see [`super::deletions`]).
     Deletions {
         /// The rooms.
         rooms: Vec<Room>,
-        /// The wall clock's moment.
-        since: SystemTime,
+        /// Where the read starts.
+        since: Cursor,
         /// When it was asked (the wall clock), handed back with the answer.
         at: SystemTime,
     },
@@ -89,9 +89,9 @@ pub enum Answer {
         found: Found,
         /// When the read was asked.
         at: SystemTime,
-        /// They are every deletion since the read's start (else the read stopped at its
-        /// page limit).
-        whole: bool,
+        /// `None`: they are every deletion from the read's start on; else the read stopped
+        /// at its page limit after this row.
+        cut: Option<Cursor>,
     },
     /// A replay: `message:new` packets (without offsets) in order, or `None` when it could
     /// not be read whole.
@@ -208,7 +208,7 @@ fn answer(client: &mut Client, ask: Ask) -> Option<Answer> {
                 .flatten(),
         }),
         Ask::Deletions { rooms, since, at } => match deletions(client, &rooms, since) {
-            Ok((found, whole)) => Some(Answer::Deletions { found, at, whole }),
+            Ok((found, cut)) => Some(Answer::Deletions { found, at, cut }),
             Err(e) => {
                 tracing::warn!(error = %e, "reading an outage's deletions failed; retrying");
                 None
@@ -256,18 +256,18 @@ fn fill(client: &mut Client, room: Room, after: u64) -> Result<Answer, postgres:
     })
 }
 
-/// The deletions in `rooms` from `since` on, at most [`DELETIONS_PAGES`] pages; `true` when
-/// that is all of them.
+/// The deletions in `rooms` after `since`, at most [`DELETIONS_PAGES`] pages, and the last
+/// row read when that is not all of them.
 fn deletions(
     client: &mut Client,
     rooms: &[Room],
-    since: SystemTime,
-) -> Result<(Found, bool), postgres::Error> {
+    since: Cursor,
+) -> Result<(Found, Option<Cursor>), postgres::Error> {
     let ids: Vec<uuid::Uuid> = rooms
         .iter()
         .filter_map(|r| r.target().map(|t| t.uuid()))
         .collect();
-    let mut after: (DateTime<Utc>, uuid::Uuid) = (DateTime::<Utc>::from(since), uuid::Uuid::nil());
+    let mut after: (DateTime<Utc>, uuid::Uuid) = (DateTime::<Utc>::from(since.at), since.id);
     let mut found = Vec::new();
     for _ in 0..DELETIONS_PAGES {
         let rows = client.query(DELETIONS, &[&after.0, &after.1, &ids, &DELETIONS_PAGE])?;
@@ -281,10 +281,11 @@ fn deletions(
             }
         }
         if (rows.len() as i64) < DELETIONS_PAGE {
-            return Ok((found, true));
+            return Ok((found, None));
         }
     }
-    Ok((found, false))
+    let (at, id) = after;
+    Ok((found, Some(Cursor { at: at.into(), id })))
 }
 
 /// The messages of each range, in order (a deleted one as its tombstone); `None` past

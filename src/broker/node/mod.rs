@@ -409,8 +409,8 @@ impl Broker {
                 self.admissions.replayed(req, packets);
                 self.admit(now);
             }
-            Answer::Deletions { found, at, whole } => {
-                self.deletions.read(at, whole);
+            Answer::Deletions { found, at, cut } => {
+                self.deletions.read(at, cut);
                 self.caught_up(found, now);
             }
             Answer::Tops(tops) => {

@@ -61,7 +61,7 @@ impl Broker {
     }
 
     /// Asks `broker-pg` for the deletions in `rooms` made since shortly before the last read
-    /// that came back whole.
+    /// that came back whole (or after the last row of a read cut at its page limit).
     pub(super) fn read_deletions(&mut self, rooms: Vec<Room>) {
         self.metrics.deletion_reads.fetch_add(1, Relaxed);
         let since = self.deletions.since();
