@@ -77,6 +77,9 @@ pub struct StoreMetrics {
     pub inbox_depth: AtomicI64,
     /// The database as last seen: `store::pg::status::OK` (also: no database) or `DOWN`.
     pub db_status: AtomicU8,
+    /// PostgreSQL's autovacuum as the store's last new connection saw it:
+    /// `store::pg::autovacuum::UNKNOWN` (also: no database), `OFF` or `ON`.
+    pub autovacuum: AtomicU8,
     /// Time from a shard reading a socket's `message:send` to the store answering it.
     pub send_ack: Histogram,
     /// Messages per write batch.
@@ -97,6 +100,7 @@ impl Default for StoreMetrics {
             max_batch_micros: AtomicU64::new(0),
             inbox_depth: AtomicI64::new(0),
             db_status: AtomicU8::new(0),
+            autovacuum: AtomicU8::new(0),
             send_ack: Histogram::default(),
             batch_size: Histogram::counts(),
             batch_time: Histogram::default(),
@@ -343,6 +347,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_max Longest write batch since start, seconds.\n# TYPE ocomms_store_batch_seconds_max gauge\nocomms_store_batch_seconds_max {}", s.max_batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_inbox_depth Commands waiting for the store.\n# TYPE ocomms_store_inbox_depth gauge\nocomms_store_inbox_depth {}", s.inbox_depth.load(Relaxed));
         let up = u8::from(s.db_status.load(Relaxed) == crate::store::pg::status::OK);
+        let autovacuum = s.autovacuum.load(Relaxed);
+        if autovacuum != crate::store::pg::autovacuum::UNKNOWN {
+            let on = u8::from(autovacuum == crate::store::pg::autovacuum::ON);
+            let _ = writeln!(out, "# HELP ocomms_store_pg_autovacuum 1 when PostgreSQL's autovacuum and track_counts are on, 0 when either is off (then messages is never analyzed or vacuumed as it grows; see docs/operations.md).\n# TYPE ocomms_store_pg_autovacuum gauge\nocomms_store_pg_autovacuum {on}");
+        }
         let _ = writeln!(out, "# HELP ocomms_store_up 1 while the store answers (the embedded store always does), 0 while PostgreSQL is unreachable.\n# TYPE ocomms_store_up gauge\nocomms_store_up {up}");
         s.send_ack.render(
             &mut out,

@@ -11,7 +11,7 @@ use chrono::Utc;
 use ocomms_rt::ids::{ChannelId, Target, UserId, WorkspaceId};
 use ocomms_rt::metrics::Metrics;
 use ocomms_rt::store::pg::testing::TestDb;
-use ocomms_rt::store::pg::{autovacuum_works, connect, migrate, InsertMethod, PgBackend};
+use ocomms_rt::store::pg::{autovacuum, connect, migrate, InsertMethod, PgBackend};
 use ocomms_rt::store::{Backend, NewMessage, StoreError};
 
 struct Setup {
@@ -218,13 +218,31 @@ fn wait_for_lock(db: &TestDb) {
 }
 
 #[test]
-fn a_session_without_track_counts_is_told_autovacuum_does_not_work() {
+fn metrics_show_whether_autovacuum_works() {
     let db = TestDb::create();
-    let mut client = connect(&db.url()).unwrap();
     // track_counts may be switched per session (as a superuser, as these tests connect):
     // without it autovacuum has nothing to start from, whatever `autovacuum` says.
-    client.batch_execute("SET track_counts = off").unwrap();
-    assert!(!autovacuum_works(&mut client).unwrap());
+    let off = format!("{}?options=-c%20track_counts%3Doff", db.url());
+    let mut client = connect(&off).unwrap();
+    assert!(!autovacuum::works(&mut client).unwrap());
+    let gauge = |url: &str| {
+        let metrics = Arc::new(Metrics::new(1));
+        assert!(
+            !metrics.render().contains("ocomms_store_pg_autovacuum"),
+            "not shown before the store has connected"
+        );
+        let mut backend = PgBackend::new(url, InsertMethod::Unnest, Arc::clone(&metrics));
+        backend.check().unwrap();
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("ocomms_store_pg_autovacuum ").map(str::to_owned))
+            .expect("the gauge once connected")
+    };
+    assert_eq!(gauge(&off), "0");
+    // With the server's own settings, the gauge says what a plain session sees.
+    let plain = autovacuum::works(&mut connect(&db.url()).unwrap()).unwrap();
+    assert_eq!(gauge(&db.url()), if plain { "1" } else { "0" });
 }
 
 fn count_messages(db: &TestDb) -> i64 {

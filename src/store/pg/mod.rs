@@ -129,15 +129,50 @@ pub fn migrate(url: &str) -> Result<usize, String> {
     result
 }
 
-/// Whether autovacuum runs for this session's tables: it needs both `autovacuum` and the
-/// statistics it starts from (`track_counts`).
-pub fn autovacuum_works(client: &mut Client) -> Result<bool, postgres::Error> {
-    client
-        .query_one(
-            "SELECT current_setting('autovacuum')::bool AND current_setting('track_counts')::bool",
-            &[],
-        )
-        .map(|row| row.get(0))
+/// Whether PostgreSQL's autovacuum works, as each new connection sees it.
+pub mod autovacuum {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use postgres::Client;
+
+    use crate::metrics::Metrics;
+
+    /// Not known (no database, or not connected yet).
+    pub const UNKNOWN: u8 = 0;
+    /// `autovacuum` or `track_counts` is off.
+    pub const OFF: u8 = 1;
+    /// Both are on.
+    pub const ON: u8 = 2;
+
+    /// Whether autovacuum runs for this session's tables: it needs both `autovacuum` and
+    /// the statistics it starts from (`track_counts`).
+    pub fn works(client: &mut Client) -> Result<bool, postgres::Error> {
+        client
+            .query_one(
+                "SELECT current_setting('autovacuum')::bool \
+                 AND current_setting('track_counts')::bool",
+                &[],
+            )
+            .map(|row| row.get(0))
+    }
+
+    /// Reads it on a new connection into `ocomms_store_pg_autovacuum`, and warns when it is
+    /// found off (once, until it is seen on again).
+    pub fn note(client: &mut Client, metrics: &Metrics) {
+        let Ok(on) = works(client) else {
+            return;
+        };
+        let now = if on { ON } else { OFF };
+        let before = metrics.store.autovacuum.swap(now, Relaxed);
+        if now == OFF && before != OFF {
+            tracing::warn!(
+                "PostgreSQL runs with autovacuum or track_counts off: `messages` is then not \
+                 analyzed or vacuumed as it grows (the per-table settings of the migrations do \
+                 nothing), and the web app's reads plan on stale statistics. The send path does \
+                 not depend on them. Set autovacuum = on and track_counts = on in postgresql.conf"
+            );
+        }
+    }
 }
 
 /// `Unavailable` for a database error the caller cannot fix, naming the cause.
@@ -208,19 +243,10 @@ impl PgBackend {
         }
     }
 
-    /// Connects (if not connected) and reports whether the database answers; warns when
-    /// PostgreSQL runs without autovacuum (the server calls it once, at start).
+    /// Connects (if not connected) and reports whether the database answers (the server
+    /// calls it once, at start).
     pub fn check(&mut self) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        if let Ok(false) = autovacuum_works(&mut conn.client) {
-            tracing::warn!(
-                "PostgreSQL runs with autovacuum or track_counts off: `messages` is then not \
-                 analyzed or vacuumed as it grows (the per-table settings of the migrations do \
-                 nothing), and the web app's reads plan on stale statistics. The send path does \
-                 not depend on them. Set autovacuum = on and track_counts = on in postgresql.conf"
-            );
-        }
-        Ok(())
+        self.conn().map(|_| ())
     }
 
     /// The open connection, or a fresh one; `Unavailable` while the database is down.
@@ -235,7 +261,8 @@ impl PgBackend {
                 }
             }
             match connect(&self.url) {
-                Ok(client) => {
+                Ok(mut client) => {
+                    autovacuum::note(&mut client, &self.metrics);
                     self.conn = Some(Conn {
                         client,
                         statements: HashMap::new(),
