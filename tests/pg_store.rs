@@ -236,7 +236,10 @@ fn metrics_show_whether_autovacuum_works() {
         metrics
             .render()
             .lines()
-            .find_map(|l| l.strip_prefix("ocomms_store_pg_autovacuum ").map(str::to_owned))
+            .find_map(|l| {
+                l.strip_prefix("ocomms_store_pg_autovacuum ")
+                    .map(str::to_owned)
+            })
             .expect("the gauge once connected")
     };
     assert_eq!(gauge(&off), "0");

@@ -58,7 +58,10 @@ pub struct Cursor {
 impl Cursor {
     /// Every deletion from `at` on.
     pub fn from(at: SystemTime) -> Self {
-        Cursor { at, id: Uuid::nil() }
+        Cursor {
+            at,
+            id: Uuid::nil(),
+        }
     }
 }
 

@@ -263,14 +263,25 @@ fn deletions(
     rooms: &[Room],
     since: Cursor,
 ) -> Result<(Found, Option<Cursor>), postgres::Error> {
+    deletions_in_pages(client, rooms, since, DELETIONS_PAGE, DELETIONS_PAGES)
+}
+
+/// [`deletions`] in at most `pages` pages of `page` rows.
+fn deletions_in_pages(
+    client: &mut Client,
+    rooms: &[Room],
+    since: Cursor,
+    page: i64,
+    pages: usize,
+) -> Result<(Found, Option<Cursor>), postgres::Error> {
     let ids: Vec<uuid::Uuid> = rooms
         .iter()
         .filter_map(|r| r.target().map(|t| t.uuid()))
         .collect();
     let mut after: (DateTime<Utc>, uuid::Uuid) = (DateTime::<Utc>::from(since.at), since.id);
     let mut found = Vec::new();
-    for _ in 0..DELETIONS_PAGES {
-        let rows = client.query(DELETIONS, &[&after.0, &after.1, &ids, &DELETIONS_PAGE])?;
+    for _ in 0..pages {
+        let rows = client.query(DELETIONS, &[&after.0, &after.1, &ids, &page])?;
         for row in &rows {
             let m = message_from_row(row);
             let seq = u64::try_from(m.sequence).unwrap_or(0);
@@ -280,7 +291,7 @@ fn deletions(
                 after = (at, m.id.0);
             }
         }
-        if (rows.len() as i64) < DELETIONS_PAGE {
+        if (rows.len() as i64) < page {
             return Ok((found, None));
         }
     }
@@ -313,4 +324,73 @@ fn replay(
         packets.extend(rows.iter().map(|row| event_of(row).1));
     }
     Ok(Some(packets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ChannelId;
+    use crate::store::pg::testing::TestDb;
+    use crate::store::pg::{migrate, InsertMethod, PgBackend};
+    use crate::store::Backend;
+
+    #[test]
+    fn deletions_past_a_read_s_page_limit_are_read_through_from_its_last_row() {
+        let db = TestDb::create();
+        migrate(&db.url()).unwrap();
+        let now = Utc::now();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(1));
+        let mut b = PgBackend::new(&db.url(), InsertMethod::Unnest, metrics);
+        let ann = b.create_user("Ann", None, now).unwrap();
+        let ws = b.create_workspace("acme", "Acme", now).unwrap();
+        let general = b
+            .create_channel(ws, "general", "General", false, now)
+            .unwrap();
+        let other = b.create_channel(ws, "other", "Other", false, now).unwrap();
+        // 25 deletions in `general`, three to a deleted_at (the id orders those), and one in a
+        // room the read does not ask for.
+        let mut client = db.client();
+        client
+            .execute(
+                "INSERT INTO messages (id, content, author_id, channel_id, sequence, created_at,
+                                       updated_at, deleted_at)
+                 SELECT gen_random_uuid(), '', $1, $2, g, $3::timestamptz, $3::timestamptz,
+                        $3::timestamptz + make_interval(secs => g / 3)
+                 FROM generate_series(1, 25) g",
+                &[&ann.0, &general.0, &now],
+            )
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO messages (id, content, author_id, channel_id, sequence, created_at,
+                                       updated_at, deleted_at)
+                 VALUES (gen_random_uuid(), '', $1, $2, 1, $3, $3, $3)",
+                &[&ann.0, &other.0, &now],
+            )
+            .unwrap();
+        let rooms = [Room::Channel(ChannelId(general.0))];
+        let mut since = Cursor::from((now - chrono::Duration::seconds(1)).into());
+        let mut seen = Vec::new();
+        let mut reads = 0;
+        loop {
+            // Two pages of four: eight rows a read.
+            let (found, cut) = deletions_in_pages(&mut client, &rooms, since, 4, 2).unwrap();
+            reads += 1;
+            assert!(found.iter().all(|(room, _, _)| *room == rooms[0]));
+            seen.extend(found.iter().map(|(_, seq, _)| *seq));
+            match cut {
+                Some(last) => {
+                    assert_eq!(found.len(), 8, "a cut read is full");
+                    assert!(last > since, "each cut read moves the cursor on");
+                    since = last;
+                }
+                None => break,
+            }
+            assert!(reads < 10, "the reads never came to an end: {seen:?}");
+        }
+        assert_eq!(reads, 4, "8 + 8 + 8 + 1");
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=25).collect::<Vec<u64>>(), "each deletion once");
+    }
 }
