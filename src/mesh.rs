@@ -331,6 +331,10 @@ pub enum StoreCommand {
         /// What it asks.
         request: AdminRequest,
     },
+    /// A writer lane's batch is done: its answer waits in the lanes' own channel. Sent by
+    /// the store's lanes only, so the store thread waits on its inbox alone (a select over
+    /// two channels costs a contended lock on every wake-up).
+    LaneDone,
     /// Finish what is queued, then exit.
     Shutdown,
 }

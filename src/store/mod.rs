@@ -162,27 +162,10 @@ impl<B: Backend> Store<B> {
 
     /// Runs the loop until [`StoreCommand::Shutdown`] or until the inbox closes.
     pub fn run(mut self, inbox: &Receiver<StoreCommand>) {
-        // Without lanes nothing ever arrives here.
-        let done = match &self.lanes {
-            Some(lanes) => lanes.done.clone(),
-            None => crossbeam_channel::never(),
-        };
         let mut commands = Vec::with_capacity(MAX_DRAIN);
-        loop {
-            crossbeam_channel::select! {
-                recv(inbox) -> first => {
-                    // Fails only once every sender is gone: nobody can ask anything any more.
-                    let Ok(first) = first else { break };
-                    commands.push(first);
-                }
-                recv(done) -> answer => {
-                    if let Ok(answer) = answer {
-                        self.landed(answer);
-                        self.dispatch();
-                    }
-                    continue;
-                }
-            }
+        // Fails only once every sender is gone: nobody can ask anything any more.
+        while let Ok(first) = inbox.recv() {
+            commands.push(first);
             // Take what queued up meanwhile, without waiting: that is the batch.
             while commands.len() < MAX_DRAIN {
                 match inbox.try_recv() {
@@ -190,14 +173,24 @@ impl<B: Backend> Store<B> {
                     Err(_) => break,
                 }
             }
-            let depth = inbox.len();
-            self.metrics.store.inbox_depth.store(depth as i64, Relaxed);
-            // The writer's queue as this turn found it: what it took, what still waits, and
-            // the sends already with the lanes.
-            let queued = depth + commands.len() + self.unanswered();
-            self.metrics.store.queue_depth.record(queued as u64);
-            // Shutdown came after everything queued before it, all of which is now answered.
-            if self.turn(commands.drain(..)) {
+            commands.retain(|c| !matches!(c, StoreCommand::LaneDone));
+            let mut stopping = false;
+            if !commands.is_empty() {
+                let depth = inbox.len();
+                self.metrics.store.inbox_depth.store(depth as i64, Relaxed);
+                // The writer's queue as this turn found it: what it took, what still waits,
+                // and the sends already with the lanes.
+                let queued = depth + commands.len() + self.unanswered();
+                self.metrics.store.queue_depth.record(queued as u64);
+                // Shutdown came after everything queued before it, all of which is now
+                // answered.
+                stopping = self.turn(commands.drain(..));
+            }
+            // Then the lanes' answers, so a lane that is done takes this turn's sends in its
+            // next batch. Each answer is in their channel before its bell: every bell taken
+            // above has its answer there now.
+            self.collect_landed();
+            if stopping {
                 break;
             }
         }
@@ -288,6 +281,8 @@ impl<B: Backend> Store<B> {
                 self.settle();
                 return true;
             }
+            // Taken out in `run`; its answer is collected there.
+            StoreCommand::LaneDone => {}
         }
         false
     }
@@ -347,6 +342,14 @@ impl<B: Backend> Store<B> {
             }
         }
         self.mesh.store.set_backlog(self.unanswered());
+    }
+
+    /// Publishes and answers every lane's batch that came back, and starts their next ones.
+    fn collect_landed(&mut self) {
+        while let Some(done) = self.lanes.as_ref().and_then(|l| l.done.try_recv().ok()) {
+            self.landed(done);
+        }
+        self.dispatch();
     }
 
     /// A lane's batch came back: publish and answer it.

@@ -32,14 +32,16 @@ pub fn spawn_pool<B: Backend + Send + 'static>(
     mut mesh: Mesh,
     metrics: Arc<Metrics>,
 ) -> io::Result<JoinHandle<()>> {
-    // The store never writes to its own inbox, and the copy of its handle inside `mesh` would
-    // keep the inbox open forever; swap it for a dead one so "every sender gone" can end it.
+    // The copy of its handle inside `mesh` would keep the inbox open forever; swap it for a
+    // dead one so "every sender gone" can end the store thread. Its writer lanes ring it on
+    // its inbox (with lanes, only Shutdown ends it).
+    let bell = mesh.store.clone();
     let (dead, _) = crossbeam_channel::bounded(0);
     mesh.store = mesh.store.with_inbox(dead);
     let lanes = if lanes.is_empty() {
         None
     } else {
-        Some(super::lanes::Lanes::spawn(lanes)?)
+        Some(super::lanes::Lanes::spawn(lanes, bell)?)
     };
     let mut threads = Vec::with_capacity(readers.len());
     let (jobs, queue) = crossbeam_channel::unbounded::<ReadJob>();

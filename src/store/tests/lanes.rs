@@ -6,9 +6,8 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// Sends in three rooms (one per lane at most), then a history of one of them, all queued
-/// before the thread starts.
-fn interleaved(w: &World, per_room: u64) -> Vec<StoreCommand> {
+/// Sends in three rooms (one per lane at most), all queued before the thread starts.
+fn sends(w: &World, per_room: u64) -> Vec<StoreCommand> {
     let rooms = [
         (w.ann, Target::Channel(w.general)),
         (w.bob, Target::Dm(w.dm)),
@@ -29,6 +28,12 @@ fn interleaved(w: &World, per_room: u64) -> Vec<StoreCommand> {
             });
         }
     }
+    commands
+}
+
+/// [`sends`], then a history of one of the rooms.
+fn interleaved(w: &World, per_room: u64) -> Vec<StoreCommand> {
+    let mut commands = sends(w, per_room);
     commands.push(StoreCommand::History {
         asker: Asker {
             from: CONN,
@@ -84,5 +89,26 @@ fn lanes_keep_each_rooms_order_and_a_read_after_sends_sees_them_all() {
     assert!(broadcast.values().all(|s| s.len() as u64 == PER_ROOM));
     // Everything answered: the store holds nothing back any more.
     assert_eq!(h.metrics.store.messages.load(Relaxed), 3 * PER_ROOM);
+    h.stop();
+}
+
+#[test]
+fn a_lanes_answers_go_out_with_nothing_else_arriving() {
+    const PER_ROOM: u64 = 10;
+    // Sends only: once they are taken, nothing arrives in the store's inbox but the lanes'
+    // own word that a batch is done, which must be enough to answer them.
+    let h = Harness::start_pg_lanes(2, |w| sends(w, PER_ROOM));
+    let mut acked = 0;
+    let mut broadcasts = 0;
+    while acked < 3 * PER_ROOM || broadcasts < 3 * PER_ROOM {
+        match h.next() {
+            ShardCommand::Deliver(_) => broadcasts += 1,
+            ShardCommand::Reply(_, StoreReply::Sent { result, .. }) => {
+                result.expect("every send is stored");
+                acked += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     h.stop();
 }
