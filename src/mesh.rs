@@ -333,7 +333,7 @@ pub enum StoreCommand {
     },
     /// A writer lane's batch is done: its answer waits in the lanes' own channel. Sent by
     /// the store's lanes only, so the store thread waits on its inbox alone (a select over
-    /// two channels costs a contended lock on every wake-up).
+    /// two channels contended for a lock on its wake-ups).
     LaneDone,
     /// Finish what is queued, then exit.
     Shutdown,

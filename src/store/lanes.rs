@@ -11,8 +11,8 @@
 //!
 //! A lane puts its answer in [`Lanes::done`], then rings the store thread on its inbox
 //! ([`StoreCommand::LaneDone`]), so the store thread waits on its inbox alone. A select over
-//! the inbox and the answers cost a contended lock on every wake-up: the thread that woke it
-//! still held the channel's lock when the woken one came to unregister from it. At 5,000
+//! the inbox and the answers contended for a lock on its wake-ups: the thread that woke it
+//! often still held the channel's lock when the woken one came to unregister from it. At 5,000
 //! messages/s that was 9-13% of the server's CPU (`docs/benchmarks.md`, "a fifth machine").
 
 use std::io;
