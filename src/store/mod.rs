@@ -160,7 +160,8 @@ impl<B: Backend> Store<B> {
         self
     }
 
-    /// Runs the loop until [`StoreCommand::Shutdown`] or until the inbox closes.
+    /// Runs the loop until [`StoreCommand::Shutdown`] or until the inbox closes (which the
+    /// writer lanes' senders prevent while they run).
     pub fn run(mut self, inbox: &Receiver<StoreCommand>) {
         let mut commands = Vec::with_capacity(MAX_DRAIN);
         // Fails only once every sender is gone: nobody can ask anything any more.
