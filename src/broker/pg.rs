@@ -278,25 +278,28 @@ fn deletions_in_pages(
         .iter()
         .filter_map(|r| r.target().map(|t| t.uuid()))
         .collect();
-    let mut after: (DateTime<Utc>, uuid::Uuid) = (DateTime::<Utc>::from(since.at), since.id);
+    let mut after = since;
     let mut found = Vec::new();
     for _ in 0..pages {
-        let rows = client.query(DELETIONS, &[&after.0, &after.1, &ids, &page])?;
+        let at = DateTime::<Utc>::from(after.at);
+        let rows = client.query(DELETIONS, &[&at, &after.id, &ids, &page])?;
         for row in &rows {
             let m = message_from_row(row);
             let seq = u64::try_from(m.sequence).unwrap_or(0);
             let packet = packet::event("message:deleted", &m.deleted_json(), None);
             found.push((m.room(), seq, Bytes::from(packet)));
             if let Some(at) = m.deleted_at {
-                after = (at, m.id.0);
+                after = Cursor {
+                    at: at.into(),
+                    id: m.id.0,
+                };
             }
         }
         if (rows.len() as i64) < page {
             return Ok((found, None));
         }
     }
-    let (at, id) = after;
-    Ok((found, Some(Cursor { at: at.into(), id })))
+    Ok((found, Some(after)))
 }
 
 /// The messages of each range, in order (a deleted one as its tombstone); `None` past
