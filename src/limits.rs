@@ -182,6 +182,14 @@ pub struct LimitArgs {
         default_value = "0"
     )]
     loopback: String,
+    /// Milliseconds the oldest send waiting for the store may have waited before requests
+    /// are refused as busy (0: refused only past the store's 8,192 queued requests).
+    #[arg(
+        long = "max-store-wait-ms",
+        env = "CHAT_MAX_STORE_WAIT_MS",
+        default_value = "200"
+    )]
+    store_wait: String,
 }
 
 /// Per-socket event budgets, by kind.
@@ -262,6 +270,8 @@ pub struct Limits {
     pub events: EventBudgets,
     /// Per node and address.
     pub connections: ConnectionLimits,
+    /// Longest wait of a send for its batch before requests are refused (zero: no bound).
+    pub store_wait: Duration,
 }
 
 impl Default for Limits {
@@ -281,6 +291,7 @@ impl Default for Limits {
                 },
                 loopback: false,
             },
+            store_wait: Duration::from_millis(200),
         }
     }
 }
@@ -316,6 +327,12 @@ impl Limits {
         Ok(Limits {
             events,
             connections,
+            store_wait: Duration::from_millis(number(
+                "CHAT_MAX_STORE_WAIT_MS",
+                &a.store_wait,
+                0u64,
+                3_600_000,
+            )?),
         })
     }
 }

@@ -10,7 +10,6 @@
 //! to the modules that make them (`store::request`, `chat`, `api`, `model`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,8 +25,10 @@ use crate::protocol::{packet, Session};
 use crate::store::request::{HistoryQuery, NewMessage, StoreError};
 
 mod broker;
+mod store;
 pub use crate::broker::input::RecoverAsk;
 pub use broker::{BrokerHandle, DurablePublisher};
+pub use store::{waited_since, StoreHandle, STORE_INBOX_LIMIT, WAIT_BOUND_MIN_QUEUE};
 
 /// An event for every socket of a room but those it skips, as a publisher (a chat handler,
 /// the presence keeper, the store) hands it to the broker.
@@ -469,48 +470,6 @@ impl ShardHandle {
     }
 }
 
-/// The store thread's inbox.
-#[derive(Clone, Debug)]
-pub struct StoreHandle {
-    inbox: Sender<StoreCommand>,
-    /// Sends the store thread took from its inbox and has not answered yet (queued for a
-    /// writer lane, or in its batch): they count toward [`STORE_INBOX_LIMIT`] too.
-    backlog: Arc<AtomicUsize>,
-}
-
-impl StoreHandle {
-    /// Wraps the store thread's inbox.
-    pub fn new(inbox: Sender<StoreCommand>) -> Self {
-        StoreHandle {
-            inbox,
-            backlog: Arc::default(),
-        }
-    }
-
-    /// A handle on another inbox that shares this one's backlog count.
-    pub fn with_inbox(&self, inbox: Sender<StoreCommand>) -> Self {
-        StoreHandle {
-            inbox,
-            backlog: Arc::clone(&self.backlog),
-        }
-    }
-
-    /// Queues a command. Returns `false` when the store thread has exited.
-    pub fn send(&self, command: StoreCommand) -> bool {
-        self.inbox.send(command).is_ok()
-    }
-
-    /// Commands waiting: in the inbox, and sends taken from it but not answered yet.
-    pub fn depth(&self) -> usize {
-        self.inbox.len() + self.backlog.load(Relaxed)
-    }
-
-    /// Sets how many sends the store thread holds unanswered (the store thread only).
-    pub fn set_backlog(&self, sends: usize) {
-        self.backlog.store(sends, Relaxed);
-    }
-}
-
 /// Every handle a thread may need. Cloned into each thread at start.
 #[derive(Clone, Debug)]
 pub struct Mesh {
@@ -522,9 +481,6 @@ pub struct Mesh {
     pub broker: BrokerHandle,
 }
 
-/// Commands the store's inbox may hold before clients' requests are refused (each holds at
-/// most one message: at most 8,192 x 16 KB of content with the default limits).
-pub const STORE_INBOX_LIMIT: usize = 8192;
 /// Commands a shard's inbox may hold before clients' requests are refused (mostly shared
 /// broadcasts, each a pointer).
 pub const SHARD_INBOX_LIMIT: usize = 65_536;
@@ -535,12 +491,9 @@ pub const SHARD_INBOX_HARD_LIMIT: usize = 4 * SHARD_INBOX_LIMIT;
 impl Mesh {
     /// Why a client's request to the store should be refused now, if it should: the store,
     /// or a shard that delivers its broadcasts, is that far behind.
-    pub fn congested(&self) -> Option<String> {
-        let store = self.store.depth();
-        if store >= STORE_INBOX_LIMIT {
-            return Some(format!(
-                "the server is busy ({store} requests wait for the store); try again in a moment"
-            ));
+    pub fn congested(&self, now: Instant) -> Option<String> {
+        if let Some(why) = self.store.busy(now) {
+            return Some(why);
         }
         let behind = self.shards.iter().map(ShardHandle::depth).max()?;
         (behind >= SHARD_INBOX_LIMIT).then(|| {

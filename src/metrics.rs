@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chat::Recovered;
@@ -46,6 +47,8 @@ pub struct ShardMetrics {
     pub inbox_depth: AtomicI64,
     /// Broadcasts dropped because the inbox was full (see `mesh::ShardHandle::send`).
     pub broadcasts_dropped: AtomicU64,
+    /// Client requests refused as busy (see `mesh::Mesh::congested`).
+    pub requests_busy: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -88,6 +91,9 @@ pub struct StoreMetrics {
     pub batch_time: Histogram,
     /// Commands queued for the store (taken plus still waiting) at each turn of its loop.
     pub queue_depth: Histogram,
+    /// When the oldest send waiting for its batch arrived, shared with the store's handle
+    /// (see `mesh::StoreHandle::with_metrics`).
+    pub waiting_since: Arc<AtomicU64>,
 }
 
 impl Default for StoreMetrics {
@@ -105,6 +111,7 @@ impl Default for StoreMetrics {
             batch_size: Histogram::counts(),
             batch_time: Histogram::default(),
             queue_depth: Histogram::counts(),
+            waiting_since: Arc::default(),
         }
     }
 }
@@ -339,6 +346,12 @@ impl Metrics {
             "counter",
             "Broadcasts dropped because the shard inbox was full (typing and presence past 65,536 waiting, any past 262,144)."
         );
+        shard_metric!(
+            requests_busy,
+            "ocomms_requests_refused_busy_total",
+            "counter",
+            "Client requests refused as busy: the store or a shard too far behind (CHAT_MAX_STORE_WAIT_MS, 8,192 queued)."
+        );
         let s = &self.store;
         let _ = writeln!(out, "# HELP ocomms_store_batches_total Write batches committed.\n# TYPE ocomms_store_batches_total counter\nocomms_store_batches_total {}", s.batches.load(Relaxed));
         let _ = writeln!(out, "# HELP ocomms_store_messages_total Messages committed.\n# TYPE ocomms_store_messages_total counter\nocomms_store_messages_total {}", s.messages.load(Relaxed));
@@ -346,6 +359,8 @@ impl Metrics {
         let _ = writeln!(out, "# HELP ocomms_store_batch_max Largest batch committed.\n# TYPE ocomms_store_batch_max gauge\nocomms_store_batch_max {}", s.max_batch.load(Relaxed));
         let _ = writeln!(out, "# HELP ocomms_store_batch_seconds_max Longest write batch since start, seconds.\n# TYPE ocomms_store_batch_seconds_max gauge\nocomms_store_batch_seconds_max {}", s.max_batch_micros.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "# HELP ocomms_store_inbox_depth Commands waiting for the store.\n# TYPE ocomms_store_inbox_depth gauge\nocomms_store_inbox_depth {}", s.inbox_depth.load(Relaxed));
+        let waited = crate::mesh::waited_since(&s.waiting_since, std::time::Instant::now());
+        let _ = writeln!(out, "# HELP ocomms_store_wait_seconds How long the oldest send not yet in a write batch has waited (0: none waits); past CHAT_MAX_STORE_WAIT_MS requests are refused as busy.\n# TYPE ocomms_store_wait_seconds gauge\nocomms_store_wait_seconds {}", waited.unwrap_or_default().as_secs_f64());
         let up = u8::from(s.db_status.load(Relaxed) == crate::store::pg::status::OK);
         let autovacuum = s.autovacuum.load(Relaxed);
         if autovacuum != crate::store::pg::autovacuum::UNKNOWN {

@@ -144,7 +144,9 @@ impl Node {
         }
         let mesh = Mesh {
             shards: handles,
-            store: StoreHandle::new(store_tx),
+            store: StoreHandle::new(store_tx)
+                .with_max_wait(config.limits.store_wait)
+                .with_metrics(&metrics),
             broker,
         };
         let mut demo = None;

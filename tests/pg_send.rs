@@ -1,7 +1,9 @@
 //! Sends on PostgreSQL end to end through the real binary: a NUL character is refused while
 //! an honest sender at the same moment is acked, and a COMMIT whose answer was lost (the
 //! connection cut while it was in flight) is broadcast exactly once: when the sender retries
-//! with its clientMsgId, or, without one, once the database is back.
+//! with its clientMsgId, or, without one, once the database is back. A database too slow for
+//! the queue in front of it gets sends refused as busy once the oldest has waited past the
+//! bound, and loses none it took.
 //! Needs PostgreSQL (see `ocomms_rt::store::pg::testing`).
 
 mod common;
@@ -14,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{provision, send_and_ack, Server, Socket};
+use ocomms_rt::mesh::WAIT_BOUND_MIN_QUEUE;
 use ocomms_rt::store::pg::testing::{server_url, TestDb};
 use serde_json::{json, Value};
 
@@ -54,6 +57,121 @@ fn a_nul_is_refused_while_an_honest_sender_at_the_same_moment_is_acked() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, ["hello"]);
+}
+
+#[test]
+fn sends_past_the_wait_bound_are_refused_at_once_and_every_queued_send_is_stored() {
+    let db = TestDb::create();
+    let (user, ws, channels) = provision(&db, 1);
+    let channel = channels[0];
+    let server = Server::start_with(
+        &db.url(),
+        &[
+            ("CHAT_MAX_STORE_WAIT_MS", "300"),
+            ("CHAT_MAX_IN_FLIGHT", "4096"),
+        ],
+    );
+    let mut s = Socket::connect(&server.addr, user, ws);
+    let data = |i: u64| json!({"targetId": channel, "targetType": "channel", "content": format!("q{i}"), "clientMsgId": format!("q{i}")});
+    // After a first send the channel has its counter row; a transaction holding that row
+    // stalls the writer's next batch of the channel on its lock.
+    assert_eq!(send_and_ack(&mut s, 1, &data(1), |_| {})["success"], true);
+    let mut blocker = db.client();
+    let mut hold = blocker.transaction().unwrap();
+    hold.execute(
+        "SELECT 1 FROM message_sequences WHERE target_id = $1 FOR UPDATE",
+        &[&channel],
+    )
+    .unwrap();
+    let queued = 2..2 + WAIT_BOUND_MIN_QUEUE as u64 + 100;
+    for i in queued.clone() {
+        s.send(&format!("42{i}[\"message:send\",{}]", data(i)));
+    }
+    let started = Instant::now();
+    common::wait_until(
+        "the oldest send to wait past 300 ms",
+        Duration::from_secs(4),
+        || server.metric("ocomms_store_wait_seconds").unwrap_or(0.0) > 0.3,
+    );
+    let late = queued.end;
+    s.send(&format!("42{late}[\"message:send\",{}]", data(late)));
+    let mut acks: Vec<(u64, Value)> = Vec::new();
+    let refusal = loop {
+        let text = s.recv().expect("the connection stays open");
+        if let Some((id, body)) = ack_of(&text) {
+            if id == late {
+                break body;
+            }
+            acks.push((id, body));
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused while the lock still held (its 5 s timeout not reached)"
+    );
+    assert_eq!(refusal["success"], false, "{refusal}");
+    let why = refusal["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("the server is busy (sends have waited") && why.contains("300 ms bound"),
+        "{why}"
+    );
+    assert!(
+        acks.is_empty(),
+        "nothing was stored while the lock held: {acks:?}"
+    );
+    assert_eq!(
+        server.metric("ocomms_requests_refused_busy_total"),
+        Some(1.0)
+    );
+    hold.rollback().unwrap();
+    // Every send queued before the bound was passed is stored, in order.
+    while acks.len() < queued.clone().count() {
+        let text = s.recv().expect("the connection stays open");
+        acks.extend(ack_of(&text));
+    }
+    let sequences: Vec<i64> = acks
+        .iter()
+        .map(|(id, body)| {
+            assert_eq!(body["success"], true, "send {id}: {body}");
+            body["sequence"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        sequences,
+        (2..2 + sequences.len() as i64).collect::<Vec<_>>()
+    );
+    // The queue has drained: a new send is taken again.
+    let next = late + 1;
+    assert_eq!(
+        send_and_ack(&mut s, next, &data(next), |_| {})["success"],
+        true
+    );
+    let stored: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM messages WHERE client_msg_id <> $1",
+            &[&format!("q{late}")],
+        )
+        .unwrap()
+        .get(0);
+    let refused_stored: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM messages WHERE client_msg_id = $1",
+            &[&format!("q{late}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!((stored, refused_stored), (sequences.len() as i64 + 2, 0));
+}
+
+/// The ack id and body of a Socket.IO ACK packet (`43<id>[body]`).
+fn ack_of(text: &str) -> Option<(u64, Value)> {
+    let rest = text.strip_prefix("43")?;
+    let at = rest.find('[')?;
+    let id = rest[..at].parse().ok()?;
+    let body = serde_json::from_str::<Value>(&rest[at..]).ok()?;
+    Some((id, body[0].clone()))
 }
 
 /// A TCP proxy in front of PostgreSQL. Armed with a marker, it forwards the first client

@@ -244,9 +244,10 @@ impl Socket {
                 Effect::Emit(name, data) => self.session.emit(name, &data),
                 Effect::Store(command) => {
                     if let Some(ack) = client_request(&command) {
-                        if let Some(why) = core.mesh.congested() {
+                        if let Some(why) = core.mesh.congested(now) {
                             // Bounded inboxes: the client is told, and may try again.
                             tracing::debug!(?id, reason = why, "request refused");
+                            core.metrics().requests_busy.fetch_add(1, Relaxed);
                             let mut refusal = Vec::new();
                             chat::refuse(ack, &why, &mut refusal);
                             self.apply(outlet, core, id, refusal, now);

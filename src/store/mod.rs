@@ -122,6 +122,8 @@ pub struct Store<B> {
 struct PendingSend {
     origin: Origin,
     message: NewMessage,
+    /// When it arrived (a socket's send: when its shard read it).
+    since: Instant,
 }
 
 /// Who asked for a send: a socket (`Sent` reply) or the admin API (`Admin` reply).
@@ -227,6 +229,7 @@ impl<B: Backend> Store<B> {
                     received,
                 },
                 message,
+                since: received,
             }),
             StoreCommand::Admin {
                 from,
@@ -234,6 +237,7 @@ impl<B: Backend> Store<B> {
             } => self.queue(PendingSend {
                 origin: Origin::Admin { from },
                 message,
+                since: Instant::now(),
             }),
             // Sends never change users, sessions or memberships, so this may overtake them.
             StoreCommand::Authenticate {
@@ -343,6 +347,14 @@ impl<B: Backend> Store<B> {
             }
         }
         self.mesh.store.set_backlog(self.unanswered());
+        // Each lane's queue is in arrival order: its first send has waited longest.
+        let oldest = self
+            .queued
+            .iter()
+            .filter_map(|q| q.first())
+            .map(|p| p.since)
+            .min();
+        self.mesh.store.set_waiting_since(oldest);
     }
 
     /// Publishes and answers every lane's batch that came back, and starts their next ones.

@@ -2,7 +2,7 @@
 //! rows written straight into the tables, and a raw Socket.IO client over tungstenite.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -23,6 +23,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(url: &str) -> Server {
+        Server::start_with(url, &[])
+    }
+
+    /// [`Server::start`] with more settings in its environment.
+    pub fn start_with(url: &str, settings: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ocomms-rt"))
             .env("CHAT_LISTEN", "127.0.0.1:0")
             .env("DATABASE_URL", url)
@@ -33,6 +38,7 @@ impl Server {
             .env("CHAT_LIMIT_SENDS", "1000000/1s")
             .env("RUST_LOG", "info")
             .env_remove("REDIS_URL")
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -50,6 +56,27 @@ impl Server {
         // Keep draining the log so the server never blocks on a full pipe.
         thread::spawn(move || for _ in lines {});
         Server { child, addr }
+    }
+}
+
+impl Server {
+    /// The sum of every sample of `name` in `GET /metrics` (over its label sets).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let mut stream = TcpStream::connect(&self.addr).expect("the server accepts");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with([' ', '{']))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 }
 
