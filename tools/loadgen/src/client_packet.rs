@@ -140,13 +140,14 @@ fn delivered(ctx: &mut Ctx, now: Instant) -> u64 {
     at
 }
 
-/// Records one receipt's latency (µs), and in a cluster run also by the receiver's node.
+/// Records one receipt's latency (µs), and in a cluster run whose publishers are all on the
+/// first node also by the receiver's node (with publishers spread, no node is theirs).
 pub(super) fn record_delivery(ctx: &mut Ctx, c: &Conn, micros: u64) {
     ctx.res.delivery_hist.saturating_record(micros);
     if let Some((l, _)) = ctx.live.as_mut() {
         l.delivery.saturating_record(micros);
     }
-    if ctx.cfg.nodes.len() > 1 {
+    if ctx.cfg.nodes.len() > 1 && !ctx.cfg.spread_publishers {
         let hist = if ctx.cfg.node_of(&ctx.plans[c.plan]).2 == 0 {
             &mut ctx.res.delivery_local_hist
         } else {

@@ -61,6 +61,10 @@ pub struct Cli {
     /// reported separately for receivers on the publishers' node and on the others.
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// Connect publishers round-robin over the nodes too (`rooms`, where everyone publishes:
+    /// sends then enter the cluster through every node).
+    #[arg(long)]
+    pub spread_publishers: bool,
     /// Process ids of the further nodes, added to --server-pid's CPU and memory.
     #[arg(long, value_delimiter = ',')]
     pub node_pids: Vec<u32>,

@@ -401,6 +401,7 @@ pub fn spawn(
             server: addr,
             host: host.clone(),
             nodes: Arc::clone(&nodes),
+            spread_publishers: cli.spread_publishers,
             channels: o.channels.clone(),
             mode: o.mode,
             random_senders: o.random_senders,

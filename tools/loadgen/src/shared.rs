@@ -169,7 +169,7 @@ impl Shared {
 impl WorkerConfig {
     /// The node connection `plan` goes to: its address, `Host` header and index.
     pub fn node_of(&self, plan: &ConnPlan) -> (SocketAddr, &str, usize) {
-        if self.nodes.len() < 2 || plan.publisher {
+        if self.nodes.len() < 2 || (plan.publisher && !self.spread_publishers) {
             return (self.server, &self.host, 0);
         }
         let i = plan.index % self.nodes.len();
@@ -193,8 +193,11 @@ pub struct WorkerConfig {
     /// `Host` header value.
     pub host: String,
     /// Every node of a cluster, `server` first (empty: one server). Publishers connect to the
-    /// first; connection `index` of the others to `nodes[index % nodes.len()]`.
+    /// first (unless `spread_publishers`); connection `index` of the others to
+    /// `nodes[index % nodes.len()]`.
     pub nodes: Arc<Vec<(SocketAddr, String)>>,
+    /// Spread publishers over the nodes like everyone else.
+    pub spread_publishers: bool,
     /// The run's channels; a connection publishes to `channels[plan.group]`.
     pub channels: Arc<Vec<String>>,
     /// What connections do once connected.
@@ -302,6 +305,7 @@ mod tests {
             server: addr(1),
             host: "n1".into(),
             nodes: Arc::new(nodes),
+            spread_publishers: false,
             channels: Arc::default(),
             mode: Mode::Messages,
             random_senders: false,
@@ -320,6 +324,11 @@ mod tests {
         );
         assert_eq!(node(4, true), 0);
         assert_eq!(cfg.node_of(&plan(5, false)).1, "n3");
+        let spread = WorkerConfig {
+            spread_publishers: true,
+            ..cfg.clone()
+        };
+        assert_eq!(spread.node_of(&plan(4, true)).2, 1, "publishers spread too");
         let single = WorkerConfig {
             nodes: Arc::default(),
             ..cfg
