@@ -122,11 +122,10 @@ pub struct Store<B> {
 struct PendingSend {
     origin: Origin,
     message: NewMessage,
-    /// When it arrived (a socket's send: when its shard read it).
-    since: Instant,
 }
 
-/// Who asked for a send: a socket (`Sent` reply) or the admin API (`Admin` reply).
+/// Who asked for a send: a socket (`Sent` reply) or the admin API (`Admin` reply), and when
+/// it arrived (a socket's send: when its shard read it; a publish: when the store took it).
 enum Origin {
     Socket {
         asker: Asker,
@@ -135,7 +134,16 @@ enum Origin {
     },
     Admin {
         from: ConnectionId,
+        received: Instant,
     },
+}
+
+impl Origin {
+    fn received(&self) -> Instant {
+        match self {
+            Origin::Socket { received, .. } | Origin::Admin { received, .. } => *received,
+        }
+    }
 }
 
 impl<B: Backend> Store<B> {
@@ -229,15 +237,16 @@ impl<B: Backend> Store<B> {
                     received,
                 },
                 message,
-                since: received,
             }),
             StoreCommand::Admin {
                 from,
                 request: AdminRequest::Publish(message),
             } => self.queue(PendingSend {
-                origin: Origin::Admin { from },
+                origin: Origin::Admin {
+                    from,
+                    received: Instant::now(),
+                },
                 message,
-                since: Instant::now(),
             }),
             // Sends never change users, sessions or memberships, so this may overtake them.
             StoreCommand::Authenticate {
@@ -352,7 +361,7 @@ impl<B: Backend> Store<B> {
             .queued
             .iter()
             .filter_map(|q| q.first())
-            .map(|p| p.since)
+            .map(|p| p.origin.received())
             .min();
         self.mesh.store.set_waiting_since(oldest);
     }
@@ -438,7 +447,7 @@ impl<B: Backend> Store<B> {
                         },
                     );
                 }
-                Origin::Admin { from } => {
+                Origin::Admin { from, .. } => {
                     let reply = match result {
                         Ok(stored) => admin::json(201, &stored.message.to_json()),
                         Err(e) => admin::error(&e),
