@@ -57,9 +57,7 @@ impl Server {
         thread::spawn(move || for _ in lines {});
         Server { child, addr }
     }
-}
 
-impl Server {
     /// The sum of every sample of `name` in `GET /metrics` (over its label sets).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let mut stream = TcpStream::connect(&self.addr).expect("the server accepts");
