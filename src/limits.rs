@@ -190,6 +190,14 @@ pub struct LimitArgs {
         default_value = "200"
     )]
     store_wait: String,
+    /// Shortest time in milliseconds between the starts of two send batches on one writer
+    /// lane (PostgreSQL; 0: a lane starts its next batch as soon as it is free).
+    #[arg(
+        long = "db-batch-window-ms",
+        env = "CHAT_DB_BATCH_WINDOW_MS",
+        default_value = "3"
+    )]
+    batch_window: String,
 }
 
 /// Per-socket event budgets, by kind.
@@ -272,6 +280,8 @@ pub struct Limits {
     pub connections: ConnectionLimits,
     /// Longest wait of a send for its batch before requests are refused (zero: no bound).
     pub store_wait: Duration,
+    /// Shortest time between the starts of two send batches on one writer lane.
+    pub batch_window: Duration,
 }
 
 impl Default for Limits {
@@ -292,6 +302,7 @@ impl Default for Limits {
                 loopback: false,
             },
             store_wait: Duration::from_millis(200),
+            batch_window: Duration::from_millis(3),
         }
     }
 }
@@ -332,6 +343,12 @@ impl Limits {
                 &a.store_wait,
                 0u64,
                 3_600_000,
+            )?),
+            batch_window: Duration::from_millis(number(
+                "CHAT_DB_BATCH_WINDOW_MS",
+                &a.batch_window,
+                0u64,
+                1_000,
             )?),
         })
     }

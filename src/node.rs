@@ -155,6 +155,7 @@ impl Node {
                 crate::store::pg::spawn_postgres(
                     url,
                     config.db_writers,
+                    config.limits.batch_window,
                     READERS,
                     store_rx,
                     mesh.clone(),

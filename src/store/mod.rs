@@ -97,7 +97,15 @@ pub fn spawn_with<B: Backend + Send + 'static>(
     mesh: Mesh,
     metrics: Arc<Metrics>,
 ) -> io::Result<JoinHandle<()>> {
-    spawn_pool(backend, Vec::new(), Vec::new(), inbox, mesh, metrics)
+    spawn_pool(
+        backend,
+        Vec::new(),
+        Vec::new(),
+        Duration::ZERO,
+        inbox,
+        mesh,
+        metrics,
+    )
 }
 
 /// The store thread's state: the backend, the handles it answers through, and the sends
@@ -114,6 +122,12 @@ pub struct Store<B> {
     running: Vec<Option<Vec<Origin>>>,
     /// The writer lanes; without them `backend` stores the sends, on this thread.
     lanes: Option<Lanes>,
+    /// Shortest time between the starts of two batches on one lane (zero: none).
+    window: Duration,
+    /// Per lane, when its last batch started.
+    started: Vec<Option<Instant>>,
+    /// The earliest instant a lane held back by `window` may start its next batch.
+    due: Option<Instant>,
     /// The reader pool's queue, when there is one.
     readers: Option<Sender<ReadJob>>,
 }
@@ -157,6 +171,9 @@ impl<B: Backend> Store<B> {
             queued: vec![Vec::new()],
             running: vec![None],
             lanes: None,
+            window: Duration::ZERO,
+            started: vec![None],
+            due: None,
             readers: None,
         }
     }
@@ -166,7 +183,14 @@ impl<B: Backend> Store<B> {
         let n = lanes.count().max(1);
         self.queued = (0..n).map(|_| Vec::new()).collect();
         self.running = (0..n).map(|_| None).collect();
+        self.started = vec![None; n];
         self.lanes = Some(lanes);
+        self
+    }
+
+    /// Starts at most one batch per `window` on each lane (see [`Store::start_batches`]).
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
         self
     }
 
@@ -174,8 +198,22 @@ impl<B: Backend> Store<B> {
     /// writer lanes' senders prevent while they run).
     pub fn run(mut self, inbox: &Receiver<StoreCommand>) {
         let mut commands = Vec::with_capacity(MAX_DRAIN);
-        // Fails only once every sender is gone: nobody can ask anything any more.
-        while let Ok(first) = inbox.recv() {
+        loop {
+            let first = match self.due {
+                Some(due) => match inbox.recv_deadline(due) {
+                    Ok(command) => command,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.dispatch();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                },
+                // Fails only once every sender is gone: nobody can ask anything any more.
+                None => match inbox.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                },
+            };
             commands.push(first);
             // Take what queued up meanwhile, without waiting: that is the batch.
             while commands.len() < MAX_DRAIN {
@@ -327,11 +365,31 @@ impl<B: Backend> Store<B> {
         queued + running
     }
 
-    /// Starts the next batch of every idle lane that has sends queued. Without lanes, stores
-    /// them here and answers at once.
+    /// Starts the next batch of every idle lane that has sends queued, once its window
+    /// allows. Without lanes, stores them here and answers at once.
     fn dispatch(&mut self) {
+        self.start_batches(Instant::now(), false);
+    }
+
+    /// [`Store::dispatch`] at `now`. A lane whose last batch started less than `window` ago
+    /// holds its sends until then (unless a whole batch waits, or `at_once`): each batch
+    /// costs PostgreSQL a fixed part besides its rows (a statement, a commit), which at a
+    /// moderate rate of sends is most of its CPU; with the window, the sends of those few
+    /// milliseconds share one. A lane that was idle longer starts at once, and one whose
+    /// batch took longer than the window is not held: the window costs nothing when sends
+    /// are sparse and nothing at saturation. `due` is when the first held lane may start.
+    fn start_batches(&mut self, now: Instant, at_once: bool) {
+        self.due = None;
         for lane in 0..self.queued.len() {
             while self.running[lane].is_none() && !self.queued[lane].is_empty() {
+                let due = self.started[lane].map(|s| s + self.window);
+                if let Some(due) = due.filter(|&due| due > now && !at_once) {
+                    if self.queued[lane].len() < lanes::MAX_BATCH {
+                        self.due = Some(self.due.map_or(due, |d| d.min(due)));
+                        break;
+                    }
+                }
+                self.started[lane] = Some(now);
                 let take = self.queued[lane].len().min(lanes::MAX_BATCH);
                 let (origins, messages): (Vec<Origin>, Vec<NewMessage>) = self.queued[lane]
                     .drain(..take)
@@ -385,13 +443,13 @@ impl<B: Backend> Store<B> {
     /// Stores every send taken so far and answers them: what comes next sees them committed
     /// ("a history after a send sees the send").
     fn settle(&mut self) {
-        self.dispatch();
+        self.start_batches(Instant::now(), true);
         while self.running.iter().any(Option::is_some) {
             let Some(answer) = self.lanes.as_ref().and_then(|l| l.done.recv().ok()) else {
                 break;
             };
             self.landed(answer);
-            self.dispatch();
+            self.start_batches(Instant::now(), true);
         }
     }
 

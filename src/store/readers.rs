@@ -5,6 +5,7 @@
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use chrono::Utc;
 use crossbeam_channel::Receiver;
@@ -22,12 +23,14 @@ use crate::model::MembershipChange;
 /// Starts the store thread over `writer`, plus one reader thread (`store-read-N`) per backend
 /// in `readers` and one writer lane (`store-write-N`, see [`super::lanes`]) per backend in
 /// `lanes`, each with its own connection; without readers and lanes, the store thread alone
-/// ([`super::spawn_with`]). Reader and lane threads stop after the store thread has answered
+/// ([`super::spawn_with`]). Each lane starts at most one batch per `window`
+/// ([`Store::with_window`]). Reader and lane threads stop after the store thread has answered
 /// `Shutdown`.
 pub fn spawn_pool<B: Backend + Send + 'static>(
     writer: B,
     readers: Vec<B>,
     lanes: Vec<B>,
+    window: Duration,
     inbox: Receiver<StoreCommand>,
     mut mesh: Mesh,
     metrics: Arc<Metrics>,
@@ -61,7 +64,7 @@ pub fn spawn_pool<B: Backend + Send + 'static>(
     }
     let readers = (!threads.is_empty()).then_some(jobs);
     thread::Builder::new().name("store".into()).spawn(move || {
-        let mut store = Store::new(writer, mesh, metrics);
+        let mut store = Store::new(writer, mesh, metrics).with_window(window);
         if let Some(lanes) = lanes {
             store = store.with_lanes(lanes);
         }

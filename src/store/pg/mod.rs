@@ -330,13 +330,15 @@ pub(crate) fn describe(target: Target) -> String {
 }
 
 /// Starts the store for `DATABASE_URL`: migrations, then the store thread, `writers` writer
-/// lanes (send batches, see [`crate::store::lanes`]), `readers` reader threads and the
+/// lanes (send batches, see [`crate::store::lanes`]; each starts at most one batch per
+/// `window`), `readers` reader threads and the
 /// membership listener. Fails when the migrations cannot be applied.
 /// The handle returned ends once the store thread has stopped (after
 /// [`StoreCommand::Shutdown`]) and the listener with it.
 pub fn spawn_postgres(
     url: &str,
     writers: usize,
+    window: Duration,
     readers: usize,
     inbox: Receiver<StoreCommand>,
     mesh: Mesh,
@@ -362,7 +364,7 @@ pub fn spawn_postgres(
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let listener = spawn_listener(url.to_owned(), mesh.clone(), Arc::clone(&metrics), stopped)
         .map_err(|e| format!("cannot start the PostgreSQL listener thread: {e}"))?;
-    let store = super::spawn_pool(writer, pool, lanes, inbox, mesh, metrics)
+    let store = super::spawn_pool(writer, pool, lanes, window, inbox, mesh, metrics)
         .map_err(|e| format!("cannot start the store threads: {e}"))?;
     std::thread::Builder::new()
         .name("pg-supervisor".into())

@@ -20,6 +20,7 @@ mod admin;
 mod connect;
 mod lanes;
 mod messages;
+mod window;
 
 // The same test files again, on PostgreSQL: loading them twice is the point.
 #[allow(clippy::duplicate_mod)]
@@ -112,6 +113,21 @@ const CONN: ConnectionId = ConnectionId {
     generation: 1,
 };
 
+/// A mesh of one shard, whose inbox is returned (with the `Poll` its waker needs), and the
+/// store behind `store`.
+fn mesh(store: Sender<StoreCommand>) -> (Mesh, Receiver<ShardCommand>, mio::Poll) {
+    let poll = mio::Poll::new().unwrap();
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+    let (shard_tx, shard) = crossbeam_channel::unbounded();
+    let shards = vec![ShardHandle::new(ShardId(0), shard_tx, waker)];
+    let mesh = Mesh {
+        shards: shards.clone(),
+        store: StoreHandle::new(store),
+        broker: BrokerHandle::local(shards),
+    };
+    (mesh, shard, poll)
+}
+
 /// The store thread with one shard inbox to watch.
 struct Harness {
     inbox: Option<Sender<StoreCommand>>,
@@ -174,16 +190,8 @@ impl Harness {
         db: Option<pg::testing::TestDb>,
         queued: impl FnOnce(&World) -> Vec<StoreCommand>,
     ) -> Harness {
-        let poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let (shard_tx, shard) = crossbeam_channel::unbounded();
-        let shards = vec![ShardHandle::new(ShardId(0), shard_tx, waker)];
         let (inbox, store_rx) = crossbeam_channel::unbounded();
-        let mesh = Mesh {
-            shards: shards.clone(),
-            store: StoreHandle::new(inbox.clone()),
-            broker: BrokerHandle::local(shards),
-        };
+        let (mesh, shard, poll) = mesh(inbox.clone());
         for command in queued(&w) {
             inbox.send(command).unwrap();
         }
@@ -192,6 +200,7 @@ impl Harness {
             backend,
             Vec::new(),
             lanes,
+            Duration::ZERO,
             store_rx,
             mesh,
             Arc::clone(&metrics),
