@@ -60,7 +60,8 @@ fn a_nul_is_refused_while_an_honest_sender_at_the_same_moment_is_acked() {
 }
 
 #[test]
-fn sends_past_the_wait_bound_are_refused_at_once_and_every_queued_send_is_stored() {
+fn sends_past_the_wait_bound_are_refused_at_once_every_queued_send_is_stored_and_the_stall_logged()
+{
     let db = TestDb::create();
     let (user, ws, channels) = provision(&db, 1);
     let channel = channels[0];
@@ -123,6 +124,13 @@ fn sends_past_the_wait_bound_are_refused_at_once_and_every_queued_send_is_stored
         server.metric("ocomms_requests_refused_busy_total"),
         Some(1.0)
     );
+    // The stalled batch started before every queued send: once they waited 600 ms, it has
+    // taken longer than the 500 ms past which slow batches are logged.
+    common::wait_until(
+        "the queued sends to wait past 600 ms",
+        Duration::from_secs(3),
+        || server.metric("ocomms_store_wait_seconds").unwrap_or(0.0) > 0.6,
+    );
     hold.rollback().unwrap();
     // Every send queued before the bound was passed is stored, in order.
     while acks.len() < queued.clone().count() {
@@ -158,6 +166,12 @@ fn sends_past_the_wait_bound_are_refused_at_once_and_every_queued_send_is_stored
         .unwrap();
     let (stored, refused): (i64, i64) = (counts.get(0), counts.get(1));
     assert_eq!((stored, refused), (sequences.len() as i64 + 2, 0));
+    // The stall is in the log, to be found by its time next to PostgreSQL's.
+    common::wait_until(
+        "the slow batch to be logged",
+        Duration::from_secs(5),
+        || server.logged("send batches took over 500 ms to store"),
+    );
 }
 
 /// The ack id and body of a Socket.IO ACK packet (`43<id>[body]`).

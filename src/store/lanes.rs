@@ -136,11 +136,72 @@ impl Lanes {
     }
 }
 
+/// A send batch that takes at least this long is logged (see [`SlowBatches`]).
+pub const SLOW_BATCH: Duration = Duration::from_millis(500);
+
+/// At most one log line about slow batches per this long.
+const SLOW_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Which slow batches to log: the first at once, then at most one line per 10 s, which counts
+/// the slow batches since the last line. `/metrics` shows how long batches take; the log line
+/// puts a stall next to the database's own log, by time.
+#[derive(Debug, Default)]
+pub struct SlowBatches {
+    logged: Option<Instant>,
+    unlogged: u64,
+    longest: Duration,
+}
+
+impl SlowBatches {
+    /// Notes a batch that took `took`, stored at `now`. Returns what to log now, if anything:
+    /// how many slow batches since the last line (this one included) and the longest of them.
+    pub fn note(&mut self, took: Duration, now: Instant) -> Option<(u64, Duration)> {
+        if took < SLOW_BATCH {
+            return None;
+        }
+        self.unlogged += 1;
+        self.longest = self.longest.max(took);
+        if self
+            .logged
+            .is_some_and(|at| now.saturating_duration_since(at) < SLOW_LOG_EVERY)
+        {
+            return None;
+        }
+        self.logged = Some(now);
+        let line = (self.unlogged, self.longest);
+        (self.unlogged, self.longest) = (0, Duration::ZERO);
+        Some(line)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::{ChannelId, ConversationId};
     use uuid::Uuid;
+
+    #[test]
+    fn slow_batches_are_logged_at_once_then_counted_into_one_line_per_ten_seconds() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let ms = Duration::from_millis;
+        let mut slow = SlowBatches::default();
+        assert_eq!(slow.note(ms(499), at(0)), None, "under the threshold");
+        assert_eq!(slow.note(ms(700), at(1)), Some((1, ms(700))));
+        assert_eq!(slow.note(ms(2_000), at(2)), None);
+        assert_eq!(
+            slow.note(ms(100), at(3)),
+            None,
+            "fast batches are not counted"
+        );
+        assert_eq!(slow.note(ms(600), at(10)), None, "9 s after the line");
+        assert_eq!(slow.note(ms(800), at(11)), Some((3, ms(2_000))));
+        assert_eq!(
+            slow.note(ms(500), at(30)),
+            Some((1, ms(500))),
+            "the count restarts"
+        );
+    }
 
     #[test]
     fn a_room_always_maps_to_the_same_lane_and_rooms_spread_over_all_lanes() {

@@ -128,6 +128,8 @@ pub struct Store<B> {
     started: Vec<Option<Instant>>,
     /// The earliest instant a lane held back by `window` may start its next batch.
     due: Option<Instant>,
+    /// Which slow batches to log.
+    slow: lanes::SlowBatches,
     /// The reader pool's queue, when there is one.
     readers: Option<Sender<ReadJob>>,
 }
@@ -174,6 +176,7 @@ impl<B: Backend> Store<B> {
             window: Duration::ZERO,
             started: vec![None],
             due: None,
+            slow: lanes::SlowBatches::default(),
             readers: None,
         }
     }
@@ -472,6 +475,16 @@ impl<B: Backend> Store<B> {
             self.publish_new(message);
         }
         let size = origins.len();
+        if let Some((batches, longest)) = self.slow.note(took, Instant::now()) {
+            tracing::warn!(
+                batches,
+                longest_ms = longest.as_millis() as u64,
+                last_batch_messages = size,
+                "send batches took over {} ms to store since the last such line: the database \
+                 is slow (see ocomms_store_batch_duration_seconds and PostgreSQL's log)",
+                lanes::SLOW_BATCH.as_millis()
+            );
+        }
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let mut results = results.into_iter();
         let mut created = 0;

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// Every line the server logged after its address.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -54,8 +57,19 @@ impl Server {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Server { child, addr, log }
+    }
+
+    /// Whether a line the server logged so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
     /// The sum of every sample of `name` in `GET /metrics` (over its label sets).
