@@ -126,8 +126,6 @@ pub struct Store<B> {
     window: Duration,
     /// Per lane, when its last batch started.
     started: Vec<Option<Instant>>,
-    /// The earliest instant a lane held back by `window` may start its next batch.
-    due: Option<Instant>,
     /// Which slow batches to log.
     slow: lanes::SlowBatches,
     /// The reader pool's queue, when there is one.
@@ -175,7 +173,6 @@ impl<B: Backend> Store<B> {
             lanes: None,
             window: Duration::ZERO,
             started: vec![None],
-            due: None,
             slow: lanes::SlowBatches::default(),
             readers: None,
         }
@@ -202,7 +199,7 @@ impl<B: Backend> Store<B> {
     pub fn run(mut self, inbox: &Receiver<StoreCommand>) {
         let mut commands = Vec::with_capacity(MAX_DRAIN);
         loop {
-            let first = match self.due {
+            let first = match self.due() {
                 Some(due) => match inbox.recv_deadline(due) {
                     Ok(command) => command,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -380,17 +377,12 @@ impl<B: Backend> Store<B> {
     /// moderate rate of sends is most of its CPU; with the window, the sends of those few
     /// milliseconds share one. A lane that was idle longer starts at once, and one whose
     /// batch took longer than the window is not held: the window costs nothing when sends
-    /// are sparse and nothing at saturation. `due` is when the first held lane may start.
+    /// are sparse and nothing at saturation.
     fn start_batches(&mut self, now: Instant, at_once: bool) {
-        self.due = None;
         for lane in 0..self.queued.len() {
             while self.running[lane].is_none() && !self.queued[lane].is_empty() {
-                let due = self.started[lane].map(|s| s + self.window);
-                if let Some(due) = due.filter(|&due| due > now && !at_once) {
-                    if self.queued[lane].len() < lanes::MAX_BATCH {
-                        self.due = Some(self.due.map_or(due, |d| d.min(due)));
-                        break;
-                    }
+                if !at_once && self.held_until(lane).is_some_and(|due| due > now) {
+                    break;
                 }
                 self.started[lane] = Some(now);
                 let take = self.queued[lane].len().min(lanes::MAX_BATCH);
@@ -425,6 +417,22 @@ impl<B: Backend> Store<B> {
             .map(|p| p.origin.received())
             .min();
         self.mesh.store.set_waiting_since(oldest);
+    }
+
+    /// When `lane`'s window lets it start its next batch, if the window may hold it: it has
+    /// started one before, and less than a whole batch waits.
+    fn held_until(&self, lane: usize) -> Option<Instant> {
+        let started = self.started[lane]?;
+        (self.queued[lane].len() < lanes::MAX_BATCH).then(|| started + self.window)
+    }
+
+    /// When the first lane that is idle with sends queued may start. After
+    /// [`Store::dispatch`], every such lane is one its window holds.
+    fn due(&self) -> Option<Instant> {
+        (0..self.queued.len())
+            .filter(|&lane| self.running[lane].is_none() && !self.queued[lane].is_empty())
+            .filter_map(|lane| self.held_until(lane))
+            .min()
     }
 
     /// Publishes and answers every lane's batch that came back, and starts their next ones.

@@ -63,14 +63,14 @@ fn a_lane_starts_one_batch_per_window_and_a_read_takes_held_sends_at_once() {
     s.turn([send(&w, 3, "three")]);
     assert_eq!(acks(&shard), Vec::<u64>::new());
     assert_eq!(s.unanswered(), 2);
-    assert_eq!(s.due, Some(started + window));
+    assert_eq!(s.due(), Some(started + window));
 
     // Just before it, still held; at it, one batch takes both.
     s.start_batches(started + window - Duration::from_millis(1), false);
     assert_eq!(acks(&shard), Vec::<u64>::new());
     s.start_batches(started + window, false);
     assert_eq!(acks(&shard), [2, 3]);
-    assert_eq!((s.unanswered(), s.due), (0, None));
+    assert_eq!((s.unanswered(), s.due()), (0, None));
 
     // A history read after a held send does not wait for the window, and sees the send.
     s.turn([send(&w, 4, "four")]);
@@ -107,6 +107,6 @@ fn without_a_window_every_turn_starts_its_batch() {
     for ack in 1..=3 {
         s.turn([send(&w, ack, "hello")]);
         assert_eq!(acks(&shard), [ack]);
-        assert_eq!(s.due, None);
+        assert_eq!(s.due(), None);
     }
 }
